@@ -1,0 +1,24 @@
+"""Stage 2: draw and save the calibration set that every int8 quantizer uses."""
+
+from __future__ import annotations
+
+from calibration.sampling import CalibrationSet, draw_calibration_set
+from pipeline.rundir import RunDir
+
+CALIBRATION_PATH = "calibration/calibration.npz"
+
+
+def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
+    """Draw ``calibration.size`` stratified training samples (reused when unchanged)."""
+    key = {"calibration": run.config.calibration.model_dump(), "data": run.config.data.model_dump(), "seed": run.config.seed}
+    calibration_id = run.artifact_id("calibration", key, [])
+    path = run.path(CALIBRATION_PATH)
+    if not force and run.manifest.reusable("calibration", calibration_id, run.root):
+        return CalibrationSet.load(path)
+    calibration = draw_calibration_set(run.splits, run.config.calibration.size, run.config.seed)
+    calibration.save(path)
+    counts = {run.splits.classes[c]: int((calibration.labels == c).sum()) for c in sorted(set(calibration.labels.tolist()))}
+    run.record("calibration", "calibrate", calibration_id, path, info={
+        "size": len(calibration), "split": "train", "per_class": counts, "sample_ids": calibration.ids.tolist(),
+    })
+    return calibration

@@ -1,0 +1,154 @@
+"""The `edgepipe` command: `run` does every stage; each other command does one stage over a run directory."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from pipeline.errors import EdgepipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill a PyTorch teacher into small, verified ONNX and TFLite artifacts.")
+
+STAGES = ["distill", "calibrate", "export", "bench", "report"]
+INTERRUPTED_EXIT = 130
+
+
+def reports_errors(command: Callable) -> Callable:
+    """Turn edgepipe errors into one line on stderr and the error's exit code (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgepipeError as e:
+            typer.echo(f"edgepipe: error: {e.one_line()}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("edgepipe: interrupted; finished artifacts are kept, re-run the same command to resume", err=True)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
+
+    return wrapper
+
+
+def _quiet_frameworks() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _open(run_dir: Path):
+    from pipeline.rundir import RunDir
+
+    _quiet_frameworks()
+    return RunDir.open(run_dir)
+
+
+RunDirArg = typer.Argument(..., help="A run directory made by `edgepipe run`.", file_okay=False)
+
+
+@app.command()
+@reports_errors
+def run(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; the embedded default when omitted."),
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory to write (resumes if it exists)."),
+    data: Optional[str] = typer.Option(None, help="Override data.source: fashion-mnist, digits, or a path."),
+    force: list[str] = typer.Option([], help=f"Redo a stage even if cached: {', '.join(STAGES)}."),
+) -> None:
+    """Run every stage: distill → calibrate → export → bench → report."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.run import run_pipeline
+
+    unknown = [stage for stage in force if stage not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r} for --force; valid: {', '.join(STAGES)}")
+    _quiet_frameworks()
+    overrides = {"data.source": data} if data else {}
+    run_dir = run_pipeline(load_config(config, overrides), out, set(force))
+    typer.echo(f"edgepipe: wrote {run_dir / 'report.md'} and {run_dir / 'manifest.json'}")
+
+
+@app.command()
+@reports_errors
+def distill(run_dir: Path = RunDirArg, force: bool = typer.Option(False, help="Retrain even if cached.")) -> None:
+    """Train (or load) the teacher and distil the student."""
+    from pipeline.distill import run_distill
+
+    run_distill(_open(run_dir), force)
+
+
+@app.command()
+@reports_errors
+def quantize(run_dir: Path = RunDirArg, force: bool = typer.Option(False, help="Redraw and requantize.")) -> None:
+    """Draw the calibration set and build the int8 targets (static post-training quantization)."""
+    from pipeline.calibrate import run_calibrate
+    from pipeline.export import run_export
+    from targets import TARGETS
+
+    run = _open(run_dir)
+    run_calibrate(run, force)
+    int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
+    run_export(run, int8, set(int8) if force else set())
+
+
+@app.command()
+@reports_errors
+def export(
+    run_dir: Path = RunDirArg,
+    target: list[str] = typer.Option([], "--target", "-t", help="Target to (re)build; all configured when omitted."),
+) -> None:
+    """Export targets; a named --target is rebuilt, the others it needs are reused."""
+    from pipeline.export import run_export
+    from targets import TARGETS
+
+    for name in target:
+        TARGETS.get(name)
+    run = _open(run_dir)
+    if any(TARGETS.get(name).needs_calibration for name in target or run.config.export.targets):
+        from pipeline.calibrate import run_calibrate
+
+        run_calibrate(run)
+    records = run_export(run, target or None, set(target))
+    for record in records:
+        typer.echo(f"{record.name}: {record.path} ({record.bytes} bytes, sha256 {record.sha256[:12]})")
+
+
+@app.command()
+@reports_errors
+def bench(run_dir: Path = RunDirArg) -> None:
+    """Measure accuracy, agreement and latency of every model on every runtime."""
+    from pipeline.bench import run_bench
+
+    run_bench(_open(run_dir))
+
+
+@app.command()
+@reports_errors
+def report(run_dir: Path = RunDirArg) -> None:
+    """Write report.md from the run's manifest and print it."""
+    from pipeline.report import run_report
+
+    typer.echo(run_report(_open(run_dir)))
+
+
+@app.command("targets")
+def list_targets() -> None:
+    """List the export targets, one line each."""
+    from targets import TARGETS
+
+    for name in TARGETS:
+        target = TARGETS.get(name)
+        typer.echo(f"{name:<12} {target.description}")
+
+
+def main() -> None:
+    app(prog_name="edgepipe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

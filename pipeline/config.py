@@ -1,0 +1,146 @@
+"""Run configuration: one YAML file validated into pydantic models (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "fashion-mnist",
+        description="Built-in data set name (fashion-mnist, digits) or a path to an IDX directory or .npz file (x, y).",
+    )
+    test: str | None = Field(
+        None, description="Path to a separate test set (.npz or IDX directory) when `source` is a path."
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the training split carved out for validation.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="Share held out as test when the source has no test split of its own."
+    )
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(128, ge=1, description="Mini-batch size.")
+    lr: float = Field(0.003, gt=0, description="Peak learning rate of AdamW (cosine decay).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+
+
+class TeacherConfig(TrainConfig):
+    arch: str = Field("teacher-cnn", description="Registered architecture of the teacher.")
+    checkpoint: str | None = Field(
+        None, description="state_dict checkpoint of a trained teacher; the pipeline trains one when empty."
+    )
+
+
+class DistillConfig(TrainConfig):
+    arch: str = Field("student-cnn", description="Registered architecture of the student.")
+    epochs: int = Field(4, ge=1, description="Passes over the training split.")
+    loss: str = Field("hinton", description="Registered distillation loss.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the label cross-entropy; 1-alpha weighs T²·KL.")
+
+
+class CalibrationConfig(_Section):
+    size: int = Field(512, ge=1, description="Calibration samples drawn from the training split, stratified by class.")
+
+
+class OnnxQuantConfig(_Section):
+    per_channel: bool = Field(True, description="Per-channel int8 weights.")
+    reduce_range: bool = Field(
+        True, description="7-bit weights; avoids u8s8 saturation on CPUs without VNNI (AVX2)."
+    )
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation int8 type in the QDQ model.")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Range estimator.")
+
+
+class ExportConfig(_Section):
+    targets: list[str] = Field(
+        ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"],
+        description="Export targets to build (see `edgepipe targets`).",
+    )
+    opset: int = Field(18, ge=13, le=21, description="ONNX opset of the exported graph.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx exporter: torch.export-based (dynamo) or the legacy TorchScript one."
+    )
+    onnx_int8: OnnxQuantConfig = Field(default_factory=OnnxQuantConfig)
+
+
+class BenchConfig(_Section):
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
+    min_runs: int = Field(50, ge=1, description="Minimum timed runs at batch 1.")
+    min_seconds: float = Field(0.5, ge=0, description="Minimum timed seconds at batch 1.")
+    throughput_batch: int = Field(64, ge=1, description="Batch size of the throughput measurement.")
+    eval_batch: int = Field(256, ge=1, description="Batch size of the accuracy pass over the test split.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads for every runtime; all cores when empty.")
+
+
+class RunConfig(_Section):
+    seed: int = Field(0, description="Seed of every random choice (splits, init, shuffling, calibration draw).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> "RunConfig":
+        from targets import TARGETS
+
+
+        for name in self.export.targets:
+            TARGETS.get(name)
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {where!r}"
+    return f"config key {where!r}: {first['msg']}"
+
+
+def parse_config(raw: dict) -> RunConfig:
+    """Validate a mapping into a RunConfig; the error names the first offending key."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e), "see examples/config.yaml for every key") from None
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
+    """Read YAML at ``path`` (the embedded default when None) and apply dotted-key overrides."""
+    raw: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", "pass the path of a YAML config")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of config sections")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(raw)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The effective config as YAML (saved beside every run's manifest)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

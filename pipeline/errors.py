@@ -1,0 +1,48 @@
+"""Error hierarchy: each user-facing failure is one readable line and a distinct exit code."""
+
+from __future__ import annotations
+
+
+class EdgepipeError(Exception):
+    """Base of every error edgepipe reports to a user (never with a traceback)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and its hint on one line, as the CLI prints it."""
+        text = str(self).replace("\n", " ")
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class ConfigError(EdgepipeError):
+    """The config file or a command-line option is wrong."""
+
+    exit_code = 2
+
+
+class DataError(EdgepipeError):
+    """A data set is missing, unreadable or inconsistent."""
+
+    exit_code = 3
+
+
+class ModelError(EdgepipeError):
+    """A model or checkpoint cannot be built, loaded or trained."""
+
+    exit_code = 4
+
+
+class ExportError(EdgepipeError):
+    """A converter failed or produced an artifact that does not match its source."""
+
+    exit_code = 5
+
+
+class RunStateError(EdgepipeError):
+    """A run directory lacks what a stage needs (run the earlier stage first)."""
+
+    exit_code = 6

@@ -1,0 +1,61 @@
+"""Stage 5: report.md from the manifest (the manifest is the single source of every figure)."""
+
+from __future__ import annotations
+
+from pipeline.io import write_text_atomic
+from pipeline.manifest import Manifest, Measurement
+from pipeline.rundir import RunDir
+
+
+def _size(manifest: Manifest, name: str) -> str:
+    record = manifest.artifacts.get(name)
+    return f"{record.bytes / 1024:.1f} KiB" if record else "—"
+
+
+def _row(manifest: Manifest, m: Measurement, teacher: Measurement) -> str:
+    speedup = teacher.latency.p50_ms / m.latency.p50_ms
+    return (
+        f"| {m.artifact} | {m.runtime} ({m.provider}, {m.threads} thr) | {_size(manifest, m.artifact)} "
+        f"| {m.accuracy:.2f} | {m.accuracy - teacher.accuracy:+.2f} | {m.agreement:.2f} "
+        f"| {m.latency.p50_ms:.3f} | {m.latency.p90_ms:.3f} | {speedup:.2f}× | {m.throughput_ips:,.0f} |"
+    )
+
+
+def render_report(manifest: Manifest) -> str:
+    """Markdown: what was run on what, one row per artifact × runtime, and what could not be measured."""
+    data = manifest.data
+    cpu = manifest.environment.get("cpu", {})
+    lines = [
+        "# edgepipe report",
+        "",
+        f"- data: `{data.source}` — train {data.train}, val {data.val}, test {data.test} (seed {data.seed}); "
+        f"input {data.preprocessing.channels}×{data.preprocessing.height}×{data.preprocessing.width}, "
+        f"mean {data.preprocessing.mean}, std {data.preprocessing.std}",
+        f"- machine: {cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, AVX2 {cpu.get('avx2')}, "
+        f"AVX-512 {cpu.get('avx512')}, VNNI {cpu.get('vnni')}",
+        f"- created {manifest.created}, edgepipe {manifest.edgepipe_version}; all versions in manifest.json",
+        "",
+    ]
+    teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
+    if teacher is None:
+        return "\n".join(lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""])
+    batch = next(m.throughput.batch for m in manifest.measurements)
+    lines += [
+        f"Accuracy on the test split ({data.test} samples). Latency: batch 1, after warm-up. "
+        f"Speed-up: teacher p50 / row p50. Throughput: images/s at batch {batch}.",
+        "",
+        "| artifact | runtime | size | top-1 % | Δ vs teacher | agreement % | p50 ms | p90 ms | speed-up | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(manifest, m, teacher) for m in manifest.measurements),
+        "",
+    ]
+    if manifest.skipped:
+        lines += ["Not measured:", ""] + [f"- {s.artifact} on {s.runtime}: {s.reason}" for s in manifest.skipped] + [""]
+    return "\n".join(lines)
+
+
+def run_report(run: RunDir) -> str:
+    """Write ``report.md`` beside the manifest and return its text."""
+    text = render_report(run.manifest)
+    write_text_atomic(run.path("report.md"), text)
+    return text

@@ -1,0 +1,26 @@
+"""The whole pipeline in order; every stage reuses what an earlier run already built from the same inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.bench import run_bench
+from pipeline.calibrate import run_calibrate
+from pipeline.config import RunConfig
+from pipeline.distill import run_distill
+from pipeline.export import run_export
+from pipeline.report import run_report
+from pipeline.rundir import RunDir
+from targets import TARGETS
+
+
+def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
+    """distill → calibrate → export → bench → report into ``out``; ``force`` names stages to redo."""
+    run = RunDir.create(out, config)
+    run_distill(run, force="distill" in force)
+    if any(TARGETS.get(name).needs_calibration for name in config.export.targets):
+        run_calibrate(run, force="calibrate" in force)
+    run_export(run, force=set(config.export.targets) if "export" in force else set())
+    run_bench(run)
+    run_report(run)
+    return out

@@ -1,0 +1,94 @@
+"""A run directory: its effective config, its manifest and the places each stage writes to."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import RunConfig, dump_config, load_config
+from pipeline.data import Splits, load_splits
+from pipeline.environment import environment
+from pipeline.errors import RunStateError
+from pipeline.io import hash_json, sha256_file, write_text_atomic
+from pipeline.manifest import ArtifactRecord, DataRecord, Manifest, Preprocessing
+
+
+class RunDir:
+    """Everything one run wrote; stages read the manifest and add to it."""
+
+    def __init__(self, root: Path, config: RunConfig, manifest: Manifest) -> None:
+        self.root = root
+        self.config = config
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, root: Path, config: RunConfig) -> "RunDir":
+        """Start (or continue) a run at ``root`` with ``config``; earlier artifacts stay for reuse."""
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "config.yaml", dump_config(config))
+        manifest_path = root / "manifest.json"
+        previous = Manifest.load(manifest_path) if manifest_path.is_file() else None
+        manifest = Manifest(
+            edgepipe_version=__version__,
+            config=config.model_dump(mode="json"),
+            environment=environment(),
+            artifacts=previous.artifacts if previous else {},
+        )
+        run = cls(root, config, manifest)
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, root: Path) -> "RunDir":
+        """Open an existing run (for the single-stage commands)."""
+        if not (root / "manifest.json").is_file() or not (root / "config.yaml").is_file():
+            raise RunStateError(f"{root} is not an edgepipe run directory (no manifest.json/config.yaml)",
+                                "create one with `edgepipe run --out DIR`")
+        return cls(root, load_config(root / "config.yaml"), Manifest.load(root / "manifest.json"))
+
+    @cached_property
+    def splits(self) -> Splits:
+        """The configured data, split with the run's seed (recorded in the manifest on first load)."""
+        splits = load_splits(self.config.data, self.config.seed)
+        channels, height, width = splits.input_shape
+        self.manifest.data = DataRecord(
+            source=self.config.data.source,
+            classes=splits.classes,
+            train=len(splits.train), val=len(splits.val), test=len(splits.test),
+            seed=self.config.seed,
+            preprocessing=Preprocessing(mean=splits.mean, std=splits.std, channels=channels, height=height, width=width),
+        )
+        return splits
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        if self.manifest.data is None:
+            _ = self.splits  # loading the splits records the data and its preprocessing
+        return self.manifest.data.preprocessing
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def artifact_id(self, stage: str, config_part: object, parents: list[str]) -> str:
+        """Cache key of a stage output: its stage, the config it depends on and its parents' ids."""
+        return hash_json({"stage": stage, "config": config_part, "parents": parents, "edgepipe": __version__})
+
+    def require(self, name: str) -> ArtifactRecord:
+        record = self.manifest.artifacts.get(name)
+        if record is None or not self.path(record.path).is_file():
+            raise RunStateError(f"{self.root} has no {name} artifact", "run the stage that makes it first")
+        return record
+
+    def record(self, name: str, stage: str, artifact_id: str, path: Path, parent: str | None = None, **fields) -> ArtifactRecord:
+        """Add a freshly written file to the manifest and save it."""
+        record = ArtifactRecord(
+            name=name, id=artifact_id, stage=stage, parent=parent, path=str(path.relative_to(self.root)),
+            bytes=path.stat().st_size, sha256=sha256_file(path), **fields,
+        )
+        self.manifest.artifacts[name] = record
+        self.save()
+        return record
+
+    def save(self) -> None:
+        self.manifest.save(self.root / "manifest.json")

@@ -1,0 +1,63 @@
+"""The Target base class and registry: adding an export target is one file with one subclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from pipeline.config import ExportConfig
+from pipeline.manifest import Preprocessing, TensorSpec
+from pipeline.registry import Registry
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an exporter gets: its parent artifact, the calibration set, a scratch dir and the config."""
+
+    parent_path: Path
+    parent_sha256: str
+    output_path: Path
+    work_dir: Path
+    config: ExportConfig
+    preprocessing: Preprocessing
+    calibration: "CalibrationSet | None" = None  # noqa: F821 (calibration.sampling)
+    model: "object | None" = None  # the torch student, for targets whose parent is the checkpoint
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """How to feed the written file, plus target-specific facts for the manifest."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    info: dict
+
+
+class Target:
+    """One export target; subclasses set the class attributes and implement ``export``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    format: ClassVar[str]  # "onnx" or "tflite"
+    precision: ClassVar[str]  # "fp32", "fp16" or "int8"
+    suffix: ClassVar[str]
+    parent: ClassVar[str]  # the artifact it is converted from: "student" or another target's name
+    needs_calibration: ClassVar[bool] = False
+    max_abs_diff: ClassVar[float | None] = None  # tolerance vs the float student's logits; None: int8, measured only
+
+    def export(self, inputs: ExportInputs) -> ExportResult:
+        """Write the artifact to ``inputs.output_path`` and describe its tensors."""
+        raise NotImplementedError
+
+    def config_key(self, config: ExportConfig) -> dict:
+        """The part of the export config this target depends on (part of its cache key)."""
+        return {"opset": config.opset}
+
+
+TARGETS: Registry[type[Target]] = Registry("target")
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    """Class decorator: register a Target subclass under its ``name``."""
+    return TARGETS.register(cls.name)(cls)

@@ -1,0 +1,144 @@
+"""Shared TFLite path: ONNX → TensorFlow SavedModel with onnx2tf (once per ONNX file), then TF's converter."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.errors import ExportError
+from pipeline.manifest import TensorSpec
+from targets.base import ExportInputs, ExportResult
+
+ONNX2TF_VERSION_NOTE = "onnx2tf 1.29.24 (installed with --no-deps; see requirements-converters.txt)"
+
+
+@contextlib.contextmanager
+def _onnx2tf_environment(calibration_nhwc: np.ndarray | None) -> Iterator[None]:
+    """Run onnx2tf offline: our interpreter's bin first on PATH (it shells out to onnxsim), and its
+    test-image download replaced by our own calibration samples (it fetches them for static RGB inputs)."""
+    import onnx2tf.onnx2tf as onnx2tf_module
+
+    def offline_test_data() -> np.ndarray:
+        if calibration_nhwc is None:
+            raise ExportError("onnx2tf asked for sample images and no calibration set is available")
+        return calibration_nhwc
+
+    saved_path, saved_download = os.environ.get("PATH", ""), onnx2tf_module.download_test_image_data
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved_path}"
+    onnx2tf_module.download_test_image_data = offline_test_data
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved_path
+        onnx2tf_module.download_test_image_data = saved_download
+
+
+def saved_model_for(inputs: ExportInputs) -> Path:
+    """The SavedModel converted from the parent ONNX, shared by every TFLite target (keyed by its sha256)."""
+    final = inputs.work_dir / f"saved_model-{inputs.parent_sha256[:16]}"
+    if (final / "saved_model.pb").is_file():
+        return final
+    try:
+        import onnx2tf
+    except ImportError as e:
+        raise ExportError("onnx2tf is not installed",
+                          "pip install --no-deps -r requirements-converters.txt") from e
+    scratch = inputs.work_dir / f".onnx2tf-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    onnx_copy = scratch / "model.onnx"  # onnx2tf rewrites its input in place
+    shutil.copyfile(inputs.parent_path, onnx_copy)
+    calibration = None if inputs.calibration is None else inputs.calibration.x.transpose(0, 2, 3, 1)
+    try:
+        with _onnx2tf_environment(calibration):
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_copy),
+                output_folder_path=str(scratch / "saved_model"),
+                output_signaturedefs=True,
+                non_verbose=True,
+                verbosity="error",
+            )
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"onnx2tf could not convert {inputs.parent_path.name}: {str(e).strip().splitlines()[0]}",
+                          "an op onnx2tf cannot handle is named above; try another opset or exporter") from e
+    if not (scratch / "saved_model" / "saved_model.pb").is_file():
+        raise ExportError(f"onnx2tf wrote no SavedModel for {inputs.parent_path.name}")
+    os.replace(scratch / "saved_model", final)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def convert_saved_model(saved_model: Path, output_path: Path, precision: str, calibration=None) -> None:
+    """TFLite file at ``output_path`` from ``saved_model``: fp32, fp16 weights, or full-integer int8."""
+    import tensorflow as tf
+
+    from calibration.readers import representative_dataset
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: representative_dataset(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        output_path.write_bytes(converter.convert())
+    except Exception as e:
+        raise ExportError(f"TFLite converter ({precision}) failed: {str(e).strip().splitlines()[0]}") from e
+
+
+def _spec(detail: dict, layout: str | None) -> TensorSpec:
+    scale, zero_point = detail["quantization"]
+    signature = [int(d) for d in detail["shape_signature"]]
+    quantized = np.dtype(detail["dtype"]).kind in "iu" and scale != 0
+    return TensorSpec(
+        name=detail["name"],
+        shape=["batch" if d < 0 else d for d in signature],
+        dtype=np.dtype(detail["dtype"]).name,
+        layout=layout,
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
+
+
+def tensor_dtype_counts(path: Path) -> dict[str, int]:
+    """How many tensors of each dtype the TFLite file holds (proves int8 is really int8)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    counts: dict[str, int] = {}
+    for detail in Interpreter(model_path=str(path)).get_tensor_details():
+        name = np.dtype(detail["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def describe_tflite(path: Path, info: dict) -> ExportResult:
+    """Tensor specs (with int8 scale and zero point) and dtype counts of a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    return ExportResult(
+        inputs=[_spec(d, "NHWC") for d in interpreter.get_input_details()],
+        outputs=[_spec(d, None) for d in interpreter.get_output_details()],
+        info={**info, "tensor_dtypes": tensor_dtype_counts(path)},
+    )
+
+
+def export_tflite(inputs: ExportInputs, precision: str) -> ExportResult:
+    """The whole TFLite export of one precision."""
+    saved_model = saved_model_for(inputs)
+    convert_saved_model(saved_model, inputs.output_path, precision, inputs.calibration)
+    return describe_tflite(inputs.output_path, {"converter": "onnx2tf → tf.lite.TFLiteConverter"})
