@@ -30,7 +30,7 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    epochs: int = Field(2, ge=1, description="Passes over the training split.")
     batch_size: int = Field(128, ge=1, description="Mini-batch size.")
     lr: float = Field(0.003, gt=0, description="Peak learning rate of AdamW (cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -45,7 +45,7 @@ class TeacherConfig(TrainConfig):
 
 class DistillConfig(TrainConfig):
     arch: str = Field("student-cnn", description="Registered architecture of the student.")
-    epochs: int = Field(4, ge=1, description="Passes over the training split.")
+    epochs: int = Field(5, ge=1, description="Passes over the training split.")
     loss: str = Field("hinton", description="Registered distillation loss.")
     temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the label cross-entropy; 1-alpha weighs T²·KL.")

@@ -31,12 +31,13 @@ def teacher_cnn(in_channels: int, num_classes: int) -> nn.Module:
 
 @ARCHITECTURES.register("student-cnn")
 def student_cnn(in_channels: int, num_classes: int) -> nn.Module:
-    """Three-conv CNN, ~20k parameters: ReLU and 2×2 pools only, so int8 keeps its accuracy."""
+    """Three-conv CNN, ~39k parameters (6× fewer than the teacher): ReLU and 2×2 pools only, so int8 keeps
+    its accuracy."""
     return nn.Sequential(
-        *_conv(in_channels, 16), nn.MaxPool2d(2),
-        *_conv(16, 32), nn.MaxPool2d(2),
-        *_conv(32, 48),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, num_classes),
+        *_conv(in_channels, 24), nn.MaxPool2d(2),
+        *_conv(24, 48), nn.MaxPool2d(2),
+        *_conv(48, 64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
     )
 
 

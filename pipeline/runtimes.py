@@ -118,17 +118,22 @@ def tflite_runner(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec
         nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32)
         return quantize_input(nhwc, inputs[0]) if inputs[0].scale is not None else nhwc
 
-    def run(interpreter: Interpreter, feed: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], feed)
-        interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    def invoker(interpreter: Interpreter, feed: np.ndarray) -> Callable[[], np.ndarray]:
+        input_index = interpreter.get_input_details()[0]["index"]
+        output_index = interpreter.get_output_details()[0]["index"]
+
+        def call() -> np.ndarray:
+            interpreter.set_tensor(input_index, feed)
+            interpreter.invoke()
+            return interpreter.get_tensor(output_index)
+
+        return call
 
     def predict(x: np.ndarray) -> np.ndarray:
-        out = run(interpreter_for(len(x)), to_feed(x))
+        out = invoker(interpreter_for(len(x)), to_feed(x))()
         return dequantize_output(out, outputs[0]) if outputs[0].scale is not None else out
 
     def timed_call(x: np.ndarray) -> Callable[[], object]:
-        interpreter, feed = interpreter_for(len(x)), to_feed(x)
-        return lambda: run(interpreter, feed)
+        return invoker(interpreter_for(len(x)), to_feed(x))
 
     return Runner("tflite", "XNNPACK", threads, predict, timed_call)

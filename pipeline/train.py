@@ -70,6 +70,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, seed: int, batch_los
             val_accuracy = accuracy(predict_logits(model, splits, splits.val), splits.val.y)
             history.append({"epoch": epoch + 1, "loss": round(loss.item(), 4), "val_accuracy": round(val_accuracy, 2)})
             bar.update(task, description=f"{name} epoch {epoch + 1}/{cfg.epochs} val {val_accuracy:.2f}%")
+            bar.console.log(f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.4f}, val top-1 {val_accuracy:.2f}%")
             if val_accuracy > best["val_accuracy"]:
                 best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
     model.load_state_dict(best.pop("state"))

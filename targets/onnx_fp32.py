@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 from pipeline.config import ExportConfig
@@ -31,6 +32,7 @@ class OnnxFp32(Target):
         import onnxsim
         import torch
 
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         prep = inputs.preprocessing
         example = torch.zeros(2, prep.channels, prep.height, prep.width)
         raw_path = inputs.work_dir / "student.raw.onnx"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -56,8 +57,9 @@ def saved_model_for(inputs: ExportInputs) -> Path:
     onnx_copy = scratch / "model.onnx"  # onnx2tf rewrites its input in place
     shutil.copyfile(inputs.parent_path, onnx_copy)
     calibration = None if inputs.calibration is None else inputs.calibration.x.transpose(0, 2, 3, 1)
+    chatter = io.StringIO()
     try:
-        with _onnx2tf_environment(calibration):
+        with _onnx2tf_environment(calibration), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_copy),
                 output_folder_path=str(scratch / "saved_model"),
