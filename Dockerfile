@@ -21,6 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # dataset-fashion-mnist: the full Fashion-MNIST as IDX files under /usr/share/datasets/fashion-mnist/ (the
 # default data source; nothing is downloaded at run time). libgomp1: OpenMP runtime for the CPU kernels.
+# Not version-pinned: bookworm's point releases replace libgomp1's version; the Python stack is what is pinned.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist libgomp1 \
     && rm -rf /var/lib/apt/lists/*
