@@ -1,0 +1,156 @@
+"""Shared fixtures: a tiny config, digits splits, and ONE finished run built once per session."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+ALL_TARGETS = ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"]
+
+TINY_CONFIG: dict = {
+    "seed": 0,
+    "data": {"source": "digits"},
+    "teacher": {"epochs": 2, "batch_size": 64},
+    "distill": {"epochs": 2, "batch_size": 64},
+    "calibration": {"size": 64},
+    "export": {"targets": list(ALL_TARGETS)},
+    "bench": {"warmup": 1, "min_runs": 5, "min_seconds": 0, "eval_batch": 128, "throughput_batch": 16},
+}
+
+
+@pytest.fixture
+def tiny_config_dict() -> dict:
+    """A fresh copy of the tiny digits config (safe to mutate)."""
+    return copy.deepcopy(TINY_CONFIG)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a config mapping as YAML and return its path."""
+    import yaml
+
+    def write(raw: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    """The digits data split with seed 0 (what the tiny config loads)."""
+    from pipeline.config import DataConfig
+    from pipeline.data import load_splits
+
+    return load_splits(DataConfig(source="digits"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete run on digits (distill, calibrate, all five targets, bench, report), built once.
+
+    Treat it as read-only; tests that change a run use ``run_copy``.
+    """
+    from pipeline.bench import run_bench
+    from pipeline.calibrate import run_calibrate
+    from pipeline.config import parse_config
+    from pipeline.distill import run_distill
+    from pipeline.export import run_export
+    from pipeline.report import run_report
+    from pipeline.rundir import RunDir
+
+    root = tmp_path_factory.mktemp("session") / "run"
+    run = RunDir.create(root, parse_config(copy.deepcopy(TINY_CONFIG)))
+    run_distill(run)
+    run_calibrate(run)
+    run_export(run, list(ALL_TARGETS))
+    run_bench(run)
+    run_report(run)
+    return root
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished run (timestamps preserved) for tests that change it."""
+    target = tmp_path / "run"
+    shutil.copytree(finished_run, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def manifest_json(finished_run: Path) -> dict:
+    """The finished run's manifest as plain JSON, the way an outside consumer reads it."""
+    import json
+
+    return json.loads((finished_run / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def student_model(finished_run: Path):
+    """The finished run's float student, loaded from its checkpoint."""
+    import json
+
+    from pipeline.models import load_checkpoint
+
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    info = manifest["artifacts"]["student"]["info"]
+    return load_checkpoint(finished_run / manifest["artifacts"]["student"]["path"], info["arch"],
+                           info["in_channels"], info["num_classes"])
+
+
+@pytest.fixture
+def snapshot_artifacts():
+    """Map each export artifact of a run to (inode, mtime_ns, sha256); a rewrite changes the inode."""
+    import json
+
+    from pipeline.io import sha256_file
+
+    def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+        manifest = json.loads((root / "manifest.json").read_text())
+        states = {}
+        for name, record in manifest["artifacts"].items():
+            if record["stage"] == "export":
+                stat = (root / record["path"]).stat()
+                states[name] = (stat.st_ino, stat.st_mtime_ns, sha256_file(root / record["path"]))
+        return states
+
+    return snapshot
+
+
+def _tflite_invoke(path: Path, feed):
+    """Run a TFLite file on one batch with the LiteRT interpreter (batch resized to the feed's)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], list(feed.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], feed)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.fixture(scope="session")
+def tflite_invoke():
+    """``tflite_invoke(path, feed) -> raw output``: LiteRT directly, no edgepipe runner."""
+    return _tflite_invoke
+
+
+@pytest.fixture(scope="session")
+def onnx_invoke():
+    """``onnx_invoke(path, feed) -> first output``: onnxruntime CPU directly, no edgepipe runner."""
+    import onnxruntime as ort
+
+    def invoke(path: Path, feed):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+    return invoke

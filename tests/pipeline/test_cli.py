@@ -1,0 +1,176 @@
+"""The `edgepipe` command: listing, help, one-line errors with exit codes, and real subprocess runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from targets import TARGETS
+
+EDGEPIPE = shutil.which("edgepipe", path=str(Path(sys.executable).parent)) or shutil.which("edgepipe")
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+def run_edgepipe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would."""
+    assert EDGEPIPE, "the edgepipe console script is not installed"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "120"}
+    return subprocess.run([EDGEPIPE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_error_line(stderr: str, output: str = "") -> str:
+    """Exactly one `edgepipe: error:` line and no traceback anywhere; return that line."""
+    lines = [line for line in stderr.splitlines() if line.startswith("edgepipe: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and "Traceback" not in output
+    return lines[0]
+
+
+def test_targets_lists_five_one_per_line(cli: CliRunner) -> None:
+    """`edgepipe targets` prints each registered target on its own line, with a description."""
+    result = cli.invoke(app, ["targets"])
+    assert result.exit_code == 0
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 5
+    assert [line.split()[0] for line in lines] == TARGETS.names()
+    assert all(len(line.split()) > 2 for line in lines)
+
+
+def test_help_lists_commands(cli: CliRunner) -> None:
+    """`--help` works and names every command."""
+    result = cli.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "distill", "quantize", "export", "bench", "report", "targets"):
+        assert command in result.stdout
+
+
+def test_subprocess_targets_and_help() -> None:
+    """The installed console script lists the targets and prints help."""
+    listed = run_edgepipe("targets", timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.strip().splitlines()] == TARGETS.names()
+    helped = run_edgepipe("--help", timeout=120)
+    assert helped.returncode == 0
+    assert "Usage: edgepipe" in helped.stdout and "export" in helped.stdout
+
+
+def test_wrong_config_key(cli: CliRunner, write_config, tiny_config_dict: dict, tmp_path: Path) -> None:
+    """A misspelled nested key exits 2 with one error line naming it."""
+    tiny_config_dict["distill"]["temprature"] = 3.0
+    result = cli.invoke(app, ["run", str(write_config(tiny_config_dict)), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    line = assert_one_error_line(result.stderr, result.stdout)
+    assert "distill.temprature" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_path(cli: CliRunner, write_config, tiny_config_dict: dict, tmp_path: Path) -> None:
+    """`--data /nonexistent` exits 3 with one error line naming the path."""
+    result = cli.invoke(app, ["run", str(write_config(tiny_config_dict)), "--out", str(tmp_path / "out"),
+                              "--data", "/nonexistent"])
+    assert result.exit_code == 3
+    line = assert_one_error_line(result.stderr, result.stdout)
+    assert "/nonexistent" in line and "does not exist" in line
+    assert not (tmp_path / "out").exists(), "a bad data source left a run directory behind"
+
+
+def test_unknown_target(cli: CliRunner, finished_run: Path) -> None:
+    """`export DIR --target nope` exits 2 listing the valid targets."""
+    result = cli.invoke(app, ["export", str(finished_run), "--target", "nope"])
+    assert result.exit_code == 2
+    line = assert_one_error_line(result.stderr, result.stdout)
+    assert "'nope'" in line and all(name in line for name in TARGETS.names())
+
+
+@pytest.mark.parametrize("command", ["distill", "quantize", "export", "bench", "report"])
+def test_missing_run_dir(cli: CliRunner, tmp_path: Path, command: str) -> None:
+    """Every single-stage command on a run directory that does not exist exits 6 with one error line."""
+    result = cli.invoke(app, [command, str(tmp_path / "no-such-run")])
+    assert result.exit_code == 6
+    line = assert_one_error_line(result.stderr, result.stdout)
+    assert "no-such-run" in line and "not an edgepipe run directory" in line
+
+
+def test_unknown_force_stage(cli: CliRunner, tmp_path: Path) -> None:
+    """`run --force` with an unknown stage exits 2 naming the valid stages."""
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), "--force", "distil"])
+    assert result.exit_code == 2
+    assert "distill, calibrate, export, bench, report" in assert_one_error_line(result.stderr, result.stdout)
+
+
+def test_subprocess_errors_are_one_line(tmp_path: Path) -> None:
+    """Through the real console script, user mistakes give one stderr line, no traceback, non-zero exit."""
+    missing = run_edgepipe("bench", str(tmp_path / "absent"), timeout=120)
+    assert missing.returncode == 6
+    assert_one_error_line(missing.stderr, missing.stdout)
+    bad_target = run_edgepipe("export", str(tmp_path), "--target", "nope", timeout=120)
+    assert bad_target.returncode == 2
+    assert "'nope'" in assert_one_error_line(bad_target.stderr, bad_target.stdout)
+
+
+def test_report_command_prints_report(cli: CliRunner, run_copy: Path) -> None:
+    """`edgepipe report DIR` rewrites report.md and prints the same text."""
+    (run_copy / "report.md").unlink()
+    result = cli.invoke(app, ["report", str(run_copy)])
+    assert result.exit_code == 0, result.stderr
+    text = (run_copy / "report.md").read_text()
+    assert text.strip() and text.strip() in result.stdout
+
+
+def test_cli_export_rebuilds_only_named_target(run_copy: Path, snapshot_artifacts) -> None:
+    """`edgepipe export DIR --target onnx-int8` rewrites that file only and prints its record."""
+    before = snapshot_artifacts(run_copy)
+    result = run_edgepipe("export", str(run_copy), "--target", "onnx-int8")
+    assert result.returncode == 0, result.stderr
+    after = snapshot_artifacts(run_copy)
+    assert after["onnx-int8"][:2] != before["onnx-int8"][:2]
+    assert {k: v for k, v in after.items() if k != "onnx-int8"} == {k: v for k, v in before.items() if k != "onnx-int8"}
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    record = manifest["artifacts"]["onnx-int8"]
+    assert record["sha256"] == after["onnx-int8"][2]
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith(f"onnx-int8: {record['path']} ({record['bytes']} bytes, sha256 {record['sha256'][:12]})")
+
+
+def test_end_to_end_run(tmp_path: Path, write_config, tiny_config_dict: dict) -> None:
+    """`edgepipe run CONFIG --out DIR` on digits writes the manifest, the report and five artifacts."""
+    out = tmp_path / "e2e"
+    result = run_edgepipe("run", str(write_config(tiny_config_dict)), "--out", str(out), timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "report.md" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = (out / "report.md").read_text()
+    artifacts = sorted(p.name for p in (out / "artifacts").iterdir())
+    assert artifacts == sorted(f"student-{name}{TARGETS.get(name).suffix}" for name in TARGETS)
+    assert set(TARGETS.names()) <= set(manifest["artifacts"])
+    assert manifest["config"]["data"]["source"] == "digits"
+    assert len(manifest["measurements"]) >= 7
+    assert report.startswith("# edgepipe report") and "| tflite-int8 | tflite" in report
+    assert not list(out.rglob("*.tmp*")), "temp files left behind"
+
+
+def test_interrupt_exits_130(cli: CliRunner, finished_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a stage exits 130 with a resume hint instead of a traceback."""
+    import pipeline.bench
+
+    def interrupted(run) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.bench, "run_bench", interrupted)
+    result = cli.invoke(app, ["bench", str(finished_run)])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "re-run" in result.stderr
+    assert "Traceback" not in result.stderr

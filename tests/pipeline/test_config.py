@@ -1,0 +1,135 @@
+"""Config: defaults, unknown keys, wrong types, unknown targets, YAML files and dotted overrides."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import RunConfig, dump_config, load_config, parse_config
+from pipeline.errors import ConfigError
+from targets import TARGETS
+
+
+def test_defaults_validate() -> None:
+    """An empty mapping and no file both give the documented defaults."""
+    config = parse_config({})
+    assert config == RunConfig()
+    assert load_config(None) == config
+    assert config.export.targets == TARGETS.names()
+    assert 0 < config.data.val_fraction < 0.5
+
+
+def test_tiny_config_validates(tiny_config_dict: dict) -> None:
+    """The suite's tiny config is a valid config and keeps its values."""
+    config = parse_config(tiny_config_dict)
+    assert config.data.source == "digits"
+    assert config.distill.epochs == 2
+    assert config.bench.min_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"distill": {"temprature": 3.0}}, "distill.temprature"),
+        ({"export": {"onnx_int8": {"per_chanel": False}}}, "export.onnx_int8.per_chanel"),
+    ],
+)
+def test_unknown_key_is_named(raw: dict, key: str) -> None:
+    """Unknown keys, top-level or nested, raise ConfigError naming the dotted key."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert f"unknown config key '{key}'" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"distill": {"epochs": "many"}}, "distill.epochs"),
+        ({"seed": "zero"}, "seed"),
+        ({"bench": {"min_runs": 0}}, "bench.min_runs"),
+        ({"data": {"val_fraction": 0.9}}, "data.val_fraction"),
+        ({"export": {"exporter": "onnxmltools"}}, "export.exporter"),
+    ],
+)
+def test_wrong_type_or_value_names_key(raw: dict, key: str) -> None:
+    """A wrong type or out-of-range value raises ConfigError naming the key, on one line."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert f"'{key}'" in str(caught.value)
+    assert "\n" not in caught.value.one_line()
+
+
+def test_unknown_target_lists_valid_names() -> None:
+    """An unknown export target is an error that lists every valid target."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"export": {"targets": ["onnx-fp32", "tflite-int4"]}})
+    message = str(caught.value)
+    assert "'tflite-int4'" in message
+    for name in TARGETS.names():
+        assert name in message
+
+
+def test_load_yaml_file(write_config, tiny_config_dict: dict) -> None:
+    """A YAML file is read into the typed config."""
+    path = write_config(tiny_config_dict)
+    config = load_config(path)
+    assert config.calibration.size == 64
+    assert config.teacher.batch_size == 64
+    assert config.export.targets == tiny_config_dict["export"]["targets"]
+
+
+def test_dump_config_round_trips(tiny_config_dict: dict) -> None:
+    """The effective config saved beside a run parses back to the same config."""
+    config = parse_config(tiny_config_dict)
+    assert parse_config(yaml.safe_load(dump_config(config))) == config
+
+
+def test_dotted_overrides(write_config, tiny_config_dict: dict) -> None:
+    """Dotted overrides replace leaves, create missing sections and keep the other keys."""
+    del tiny_config_dict["export"]
+    path = write_config(tiny_config_dict)
+    config = load_config(path, {"data.source": "/some/dir", "distill.temperature": 2.0,
+                                "export.onnx_int8.activation_type": "int8"})
+    assert config.data.source == "/some/dir"
+    assert config.distill.temperature == 2.0
+    assert config.distill.epochs == 2
+    assert config.export.onnx_int8.activation_type == "int8"
+    assert config.export.onnx_int8.per_channel is True
+
+
+def test_override_with_unknown_key_is_rejected(write_config, tiny_config_dict: dict) -> None:
+    """An override cannot smuggle in an unknown key."""
+    with pytest.raises(ConfigError, match="distill.temprature"):
+        load_config(write_config(tiny_config_dict), {"distill.temprature": 2.0})
+
+
+def test_yaml_errors(tmp_path) -> None:
+    """A missing file, invalid YAML and a non-mapping document each raise ConfigError."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("distill: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listing)
+
+
+def test_yaml_python_tags_are_not_executed(tmp_path) -> None:
+    """YAML is read with safe_load: a python/object tag is an error, never a call."""
+    path = tmp_path / "evil.yaml"
+    path.write_text("seed: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_config_is_frozen() -> None:
+    """Sections are immutable once validated."""
+    config = parse_config({})
+    with pytest.raises(Exception):
+        config.distill.epochs = 10  # type: ignore[misc]
+    assert config.distill.epochs == RunConfig().distill.epochs

@@ -1,0 +1,42 @@
+"""edgepipe's runners: int8 (de)quantization and agreement with feeding the runtimes directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.export import artifact_runner
+from pipeline.manifest import Manifest, TensorSpec
+from pipeline.runtimes import dequantize_output, onnxruntime_runner, quantize_input, torch_runner
+
+
+def test_quantize_input_rounds_and_clips() -> None:
+    """q = clip(round(x / scale) + zero_point) in the dtype's range."""
+    spec = TensorSpec(name="x", shape=[1], dtype="int8", scale=0.5, zero_point=-10)
+    q = quantize_input(np.array([0.0, 0.26, -0.74, 1000.0, -1000.0], np.float32), spec)
+    assert q.dtype == np.int8
+    assert q.tolist() == [-10, -9, -11, 127, -128]
+    back = dequantize_output(q, spec)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back[:3], [0.0, 0.5, -0.5])
+
+
+def test_runners_agree_with_direct_runtimes(
+    finished_run: Path, digits_splits, student_model, tflite_invoke, onnx_invoke
+) -> None:
+    """Each edgepipe runner gives what the runtime gives when fed directly."""
+    manifest = Manifest.load(finished_run / "manifest.json")
+    x = digits_splits.normalize(digits_splits.test.x[:64])
+    torch_logits = torch_runner(student_model, 1).predict(x)
+    onnx_record = manifest.artifacts["onnx-fp32"]
+    onnx_logits = onnxruntime_runner(finished_run / onnx_record.path, "CPUExecutionProvider", 1).predict(x)
+    np.testing.assert_allclose(onnx_logits, onnx_invoke(finished_run / onnx_record.path, x), atol=1e-6)
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+    record = manifest.artifacts["tflite-int8"]
+    runner = artifact_runner(finished_run / record.path, "tflite", record.inputs, record.outputs, 1)
+    assert (runner.runtime, runner.provider) == ("tflite", "XNNPACK")
+    q = quantize_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), record.inputs[0])
+    direct = dequantize_output(tflite_invoke(finished_run / record.path, q), record.outputs[0])
+    np.testing.assert_allclose(runner.predict(x), direct, atol=1e-6)
+    assert callable(runner.timed_call(x[:1]))
