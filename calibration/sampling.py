@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,11 @@ class CalibrationSet:
     def load(cls, path: Path) -> "CalibrationSet":
         if not path.is_file():
             raise DataError(f"calibration set {path} does not exist", "run `edgepipe quantize RUN_DIR` first")
-        with np.load(path) as archive:
-            calibration = cls(archive["x"], archive["ids"], archive["labels"])
+        try:
+            with np.load(path) as archive:
+                calibration = cls(archive["x"], archive["ids"], archive["labels"])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"calibration set {path} is unreadable: {e}", "re-run `edgepipe quantize RUN_DIR --force`") from e
         if len(calibration) == 0:
             raise DataError(f"calibration set {path} is empty", "set calibration.size ≥ 1 and re-run quantize")
         return calibration

@@ -78,7 +78,10 @@ def read_idx(path: Path) -> np.ndarray:
             if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] not in dtypes:
                 raise DataError(f"{path} is not an IDX file (bad magic number)")
             ndim = header[3]
-            shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
+            dims = f.read(4 * ndim)
+            if len(dims) != 4 * ndim:
+                raise DataError(f"{path} is truncated: its header names {ndim} dimensions")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
             data = np.frombuffer(f.read(), dtype=dtypes[header[2]])
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
@@ -119,6 +122,8 @@ def read_npz(path: Path) -> Images:
             x, y = archive["x"], archive["y"]
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
+    if x.size == 0:
+        raise DataError(f"{path} holds no samples")
     if x.dtype != np.uint8:
         if x.min() < 0 or x.max() > 1:
             raise DataError(f"{path}: float images must lie in [0, 1]; found [{x.min():.3g}, {x.max():.3g}]")
@@ -205,6 +210,6 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     if int(train.y.min()) < 0 or num_classes > len(classes):
         raise DataError(f"labels must lie in 0..{len(classes) - 1}; found {train.y.min()}..{num_classes - 1}")
     pixels = train.x.astype(np.float32) / 255.0
-    mean = pixels.mean(axis=(0, 2, 3)).round(6).tolist()
-    std = np.maximum(pixels.std(axis=(0, 2, 3)), 1e-3).round(6).tolist()
+    mean = [round(float(v), 6) for v in pixels.mean(axis=(0, 2, 3))]
+    std = [round(float(v), 6) for v in np.maximum(pixels.std(axis=(0, 2, 3)), 1e-3)]
     return Splits(train, val, test, classes, mean, std)

@@ -8,7 +8,9 @@ from torch import nn
 
 from pipeline.models import build_model, count_parameters, load_checkpoint, save_checkpoint
 from pipeline.rundir import RunDir
-from pipeline.train import distill_student, predict_logits, train_teacher
+from pipeline.errors import ModelError
+from pipeline.io import sha256_file
+from pipeline.train import distill_student, predict_logits, seed_everything, train_teacher
 
 TEACHER_PATH = "checkpoints/teacher.pt"
 STUDENT_PATH = "checkpoints/student.pt"
@@ -31,9 +33,10 @@ def load_student(run: RunDir) -> nn.Module:
 def _teacher_id(run: RunDir) -> str:
     cfg = run.config.teacher.model_dump()
     if run.config.teacher.checkpoint:
-        from pipeline.io import sha256_file
-
-        cfg = {"arch": cfg["arch"], "checkpoint_sha256": sha256_file(Path(run.config.teacher.checkpoint))}
+        checkpoint = Path(run.config.teacher.checkpoint)
+        if not checkpoint.is_file():
+            raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
+        cfg = {"arch": cfg["arch"], "checkpoint_sha256": sha256_file(checkpoint)}
     return run.artifact_id("teacher", {"teacher": cfg, "data": run.config.data.model_dump(), "seed": run.config.seed}, [])
 
 
@@ -48,6 +51,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         teacher = load_checkpoint(Path(cfg.checkpoint), cfg.arch, channels, classes)
         info = {"source": cfg.checkpoint}
     else:
+        seed_everything(run.config.seed)
         teacher = build_model(cfg.arch, channels, classes)
         info = {"source": "trained by edgepipe", **train_teacher(teacher, run.splits, cfg, run.config.seed)}
     meta = {"arch": cfg.arch, "in_channels": channels, "num_classes": classes}
@@ -66,6 +70,7 @@ def run_distill(run: RunDir, force: bool = False) -> nn.Module:
                                  [run.manifest.artifacts["teacher"].id])
     if not force and run.manifest.reusable("student", student_id, run.root):
         return load_student(run)
+    seed_everything(run.config.seed)
     student = build_model(cfg.arch, channels, classes)
     teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
     history = distill_student(student, teacher_logits, run.splits, cfg, run.config.seed)

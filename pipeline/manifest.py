@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import RunStateError
 from pipeline.io import sha256_file, write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -108,7 +109,12 @@ class Manifest(_Record):
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":
-        return cls.model_validate_json(path.read_text())
+        """Read a manifest; a corrupt or foreign file is a RunStateError naming it."""
+        try:
+            return cls.model_validate_json(path.read_text())
+        except (OSError, ValueError) as e:
+            raise RunStateError(f"{path} is not a readable edgepipe manifest: {str(e).splitlines()[0]}",
+                                "remove it (artifacts will be rebuilt) or point at another run") from e
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, self.model_dump_json(indent=2) + "\n")

@@ -12,13 +12,28 @@ def _size(manifest: Manifest, name: str) -> str:
     return f"{record.bytes / 1024:.1f} KiB" if record else "—"
 
 
-def _row(manifest: Manifest, m: Measurement, teacher: Measurement) -> str:
+def _row(manifest: Manifest, m: Measurement, teacher: Measurement, student: Measurement | None) -> str:
     speedup = teacher.latency.p50_ms / m.latency.p50_ms
+    vs_student = f"{m.accuracy - student.accuracy:+.2f}" if student else "—"
     return (
         f"| {m.artifact} | {m.runtime} ({m.provider}, {m.threads} thr) | {_size(manifest, m.artifact)} "
-        f"| {m.accuracy:.2f} | {m.accuracy - teacher.accuracy:+.2f} | {m.agreement:.2f} "
+        f"| {m.accuracy:.2f} | {m.accuracy - teacher.accuracy:+.2f} | {vs_student} | {m.agreement:.2f} "
         f"| {m.latency.p50_ms:.3f} | {m.latency.p90_ms:.3f} | {speedup:.2f}× | {m.throughput_ips:,.0f} |"
     )
+
+
+def _models_section(manifest: Manifest) -> list[str]:
+    teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
+    if not teacher or not student:
+        return []
+    ratio = teacher.info["parameters"] / student.info["parameters"]
+    return [
+        f"- teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters ({teacher.info['source']})",
+        f"- student: `{student.info['arch']}`, {student.info['parameters']:,} parameters ({ratio:.1f}× fewer), "
+        f"distilled with `{student.info['loss']}` for {len(student.info['history'])} epochs, best val epoch "
+        f"{student.info['best_epoch']} ({student.info['val_accuracy']:.2f} % val)",
+        "",
+    ]
 
 
 def render_report(manifest: Manifest) -> str:
@@ -36,7 +51,9 @@ def render_report(manifest: Manifest) -> str:
         f"- created {manifest.created}, edgepipe {manifest.edgepipe_version}; all versions in manifest.json",
         "",
     ]
+    lines += _models_section(manifest)
     teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
+    student = next((m for m in manifest.measurements if m.artifact == "student"), None)
     if teacher is None:
         return "\n".join(lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""])
     batch = next(m.throughput.batch for m in manifest.measurements)
@@ -44,9 +61,10 @@ def render_report(manifest: Manifest) -> str:
         f"Accuracy on the test split ({data.test} samples). Latency: batch 1, after warm-up. "
         f"Speed-up: teacher p50 / row p50. Throughput: images/s at batch {batch}.",
         "",
-        "| artifact | runtime | size | top-1 % | Δ vs teacher | agreement % | p50 ms | p90 ms | speed-up | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *(_row(manifest, m, teacher) for m in manifest.measurements),
+        "| artifact | runtime | size | top-1 % | Δ vs teacher | Δ vs student | agreement % | p50 ms | p90 ms "
+        "| speed-up | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(manifest, m, teacher, student) for m in manifest.measurements),
         "",
     ]
     if manifest.skipped:

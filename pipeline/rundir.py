@@ -24,9 +24,10 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path, config: RunConfig) -> "RunDir":
-        """Start (or continue) a run at ``root`` with ``config``; earlier artifacts stay for reuse."""
-        root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(root / "config.yaml", dump_config(config))
+        """Start (or continue) a run at ``root`` with ``config``; earlier artifacts stay for reuse.
+
+        The data is loaded before anything is written, so a bad data source leaves no run directory behind.
+        """
         manifest_path = root / "manifest.json"
         previous = Manifest.load(manifest_path) if manifest_path.is_file() else None
         manifest = Manifest(
@@ -36,6 +37,9 @@ class RunDir:
             artifacts=previous.artifacts if previous else {},
         )
         run = cls(root, config, manifest)
+        _ = run.splits
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "config.yaml", dump_config(config))
         run.save()
         return run
 

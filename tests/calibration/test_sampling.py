@@ -88,11 +88,6 @@ def test_load_empty_set_raises(tmp_path: Path) -> None:
         CalibrationSet.load(path)
 
 
-@pytest.mark.xfail(
-    reason="calibration/sampling.py CalibrationSet.load: np.load on a 0-byte file raises EOFError "
-    "(not wrapped in DataError)",
-    strict=True,
-)
 def test_load_zero_byte_file_raises(tmp_path: Path) -> None:
     """An empty (0-byte) calibration file raises DataError."""
     path = tmp_path / "calibration.npz"
@@ -101,11 +96,6 @@ def test_load_zero_byte_file_raises(tmp_path: Path) -> None:
         CalibrationSet.load(path)
 
 
-@pytest.mark.xfail(
-    reason="calibration/sampling.py CalibrationSet.load: an npz lacking 'ids'/'labels' raises KeyError "
-    "(not wrapped in DataError)",
-    strict=True,
-)
 def test_load_incomplete_file_raises(tmp_path: Path) -> None:
     """An npz without the ids/labels arrays raises DataError."""
     path = tmp_path / "calibration.npz"

@@ -99,11 +99,6 @@ def test_read_idx_empty_file(tmp_path: Path) -> None:
         read_idx(path)
 
 
-@pytest.mark.xfail(
-    reason="pipeline/data.py read_idx: a header cut inside its dimension sizes reads short dims as 0 and "
-    "returns an empty (N, 0, 0) array instead of raising DataError",
-    strict=True,
-)
 def test_read_idx_truncated_header(tmp_path: Path) -> None:
     """An IDX file cut inside its dimension header raises DataError."""
     path = tmp_path / "short-idx3-ubyte"
@@ -285,11 +280,6 @@ def test_fashion_mnist_absent_says_how_to_install(tmp_path: Path, monkeypatch: p
     assert "digits" in line
 
 
-@pytest.mark.xfail(
-    reason="pipeline/data.py read_npz: the [0, 1] range check calls x.min() on an empty float array, raising "
-    "numpy's ValueError before _images can report 'holds no samples' as DataError",
-    strict=True,
-)
 def test_read_npz_empty_float_is_data_error(tmp_path: Path) -> None:
     """An npz with zero float images raises DataError."""
     path = tmp_path / "empty.npz"

@@ -67,11 +67,6 @@ def test_distill_reuse_and_retrain(tmp_path: Path, checkpoint_config: dict) -> N
     assert changed.manifest.artifacts["student"].id != record.id
 
 
-@pytest.mark.xfail(
-    reason="pipeline/distill.py:69 (and :51 for the teacher) builds the model before fit() seeds torch, so the "
-    "initial weights come from whatever global RNG state precedes the stage, not from config.seed",
-    strict=True,
-)
 def test_distill_is_deterministic(tmp_path: Path, checkpoint_config: dict) -> None:
     """Two runs with the same config seed distil bit-identical students, whatever ran before them."""
     students = []
@@ -82,11 +77,6 @@ def test_distill_is_deterministic(tmp_path: Path, checkpoint_config: dict) -> No
         assert torch.equal(students[1][key], tensor), key
 
 
-@pytest.mark.xfail(
-    reason="pipeline/distill.py _teacher_id hashes teacher.checkpoint with sha256_file before load_checkpoint "
-    "checks it exists: a missing checkpoint raises FileNotFoundError (traceback) instead of ModelError",
-    strict=True,
-)
 def test_missing_teacher_checkpoint_is_model_error(tmp_path: Path, tiny_config_dict: dict) -> None:
     """A configured teacher checkpoint that does not exist raises ModelError naming it."""
     tiny_config_dict["teacher"]["checkpoint"] = str(tmp_path / "absent.pt")

@@ -31,11 +31,6 @@ def test_atomic_temp_keeps_suffix(tmp_path: Path) -> None:
     assert (tmp_path / "model.onnx").read_bytes() == b"x"
 
 
-@pytest.mark.xfail(
-    reason="pipeline/io.py atomic_path: tempfile.mkstemp creates files with mode 0600 and os.replace keeps it, "
-    "so every artifact, manifest.json and report.md is owner-only regardless of the umask",
-    strict=True,
-)
 def test_atomic_write_respects_umask(tmp_path: Path) -> None:
     """Written files get the usual permissions for the umask (0644 under umask 022)."""
     old = os.umask(0o022)
