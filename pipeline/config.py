@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -15,18 +15,96 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AugmentConfig(_Section):
+    """Random training-time augmentation (training batches only; never val, test or calibration)."""
+
+    hflip: bool = Field(False, description="Mirror each training image left-right with probability 0.5.")
+    crop_padding: int = Field(
+        0, ge=0, description="Zero-pad each side by this many pixels, then crop back to the image size at a random "
+        "offset (CIFAR-style random crop); 0 turns it off.",
+    )
+    brightness: float = Field(
+        0.0, ge=0, lt=1,
+        description="Scale each training image's pixels by a random factor in [1-b, 1+b]; 0 turns it off.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return self.hflip or self.crop_padding > 0 or self.brightness > 0
+
+
+Size = Annotated[int, Field(ge=1, le=8192)]
+
+
 class DataConfig(_Section):
     source: str = Field(
         "fashion-mnist",
-        description="Built-in data set name (fashion-mnist, digits) or a path to an IDX directory or .npz file (x, y).",
+        description="Built-in data set name (fashion-mnist, digits) or a path: an IDX directory, an .npz file (x, y), "
+        "or an image folder (one sub-folder per class, or train/ and test/ each holding the class sub-folders).",
     )
     test: str | None = Field(
-        None, description="Path to a separate test set (.npz or IDX directory) when `source` is a path."
+        None, description="Path to a separate test set (.npz, IDX directory or image folder) when `source` is a path."
     )
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the training split carved out for validation.")
     test_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="Share held out as test when the source has no test split of its own."
     )
+    image_size: tuple[Size, Size] | None = Field(
+        None, description="[height, width] every image is resized to (Pillow bilinear), for every source; "
+        "native size when empty (image folders then need images of one size).",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 converts every image to grayscale (Pillow 'L'), 3 to RGB; the source's own when empty.",
+    )
+    mean: list[float] | None = Field(
+        None,
+        description="Per-channel mean of pixel / 255 (values in [0, 1]); computed on the training split when empty.",
+    )
+    std: list[float] | None = Field(
+        None,
+        description="Per-channel std of pixel / 255 (values in (0, 1]); computed on the training split when empty.",
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Random augmentation of training batches (all off by default).",
+    )
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, values: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if values is None:
+            return None
+        key = f"data.{info.field_name}"
+        if not values:
+            raise ValueError(f"{key} needs one value per channel; got an empty list")
+        low_ok = (lambda v: v >= 0) if info.field_name == "mean" else (lambda v: v > 0)
+        if not all(low_ok(v) and v <= 1 for v in values):
+            bounds = "[0, 1]" if info.field_name == "mean" else "(0, 1]"
+            raise ValueError(f"{key} values must lie in {bounds} (they apply to pixel / 255); got {values}")
+        channels = info.data.get("channels")
+        if channels is not None and len(values) != channels:
+            raise ValueError(f"{key} has {len(values)} values but data.channels is {channels}; give one per channel")
+        mean = info.data.get("mean")
+        if info.field_name == "std" and mean is not None and len(mean) != len(values):
+            raise ValueError(f"data.std has {len(values)} values but data.mean has {len(mean)}; give one per channel")
+        return values
+
+    @field_validator("augment")
+    @classmethod
+    def _crop_fits(cls, augment: AugmentConfig, info: ValidationInfo) -> AugmentConfig:
+        size = info.data.get("image_size")
+        if size is not None and augment.crop_padding >= min(size):
+            raise ValueError(
+                f"data.augment.crop_padding ({augment.crop_padding}) must be smaller than data.image_size {list(size)}"
+            )
+        return augment
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> "DataConfig":
+        if (self.mean is None) != (self.std is None):
+            given, missing = ("mean", "std") if self.std is None else ("std", "mean")
+            raise ValueError(f"data.{given} is set but data.{missing} is not; give both or neither")
+        return self
 
 
 class TrainConfig(_Section):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import RunStateError
 from pipeline.io import sha256_file, write_text_atomic
@@ -30,7 +30,10 @@ class TensorSpec(_Record):
 
 
 class Preprocessing(_Record):
-    """How raw pixels become the float model input: x = (pixel / 255 - mean[c]) / std[c]."""
+    """How raw pixels become the float model input: decode, convert, resize, then x = (pixel / 255 - mean[c]) / std[c].
+
+    Fields added after schema 1's first release have defaults, so older manifests still load.
+    """
 
     pixel_scale: float = 1 / 255
     mean: list[float]
@@ -38,11 +41,36 @@ class Preprocessing(_Record):
     channels: int
     height: int
     width: int
+    channel_order: Literal["gray", "RGB"] | None = Field(
+        None, description="Channel content and order of the input: gray (1 channel) or RGB (3); None for other counts."
+    )
+    resize: list[int] | None = Field(
+        None, description="[H, W] every image was resized to before normalizing (resize_method); None: native size."
+    )
+    resize_method: str | None = Field(None, description="'pillow-bilinear' (PIL.Image.resize, BILINEAR) when resized.")
+    stats_from: Literal["train", "config"] = Field(
+        "train", description="mean/std computed on the training split, or given in the config (data.mean/std)."
+    )
+    decode: str = (
+        "image files: 16-bit pixels scaled by 1/257, alpha dropped, converted to channel_order with Pillow "
+        "(gray = 'L': (299 R + 587 G + 114 B) / 1000, rounded), "
+        "then resized to `resize` with PIL.Image.resize(BILINEAR)"
+    )
     formula: str = "x = (pixel * pixel_scale - mean[c]) / std[c]; int8 inputs: q = clip(round(x / scale) + zero_point, -128, 127)"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_channel_order(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "channel_order" not in raw:
+            raw = {**raw, "channel_order": {1: "gray", 3: "RGB"}.get(raw.get("channels"))}
+        return raw
 
 
 class DataRecord(_Record):
     source: str
+    source_layout: str | None = Field(
+        None, description="How the source was read: built-in, idx, npz, image-folder, image-folder train/ + test/ …"
+    )
     classes: list[str]
     train: int
     val: int

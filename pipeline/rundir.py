@@ -56,12 +56,20 @@ class RunDir:
         """The configured data, split with the run's seed (recorded in the manifest on first load)."""
         splits = load_splits(self.config.data, self.config.seed)
         channels, height, width = splits.input_shape
+        preprocessing = Preprocessing(
+            mean=splits.mean, std=splits.std, channels=channels, height=height, width=width,
+            channel_order=splits.channel_order,
+            resize=list(splits.resize) if splits.resize else None,
+            resize_method="pillow-bilinear" if splits.resize else None,
+            stats_from=splits.stats_from,
+        )
         self.manifest.data = DataRecord(
             source=self.config.data.source,
+            source_layout=splits.layout,
             classes=splits.classes,
             train=len(splits.train), val=len(splits.val), test=len(splits.test),
             seed=self.config.seed,
-            preprocessing=Preprocessing(mean=splits.mean, std=splits.std, channels=channels, height=height, width=width),
+            preprocessing=preprocessing,
         )
         return splits
 

@@ -286,3 +286,128 @@ def test_read_npz_empty_float_is_data_error(tmp_path: Path) -> None:
     np.savez(path, x=np.zeros((0, 4, 4), np.float32), y=np.zeros(0))
     with pytest.raises(DataError):
         read_npz(path)
+
+
+# --- preprocessing config (data.image_size, channels, mean/std, augment) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"channels": 2}, "data.channels"),
+        ({"image_size": [0, 8]}, "data.image_size"),
+        ({"image_size": [8]}, "data.image_size"),
+        ({"image_size": 8}, "data.image_size"),
+        ({"mean": [0.5, 0.5], "std": [0.2, 0.2], "channels": 1}, "data.mean"),
+        ({"mean": [0.5], "std": [0.2, 0.2]}, "data.std"),
+        ({"mean": [0.5]}, "data.std"),
+        ({"std": [0.5]}, "data.mean"),
+        ({"mean": [123.7], "std": [0.2]}, "data.mean"),
+        ({"mean": [0.5], "std": [0.0]}, "data.std"),
+        ({"mean": [], "std": []}, "data.mean"),
+        ({"augment": {"brightness": 1.0}}, "data.augment.brightness"),
+        ({"augment": {"crop_padding": -1}}, "data.augment.crop_padding"),
+        ({"augment": {"crop_padding": 8}, "image_size": [8, 16]}, "data.augment.crop_padding"),
+        ({"augment": {"vflip": True}}, "data.augment.vflip"),
+    ],
+)
+def test_preprocessing_config_errors_name_the_key(data: dict, key: str) -> None:
+    """Invalid values and combinations raise a one-line ConfigError naming the key."""
+    from pipeline.config import parse_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"data": data})
+    assert key in caught.value.one_line() and "\n" not in caught.value.one_line()
+    assert caught.value.exit_code == 2
+
+
+def test_preprocessing_config_defaults_and_round_trip() -> None:
+    """Everything is off by default; a full data section survives the effective-config YAML."""
+    import yaml
+
+    from pipeline.config import dump_config, parse_config
+
+    default = DataConfig()
+    assert default.image_size is None and default.channels is None and default.mean is None
+    assert not default.augment.enabled
+    raw = {"data": {"source": "digits", "image_size": [16, 12], "channels": 3, "mean": [0.5, 0.4, 0.3],
+                    "std": [0.2, 0.2, 0.2], "augment": {"hflip": True, "crop_padding": 2, "brightness": 0.1}}}
+    config = parse_config(raw)
+    assert config.data.image_size == (16, 12) and config.data.augment.enabled
+    assert parse_config(yaml.safe_load(dump_config(config))) == config
+
+
+def test_image_size_resizes_arrays_with_pillow(digits_splits) -> None:
+    """image_size applies to array sources too: each 8×8 digit is Pillow-bilinear resized; splits unchanged."""
+    from PIL import Image
+
+    splits = load_splits(DataConfig(source="digits", image_size=(16, 12)), seed=0)
+    assert splits.input_shape == (1, 16, 12) and splits.resize == (16, 12)
+    np.testing.assert_array_equal(splits.test.ids, digits_splits.test.ids)
+    first = digits_splits.train.x[0, 0]
+    expected = np.asarray(Image.fromarray(first).resize((12, 16), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(splits.train.x[0, 0], expected)
+
+
+def test_channels_convert_arrays(tmp_path: Path, digits_splits) -> None:
+    """channels 3 replicates gray into RGB; channels 1 turns RGB arrays into Pillow luma."""
+    from PIL import Image
+
+    rgb = load_splits(DataConfig(source="digits", channels=3), seed=0)
+    assert rgb.input_shape == (3, 8, 8) and rgb.channel_order == "RGB"
+    for c in range(3):
+        np.testing.assert_array_equal(rgb.train.x[:, c], digits_splits.train.x[:, 0])
+    assert len(rgb.mean) == len(rgb.std) == 3
+    x = np.random.default_rng(0).integers(0, 256, (20, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(20) % 2)
+    gray = load_splits(DataConfig(source=str(tmp_path / "rgb.npz"), channels=1), seed=0)
+    assert gray.channel_order == "gray"
+    sample = gray.train.ids[0]
+    np.testing.assert_array_equal(gray.train.x[0, 0], np.asarray(Image.fromarray(x[sample]).convert("L")))
+
+
+def test_mean_std_given_or_computed(digits_splits) -> None:
+    """Given mean/std are used as they are; otherwise they are computed on the training split."""
+    given = load_splits(DataConfig(source="digits", mean=[0.5], std=[0.25]), seed=0)
+    assert given.mean == [0.5] and given.std == [0.25] and given.stats_from == "config"
+    np.testing.assert_allclose(given.normalize(np.array([[[[255, 0]]]], np.uint8)), [[[[2.0, -2.0]]]])
+    assert digits_splits.stats_from == "train"
+    pixels = digits_splits.train.x.astype(np.float64) / 255
+    assert digits_splits.mean[0] == pytest.approx(pixels.mean(), abs=1e-6)
+    assert digits_splits.std[0] == pytest.approx(pixels.std(), abs=1e-6)
+
+
+def test_mean_length_must_match_native_channels() -> None:
+    """Without data.channels, mean/std are checked against the images: a ConfigError naming both."""
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_splits(DataConfig(source="digits", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2]), seed=0)
+    assert "data.mean has 3 values" in str(caught.value) and "1 channel" in str(caught.value)
+
+
+def test_augmentation_only_in_train_batches(digits_splits) -> None:
+    """Augmentation changes nothing in train/val/test; only Splits.train_batch applies it, reproducibly."""
+    augmented = load_splits(DataConfig(source="digits", augment={"hflip": True, "crop_padding": 2, "brightness": 0.3}),
+                            seed=0)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(augmented, name).x, getattr(digits_splits, name).x)
+    assert augmented.mean == digits_splits.mean and augmented.std == digits_splits.std
+    index = np.arange(64)
+    batch = augmented.train_batch(index, np.random.default_rng(0))
+    assert batch.shape == (64, 1, 8, 8) and batch.dtype == np.uint8
+    assert not np.array_equal(batch, digits_splits.train.x[index])
+    np.testing.assert_array_equal(batch, augmented.train_batch(index, np.random.default_rng(0)))
+    raw = digits_splits.train_batch(index, np.random.default_rng(0))
+    np.testing.assert_array_equal(raw, digits_splits.train.x[index])
+
+
+def test_old_manifest_preprocessing_still_loads() -> None:
+    """A preprocessing record without the newer fields loads, its channel order derived from channels."""
+    from pipeline.manifest import Preprocessing
+
+    old = Preprocessing.model_validate({"mean": [0.1], "std": [0.3], "channels": 1, "height": 8, "width": 8})
+    assert old.channel_order == "gray" and old.resize is None and old.stats_from == "train"
+    rgb = Preprocessing.model_validate({"mean": [0.1] * 3, "std": [0.3] * 3, "channels": 3, "height": 8, "width": 8})
+    assert rgb.channel_order == "RGB"
