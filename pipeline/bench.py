@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.distill import load_student, load_teacher
+from pipeline.distill import load_model, load_student, load_teacher
 from pipeline.export import artifact_runner
 from pipeline.manifest import Measurement, Skipped
 from pipeline.progress import progress_bar
@@ -22,6 +22,8 @@ def _runners(run: RunDir) -> list[tuple[str, str, Callable[[], Runner]]]:
         ("teacher", "pytorch", lambda: torch_runner(load_teacher(run), threads)),
         ("student", "pytorch", lambda: torch_runner(load_student(run), threads)),
     ]
+    if "baseline" in run.manifest.artifacts:
+        plans.append(("baseline", "pytorch", lambda: torch_runner(load_model(run, "baseline"), threads)))
     for name, record in run.manifest.artifacts.items():
         if record.stage != "export":
             continue

@@ -10,7 +10,8 @@ CALIBRATION_PATH = "calibration/calibration.npz"
 
 def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
     """Draw ``calibration.size`` stratified training samples (reused when unchanged)."""
-    key = {"calibration": run.config.calibration.model_dump(), "data": run.config.data.model_dump(), "seed": run.config.seed}
+    data = run.config.data.model_dump(exclude={"augment"})  # training-only augmentation never reaches calibration
+    key = {"calibration": run.config.calibration.model_dump(), "data": data, "seed": run.config.seed}
     calibration_id = run.artifact_id("calibration", key, [])
     path = run.path(CALIBRATION_PATH)
     if not force and run.manifest.reusable("calibration", calibration_id, run.root):

@@ -75,11 +75,28 @@ def run(
 
 @app.command()
 @reports_errors
-def distill(run_dir: Path = RunDirArg, force: bool = typer.Option(False, help="Retrain even if cached.")) -> None:
-    """Train (or load) the teacher and distil the student."""
-    from pipeline.distill import run_distill
+def distill(
+    run_dir: Path = RunDirArg,
+    force: bool = typer.Option(False, help="Retrain even if cached (an interrupted training resumes without it)."),
+    baseline: bool = typer.Option(False, help="Also train the student from labels alone, same budget (KD gain)."),
+    config: Optional[Path] = typer.Option(None, help="Start RUN_DIR from this YAML config (default: open RUN_DIR)."),
+) -> None:
+    """Train (or load) the teacher and distil the student.
 
-    run_distill(_open(run_dir), force)
+    Under `torchrun --nproc-per-node N -m pipeline distill RUN_DIR` it trains with DistributedDataParallel.
+    """
+    from pipeline import distributed
+    from pipeline.config import load_config
+    from pipeline.distill import run_distill
+    from pipeline.rundir import RunDir
+
+    distributed.setup_from_env()
+    try:
+        _quiet_frameworks()
+        run = RunDir.create(run_dir, load_config(config)) if config else _open(run_dir)
+        run_distill(run, force, baseline or None)
+    finally:
+        distributed.teardown()
 
 
 @app.command()

@@ -108,25 +108,64 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(2, ge=1, description="Passes over the training split.")
-    batch_size: int = Field(128, ge=1, description="Mini-batch size.")
-    lr: float = Field(0.003, gt=0, description="Peak learning rate of AdamW (cosine decay).")
+    epochs: int = Field(2, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
+    batch_size: int = Field(128, ge=1, description="Global mini-batch size (split across torchrun processes).")
+    lr: float = Field(0.003, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    schedule: Literal["onecycle", "cosine", "step"] = Field(
+        "onecycle", description="LR schedule per step: one-cycle warm-up + anneal, cosine decay, or step decay."
+    )
+    step_epochs: int = Field(1, ge=1, description="step schedule: epochs between LR drops.")
+    gamma: float = Field(0.3, gt=0, le=1, description="step schedule: LR factor at each drop.")
+    patience: int | None = Field(
+        None, ge=1, description="Early stop after this many epochs without a better val accuracy; off when empty."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device; auto picks CUDA when present.")
+
+
+class LossSpec(BaseModel):
+    """One weighted term of the distillation objective; other keys are the loss's own parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(description="Registered loss: ce, hinton, mse, hint.")
+    weight: float = Field(1.0, ge=0, description="Weight of this term in the sum.")
+
+    @property
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _params_fit_the_loss(self) -> "LossSpec":
+        from pipeline.losses import check_loss_params
+
+        check_loss_params(self.name, self.params)
+        return self
 
 
 class TeacherConfig(TrainConfig):
-    arch: str = Field("teacher-cnn", description="Registered architecture of the teacher.")
+    arch: str = Field(
+        "teacher-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
+    )
+    arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
     checkpoint: str | None = Field(
-        None, description="state_dict checkpoint of a trained teacher; the pipeline trains one when empty."
+        None,
+        description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2; "
+        "the pipeline trains one when empty.",
     )
 
 
 class DistillConfig(TrainConfig):
-    arch: str = Field("student-cnn", description="Registered architecture of the student.")
-    epochs: int = Field(5, ge=1, description="Passes over the training split.")
-    loss: str = Field("hinton", description="Registered distillation loss.")
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
-    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the label cross-entropy; 1-alpha weighs T²·KL.")
+    arch: str = Field(
+        "student-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
+    )
+    arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
+    epochs: int = Field(5, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
+    losses: list[LossSpec] = Field(
+        default_factory=lambda: [LossSpec(name="hinton", temperature=4.0, alpha=0.5)],
+        min_length=1,
+        description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
+    )
+    baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
 
 
 class CalibrationConfig(_Section):
@@ -187,7 +226,7 @@ def _describe(error: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"unknown config key {where!r}"
-    return f"config key {where!r}: {first['msg']}"
+    return f"config key {where!r}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(raw: dict) -> RunConfig:

@@ -1,17 +1,24 @@
-"""Stage 1: the teacher (loaded or trained) and the student distilled from it."""
+"""Stage 1: the teacher (loaded or trained), the student distilled from it, and optionally a baseline
+student trained from labels alone with the same budget (to measure the KD gain)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from pipeline.models import build_model, count_parameters, load_checkpoint, save_checkpoint
-from pipeline.rundir import RunDir
+from pipeline import distributed
+from pipeline.config import LossSpec, TrainConfig
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
-from pipeline.train import distill_student, predict_logits, seed_everything, train_teacher
+from pipeline.losses import Objective
+from pipeline.models import build_model, count_parameters, is_program, load_checkpoint, load_program, save_checkpoint
+from pipeline.rundir import RunDir
+from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 
+CE_ONLY = [LossSpec(name="ce")]
 TEACHER_PATH = "checkpoints/teacher.pt"
 STUDENT_PATH = "checkpoints/student.pt"
 
@@ -20,14 +27,40 @@ def _shape(run: RunDir) -> tuple[int, int]:
     return run.splits.input_shape[0], len(run.splits.classes)
 
 
-def load_teacher(run: RunDir) -> nn.Module:
+def _example(run: RunDir) -> torch.Tensor:
+    return torch.from_numpy(run.splits.normalize(run.splits.train.x[:2]))
+
+
+def _check_outputs(model: nn.Module, run: RunDir, role: str) -> None:
+    """The model must take the data's input shape and give one logit per class."""
     channels, classes = _shape(run)
-    return load_checkpoint(run.path(run.require("teacher").path), run.config.teacher.arch, channels, classes)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(_example(run))
+    except Exception as e:
+        raise ModelError(f"the {role} does not accept the data's input {tuple(_example(run).shape)}: "
+                         f"{str(e).strip().splitlines()[0]}") from e
+    if logits.ndim != 2 or logits.shape[1] != classes:
+        raise ModelError(f"the {role} gives outputs of shape {tuple(logits.shape)}, the data has {classes} classes",
+                         "check the model's class count or the data source")
+
+
+def load_model(run: RunDir, name: str) -> nn.Module:
+    """Load a trained model of this run (teacher, student or baseline) from its checkpoint."""
+    record = run.require(name)
+    path = run.path(record.path)
+    if record.info.get("kind") == "program":
+        return load_program(path)
+    channels, classes = _shape(run)
+    return load_checkpoint(path, record.info["arch"], channels, classes, record.info.get("arch_kwargs"))
+
+
+def load_teacher(run: RunDir) -> nn.Module:
+    return load_model(run, "teacher")
 
 
 def load_student(run: RunDir) -> nn.Module:
-    channels, classes = _shape(run)
-    return load_checkpoint(run.path(run.require("student").path), run.config.distill.arch, channels, classes)
+    return load_model(run, "student")
 
 
 def _teacher_id(run: RunDir) -> str:
@@ -36,46 +69,84 @@ def _teacher_id(run: RunDir) -> str:
         checkpoint = Path(run.config.teacher.checkpoint)
         if not checkpoint.is_file():
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
-        cfg = {"arch": cfg["arch"], "checkpoint_sha256": sha256_file(checkpoint)}
+        cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": sha256_file(checkpoint)}
     return run.artifact_id("teacher", {"teacher": cfg, "data": run.config.data.model_dump(), "seed": run.config.seed}, [])
 
 
-def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
-    """Load the configured teacher checkpoint, or train one; reuse the run's teacher when unchanged."""
-    cfg = run.config.teacher
+def _train(run: RunDir, name: str, arch: str, arch_kwargs: dict, cfg: TrainConfig, losses: list[LossSpec],
+           artifact_id: str, teacher: nn.Module | None = None, parent: str | None = None) -> nn.Module:
+    """Build, train, save and record one model (resuming from its progress checkpoint when one matches)."""
     channels, classes = _shape(run)
+    seed_everything(run.config.seed)
+    model = build_model(arch, channels, classes, arch_kwargs)
+    _check_outputs(model, run, name)
+    objective = Objective(losses, model, teacher, _example(run))
+    teacher_logits = None
+    if objective.needs_teacher and not objective.teacher_layers:
+        teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
+    progress_path = run.path(f"checkpoints/{name}.progress.pt")
+    job = TrainJob(name=name, model=model, objective=objective, cfg=cfg, seed=run.config.seed,
+                   progress_path=progress_path, job_id=artifact_id, augment=run.config.data.augment,
+                   teacher=teacher, teacher_logits=teacher_logits)
+    summary = fit(job, run.splits)
+    meta = {"arch": arch, "arch_kwargs": arch_kwargs, "in_channels": channels, "num_classes": classes,
+            "kind": "state_dict"}
+    path = run.path(f"checkpoints/{name}.pt")
+    if distributed.is_main():
+        save_checkpoint(model, path, meta)
+    distributed.barrier()
+    run.record(name, "distill", artifact_id, path, parent=parent, info={
+        **meta, "parameters": count_parameters(model), "losses": [spec.model_dump() for spec in losses], **summary,
+    })
+    if distributed.is_main():
+        progress_path.unlink(missing_ok=True)
+    return model.cpu()
+
+
+def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
+    """Load the configured teacher (checkpoint or program), or train one; reuse the run's when unchanged."""
+    cfg = run.config.teacher
     teacher_id = _teacher_id(run)
     if not force and run.manifest.reusable("teacher", teacher_id, run.root):
         return load_teacher(run)
-    if cfg.checkpoint:
-        teacher = load_checkpoint(Path(cfg.checkpoint), cfg.arch, channels, classes)
-        info = {"source": cfg.checkpoint}
+    if not cfg.checkpoint:
+        return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id)
+    source = Path(cfg.checkpoint)
+    channels, classes = _shape(run)
+    if is_program(source):
+        teacher, kind, path = load_program(source), "program", run.path(f"checkpoints/teacher{source.suffix or '.pt'}")
     else:
-        seed_everything(run.config.seed)
-        teacher = build_model(cfg.arch, channels, classes)
-        info = {"source": "trained by edgepipe", **train_teacher(teacher, run.splits, cfg, run.config.seed)}
-    meta = {"arch": cfg.arch, "in_channels": channels, "num_classes": classes}
-    save_checkpoint(teacher, run.path(TEACHER_PATH), meta)
-    run.record("teacher", "distill", teacher_id, run.path(TEACHER_PATH),
-               info={**meta, "parameters": count_parameters(teacher), **info})
+        teacher = load_checkpoint(source, cfg.arch, channels, classes, cfg.arch_kwargs)
+        kind, path = "state_dict", run.path(TEACHER_PATH)
+    _check_outputs(teacher, run, "teacher")
+    meta = {"arch": cfg.arch if kind == "state_dict" else f"program:{source.name}", "arch_kwargs": cfg.arch_kwargs,
+            "in_channels": channels, "num_classes": classes, "kind": kind}
+    if distributed.is_main():
+        if kind == "program":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, path)
+        else:
+            save_checkpoint(teacher, path, meta)
+    distributed.barrier()
+    run.record("teacher", "distill", teacher_id, path, info={
+        **meta, "parameters": count_parameters(teacher), "source": str(source)})
     return teacher
 
 
-def run_distill(run: RunDir, force: bool = False) -> nn.Module:
-    """Distil the student from the teacher (both reused when their inputs are unchanged)."""
+def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) -> nn.Module:
+    """Distil the student from the teacher; with ``baseline``, also train it from labels alone."""
     teacher = ensure_teacher(run, force)
     cfg = run.config.distill
-    channels, classes = _shape(run)
-    student_id = run.artifact_id("student", {"distill": cfg.model_dump(), "seed": run.config.seed},
-                                 [run.manifest.artifacts["teacher"].id])
-    if not force and run.manifest.reusable("student", student_id, run.root):
-        return load_student(run)
-    seed_everything(run.config.seed)
-    student = build_model(cfg.arch, channels, classes)
-    teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
-    history = distill_student(student, teacher_logits, run.splits, cfg, run.config.seed)
-    meta = {"arch": cfg.arch, "in_channels": channels, "num_classes": classes}
-    save_checkpoint(student, run.path(STUDENT_PATH), meta)
-    run.record("student", "distill", student_id, run.path(STUDENT_PATH), parent="teacher",
-               info={**meta, "parameters": count_parameters(student), "loss": cfg.loss, **history})
+    key = {"distill": cfg.model_dump(exclude={"baseline"}), "augment": run.config.data.augment.model_dump(),
+           "seed": run.config.seed}
+    student_id = run.artifact_id("student", key, [run.manifest.artifacts["teacher"].id])
+    if force or not run.manifest.reusable("student", student_id, run.root):
+        student = _train(run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher")
+    else:
+        student = load_student(run)
+    if cfg.baseline if baseline is None else baseline:
+        baseline_key = {**key, "distill": cfg.model_dump(exclude={"baseline", "losses"})}
+        baseline_id = run.artifact_id("baseline", baseline_key, [])
+        if force or not run.manifest.reusable("baseline", baseline_id, run.root):
+            _train(run, "baseline", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, baseline_id)
     return student

@@ -1,28 +1,49 @@
-"""Distillation losses, chosen in the config by registry name."""
+"""Distillation losses, chosen and weighted in the config by registry name.
+
+A loss is built by a factory ``(student, teacher, example_input, **params) -> nn.Module``; the module names the
+layers whose outputs it needs (``student_layers``/``teacher_layers``) and is called with both models' outputs.
+Adding a loss is one factory and one ``@LOSSES.register`` line.
+"""
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 
-KDLoss = Callable[..., torch.Tensor]
-LOSSES: Registry[KDLoss] = Registry("distillation loss")
+
+@dataclass
+class Outputs:
+    """A model's logits and the outputs of the named layers a loss asked for."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@LOSSES.register("hinton")
-def hinton_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """Hinton KD: ``alpha*CE(y) + (1-alpha)*T²*KL(softmax(t/T) ‖ softmax(s/T))``."""
+class DistillLoss(nn.Module):
+    """Base of every loss: which layers it reads, and whether it needs the teacher at all."""
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    needs_teacher: bool = True
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+LossFactory = Callable[..., DistillLoss]
+LOSSES: Registry[LossFactory] = Registry("distillation loss")
+
+
+def hinton_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float) -> torch.Tensor:
+    """``alpha*CE(y) + (1-alpha)*T²*KL(softmax(t/T) ‖ softmax(s/T))``."""
     hard = F.cross_entropy(student_logits, labels)
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
@@ -31,3 +52,128 @@ def hinton_loss(
         log_target=True,
     )
     return alpha * hard + (1 - alpha) * temperature**2 * soft
+
+
+class _LogitLoss(DistillLoss):
+    def __init__(self, fn: Callable, needs_teacher: bool = True, **params) -> None:
+        super().__init__()
+        self.fn, self.params, self.needs_teacher = fn, params, needs_teacher
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        return self.fn(student.logits, teacher.logits if teacher else None, labels, **self.params)
+
+
+@LOSSES.register("ce")
+def cross_entropy(student, teacher, example, **_) -> DistillLoss:
+    """Label cross-entropy only (the baseline student's loss)."""
+    return _LogitLoss(lambda s, t, y: F.cross_entropy(s, y), needs_teacher=False)
+
+
+@LOSSES.register("hinton")
+def hinton(student, teacher, example, temperature: float = 4.0, alpha: float = 0.5) -> DistillLoss:
+    """Hinton KD with temperature T and label weight alpha."""
+    if temperature <= 0 or not 0 <= alpha <= 1:
+        raise ConfigError(f"hinton loss needs temperature > 0 and 0 ≤ alpha ≤ 1; got {temperature}, {alpha}")
+    return _LogitLoss(hinton_loss, temperature=temperature, alpha=alpha)
+
+
+@LOSSES.register("mse")
+def logit_mse(student, teacher, example) -> DistillLoss:
+    """Mean squared error between student and teacher logits."""
+    return _LogitLoss(lambda s, t, y: F.mse_loss(s, t))
+
+
+class HintLoss(DistillLoss):
+    """FitNets hint: MSE between a teacher feature map and a student feature map through a learned 1×1 conv."""
+
+    def __init__(self, student_layer: str, teacher_layer: str, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
+        self.adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        s = self.adapter(student.features[self.student_layers[0]])
+        t = teacher.features[self.teacher_layers[0]]
+        if s.shape[-2:] != t.shape[-2:]:
+            size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+            s, t = F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size)
+        return F.mse_loss(s, t)
+
+
+@LOSSES.register("hint")
+def hint(student, teacher, example, student_layer: str, teacher_layer: str) -> DistillLoss:
+    """FitNets hints on named layers (``model.named_modules()`` names), with a learned 1×1 adapter."""
+    student_channels = _feature_shape(student, student_layer, example)[1]
+    teacher_channels = _feature_shape(teacher, teacher_layer, example)[1]
+    return HintLoss(student_layer, teacher_layer, student_channels, teacher_channels)
+
+
+def _feature_shape(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[int, ...]:
+    with FeatureTap(model, (layer,), role="model") as tap, torch.no_grad():
+        was_training = model.training
+        model.eval()
+        model(example)
+        model.train(was_training)
+        shape = tuple(tap.features[layer].shape)
+    if len(shape) != 4:
+        raise ConfigError(f"layer {layer!r} gives a {len(shape)}-D output {shape}; hint needs a 4-D feature map")
+    return shape
+
+
+class FeatureTap:
+    """Forward hooks that keep the outputs of named layers (a context manager that removes them)."""
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...], role: str) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing:
+            valid = ", ".join(name for name in modules if name)[:300]
+            raise ConfigError(f"{role} has no layer {missing[0]!r}; layers: {valid}")
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in layers]
+
+    def _keeper(self, name: str):
+        def keep(module, args, output):
+            self.features[name] = output
+
+        return keep
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def __enter__(self) -> "FeatureTap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Objective(nn.Module):
+    """The configured weighted sum of losses."""
+
+    def __init__(self, specs: list, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+        super().__init__()
+        self.terms = nn.ModuleList(LOSSES.get(spec.name)(student, teacher, example, **spec.params) for spec in specs)
+        self.weights = [spec.weight for spec in specs]
+        self.student_layers = tuple(dict.fromkeys(l for t in self.terms for l in t.student_layers))
+        self.teacher_layers = tuple(dict.fromkeys(l for t in self.terms for l in t.teacher_layers))
+        self.needs_teacher = any(term.needs_teacher for term in self.terms)
+        if self.needs_teacher and teacher is None:
+            names = [spec.name for spec, term in zip(specs, self.terms) if term.needs_teacher]
+            raise ConfigError(f"losses {names} need a teacher", "use the ce loss alone for a student without one")
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        return sum(w * term(student, teacher, labels) for w, term in zip(self.weights, self.terms))
+
+
+def check_loss_params(name: str, params: dict) -> None:
+    """Raise ConfigError unless ``params`` are exactly what loss ``name`` accepts (names the bad key)."""
+    signature = inspect.signature(LOSSES.get(name))
+    accepted = [p for p in list(signature.parameters)[3:] if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in params:
+        if key not in accepted:
+            raise ConfigError(f"loss {name!r} has no parameter {key!r}; it takes: {', '.join(accepted) or 'none'}")
+    for key in accepted:
+        if signature.parameters[key].default is inspect.Parameter.empty and key not in params:
+            raise ConfigError(f"loss {name!r} needs parameter {key!r}")

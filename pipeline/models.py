@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -41,9 +46,71 @@ def student_cnn(in_channels: int, num_classes: int) -> nn.Module:
     )
 
 
-def build_model(arch: str, in_channels: int, num_classes: int) -> nn.Module:
-    """Instantiate a registered architecture."""
-    return ARCHITECTURES.get(arch)(in_channels, num_classes)
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    """``package.module:factory`` or ``path/to/file.py:factory`` → the factory callable."""
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ModelError(f"model file {path} does not exist (from arch {spec!r})")
+            loader_spec = importlib.util.spec_from_file_location(f"edgepipe_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot import {module_name!r} for arch {spec!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r} (arch {spec!r})")
+    return factory
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:
+    """A registered architecture, or a user factory named ``module:factory`` / ``file.py:factory``.
+
+    A user factory gets ``kwargs`` plus ``in_channels``/``num_classes`` when its signature takes them.
+    """
+    kwargs = dict(kwargs or {})
+    if ":" not in arch:
+        return ARCHITECTURES.get(arch)(in_channels, num_classes, **kwargs)
+    factory = _import_factory(arch)
+    accepted = inspect.signature(factory).parameters
+    for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if name in accepted:
+            kwargs.setdefault(name, value)
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ModelError(f"arch {arch!r} rejected its arguments {sorted(kwargs)}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_program(path: Path) -> nn.Module:
+    """A teacher saved as a whole program: TorchScript (``torch.jit.save``) or ``torch.export`` (.pt2)."""
+    import torch
+
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(str(path)).module()
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as e:
+        raise ModelError(f"cannot load program {path}: {str(e).strip().splitlines()[0]}") from e
+
+
+def is_program(path: Path) -> bool:
+    """True for TorchScript archives and torch.export files (not state_dict checkpoints)."""
+    if path.suffix == ".pt2":
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -56,7 +123,7 @@ def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
 
 
-def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int) -> nn.Module:
+def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:
     """Load a state_dict checkpoint (``weights_only=True``) into ``arch``; mismatches name the first bad keys."""
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist")
@@ -68,7 +135,7 @@ def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int) -
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"checkpoint {path} holds no state_dict")
-    model = build_model(arch, in_channels, num_classes)
+    model = build_model(arch, in_channels, num_classes, kwargs)
     _check_state(model.state_dict(), state, path, arch)
     model.load_state_dict(state)
     return model.eval()

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, log_path=False)
 
 
-def progress_bar() -> Progress:
+def progress_bar(disable: bool = False) -> Progress:
     """A progress display with a description, bar, count, elapsed and remaining time, and a status field."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -18,4 +18,5 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         console=console,
+        disable=disable,
     )

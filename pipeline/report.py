@@ -22,18 +22,31 @@ def _row(manifest: Manifest, m: Measurement, teacher: Measurement, student: Meas
     )
 
 
+def _losses(info: dict) -> str:
+    return " + ".join(f"{spec['weight']:g}·{spec['name']}" for spec in info["losses"])
+
+
 def _models_section(manifest: Manifest) -> list[str]:
     teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
     if not teacher or not student:
         return []
     ratio = teacher.info["parameters"] / student.info["parameters"]
-    return [
-        f"- teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters ({teacher.info['source']})",
+    lines = [
+        f"- teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters "
+        f"({teacher.info.get('source', 'trained by edgepipe')})",
         f"- student: `{student.info['arch']}`, {student.info['parameters']:,} parameters ({ratio:.1f}× fewer), "
-        f"distilled with `{student.info['loss']}` for {len(student.info['history'])} epochs, best val epoch "
+        f"loss {_losses(student.info)}, {student.info['epochs_run']} epochs, best val epoch "
         f"{student.info['best_epoch']} ({student.info['val_accuracy']:.2f} % val)",
-        "",
     ]
+    baseline = manifest.artifacts.get("baseline")
+    if baseline:
+        lines.append(f"- baseline student: same architecture and budget, loss {_losses(baseline.info)}, "
+                     f"best val epoch {baseline.info['best_epoch']} ({baseline.info['val_accuracy']:.2f} % val)")
+    pytorch = {m.artifact: m.accuracy for m in manifest.measurements if m.runtime == "pytorch"}
+    if "baseline" in pytorch and "student" in pytorch:
+        lines.append(f"- **KD gain** (test top-1, KD student − baseline student): "
+                     f"{pytorch['student'] - pytorch['baseline']:+.2f} points")
+    return lines + [""]
 
 
 def render_report(manifest: Manifest) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pipeline import __version__
+from pipeline import __version__, distributed
 from pipeline.config import RunConfig, dump_config, load_config
 from pipeline.data import Splits, load_splits
 from pipeline.environment import environment
@@ -38,9 +38,11 @@ class RunDir:
         )
         run = cls(root, config, manifest)
         _ = run.splits
-        root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(root / "config.yaml", dump_config(config))
+        if distributed.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(root / "config.yaml", dump_config(config))
         run.save()
+        distributed.barrier()
         return run
 
     @classmethod
@@ -103,4 +105,6 @@ class RunDir:
         return record
 
     def save(self) -> None:
-        self.manifest.save(self.root / "manifest.json")
+        """Write the manifest (rank 0 only under torchrun)."""
+        if distributed.is_main():
+            self.manifest.save(self.root / "manifest.json")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import LOSSES, hinton_loss
+from pipeline.losses import LOSSES, Outputs, hinton_loss
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -78,6 +78,7 @@ def test_gradient_flows_to_student_only(logits) -> None:
 def test_float32_batch_works(logits) -> None:
     """float32 logits (what training uses) agree with the float64 hand computation closely."""
     student, teacher, labels = logits
-    got = LOSSES.get("hinton")(student.float(), teacher.float(), labels, temperature=4.0, alpha=0.5)
+    term = LOSSES.get("hinton")(None, None, None, temperature=4.0, alpha=0.5)
+    got = term(Outputs(student.float()), Outputs(teacher.float()), labels)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(by_hand(student.numpy(), teacher.numpy(), labels.numpy(), 4.0, 0.5), rel=1e-5)

@@ -1,0 +1,55 @@
+"""KD gain over seeds: teacher, KD student and a baseline student (labels only, same budget) per seed.
+
+    python bench/kd_gain.py --seeds 0 1 2 [--config CONFIG] [--out runs/kd_gain]
+
+Each seed is a full edgepipe distill stage (its own split, teacher, student and baseline); accuracy is top-1
+on the test split in PyTorch. Prints one row per seed and the mean gain, and writes kd_gain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.distill import load_model, run_distill
+from pipeline.rundir import RunDir
+from pipeline.train import accuracy, predict_logits
+
+
+def measure_seed(config_path: Path | None, seed: int, out: Path) -> dict:
+    config = load_config(config_path, {"seed": seed, "distill.baseline": True})
+    run = RunDir.create(out / f"seed{seed}", config)
+    run_distill(run)
+    test = run.splits.test
+    row = {"seed": seed}
+    for name in ("teacher", "student", "baseline"):
+        row[name] = round(accuracy(predict_logits(load_model(run, name), run.splits, test), test.y), 2)
+        row[f"{name}_parameters"] = run.manifest.artifacts[name].info["parameters"]
+    row["kd_gain"] = round(row["student"] - row["baseline"], 2)
+    row["gap_to_teacher"] = round(row["teacher"] - row["student"], 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/kd_gain"))
+    args = parser.parse_args()
+    rows = [measure_seed(args.config, seed, args.out) for seed in args.seeds]
+    print("seed  teacher  KD student  baseline  KD gain  gap to teacher")
+    for r in rows:
+        print(f"{r['seed']:>4}  {r['teacher']:7.2f}  {r['student']:10.2f}  {r['baseline']:8.2f}  {r['kd_gain']:+7.2f}"
+              f"  {r['gap_to_teacher']:14.2f}")
+    gains = [r["kd_gain"] for r in rows]
+    ratio = rows[0]["teacher_parameters"] / rows[0]["student_parameters"]
+    print(f"mean KD gain {statistics.mean(gains):+.2f} points over {len(rows)} seeds; "
+          f"student has {ratio:.1f}× fewer parameters than the teacher")
+    (args.out / "kd_gain.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
