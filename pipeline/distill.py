@@ -82,11 +82,11 @@ def _train(run: RunDir, name: str, arch: str, arch_kwargs: dict, cfg: TrainConfi
     _check_outputs(model, run, name)
     objective = Objective(losses, model, teacher, _example(run))
     teacher_logits = None
-    if objective.needs_teacher and not objective.teacher_layers:
+    if objective.needs_teacher and not objective.teacher_layers and not run.splits.augment.enabled:
         teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
     progress_path = run.path(f"checkpoints/{name}.progress.pt")
     job = TrainJob(name=name, model=model, objective=objective, cfg=cfg, seed=run.config.seed,
-                   progress_path=progress_path, job_id=artifact_id, augment=run.config.data.augment,
+                   progress_path=progress_path, job_id=artifact_id,
                    teacher=teacher, teacher_logits=teacher_logits)
     summary = fit(job, run.splits)
     meta = {"arch": arch, "arch_kwargs": arch_kwargs, "in_channels": channels, "num_classes": classes,

@@ -7,7 +7,7 @@ continues from the last finished epoch and ends where an uninterrupted one would
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from pipeline import distributed
-from pipeline.augment import augment_batch
-from pipeline.config import AugmentConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.data import Images, Splits
 from pipeline.io import atomic_path
 from pipeline.losses import FeatureTap, Objective, Outputs
@@ -64,9 +63,8 @@ class TrainJob:
     seed: int
     progress_path: Path
     job_id: str
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher: nn.Module | None = None
-    teacher_logits: np.ndarray | None = None  # cached over the un-augmented training split
+    teacher_logits: np.ndarray | None = None  # cached over the training split (no augmentation, no features)
 
 
 class _Trainee(nn.Module):
@@ -99,7 +97,7 @@ class _Teacher:
         layers = job.objective.teacher_layers
         self.tap = FeatureTap(job.teacher, layers, role="teacher") if job.teacher is not None and layers else None
         self.cached = None
-        if job.teacher_logits is not None and not layers and not job.augment.enabled:
+        if job.teacher_logits is not None:
             self.cached = torch.from_numpy(job.teacher_logits).to(device)
         elif job.teacher is not None:
             job.teacher.to(device).eval()
@@ -159,8 +157,7 @@ def fit(job: TrainJob, splits: Splits) -> dict:
             rng = np.random.default_rng([job.seed, epoch, rank])
             for step in range(steps_per_epoch):
                 index = order[step * batch_size : (step + 1) * batch_size]
-                pixels = splits.train.x[index]
-                x = to_input(splits.normalize(augment_batch(pixels, rng, job.augment)), device)
+                x = to_input(splits.normalize(splits.train_batch(index, rng)), device)
                 y = torch.from_numpy(splits.train.y[index]).to(device)
                 loss = trainee(x, y, teacher(x, index))
                 optimizer.zero_grad(set_to_none=True)
