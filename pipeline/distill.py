@@ -14,7 +14,7 @@ from pipeline.config import LossSpec, TrainConfig
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
-from pipeline.models import build_model, count_parameters, is_program, load_checkpoint, load_program, save_checkpoint
+from pipeline.models import arch_fingerprint, build_model, count_parameters, is_program, load_checkpoint, load_program, save_checkpoint
 from pipeline.rundir import RunDir
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 
@@ -70,7 +70,9 @@ def _teacher_id(run: RunDir) -> str:
         if not checkpoint.is_file():
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
         cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": sha256_file(checkpoint)}
-    return run.artifact_id("teacher", {"teacher": cfg, "data": run.config.data.model_dump(), "seed": run.config.seed}, [])
+    key = {"teacher": cfg, "model": arch_fingerprint(run.config.teacher.arch), "data": run.config.data.model_dump(),
+           "seed": run.config.seed}
+    return run.artifact_id("teacher", key, [])
 
 
 def _train(run: RunDir, name: str, arch: str, arch_kwargs: dict, cfg: TrainConfig, losses: list[LossSpec],
@@ -137,8 +139,8 @@ def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) 
     """Distil the student from the teacher; with ``baseline``, also train it from labels alone."""
     teacher = ensure_teacher(run, force)
     cfg = run.config.distill
-    key = {"distill": cfg.model_dump(exclude={"baseline"}), "augment": run.config.data.augment.model_dump(),
-           "seed": run.config.seed}
+    key = {"distill": cfg.model_dump(exclude={"baseline"}), "model": arch_fingerprint(cfg.arch),
+           "data": run.config.data.model_dump(), "seed": run.config.seed}
     student_id = run.artifact_id("student", key, [run.manifest.artifacts["teacher"].id])
     if force or not run.manifest.reusable("student", student_id, run.root):
         student = _train(run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher")

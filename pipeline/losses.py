@@ -103,17 +103,21 @@ class HintLoss(DistillLoss):
 @LOSSES.register("hint")
 def hint(student, teacher, example, student_layer: str, teacher_layer: str) -> DistillLoss:
     """FitNets hints on named layers (``model.named_modules()`` names), with a learned 1×1 adapter."""
-    student_channels = _feature_shape(student, student_layer, example)[1]
-    teacher_channels = _feature_shape(teacher, teacher_layer, example)[1]
+    if teacher is None:
+        raise ConfigError("losses ['hint'] need a teacher", "use the ce loss alone for a student without one")
+    student_channels = _feature_shape(student, student_layer, example, "student")[1]
+    teacher_channels = _feature_shape(teacher, teacher_layer, example, "teacher")[1]
     return HintLoss(student_layer, teacher_layer, student_channels, teacher_channels)
 
 
-def _feature_shape(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[int, ...]:
-    with FeatureTap(model, (layer,), role="model") as tap, torch.no_grad():
+def _feature_shape(model: nn.Module, layer: str, example: torch.Tensor, role: str) -> tuple[int, ...]:
+    with FeatureTap(model, (layer,), role=role) as tap, torch.no_grad():
         was_training = model.training
         model.eval()
         model(example)
         model.train(was_training)
+        if layer not in tap.features:
+            raise ConfigError(f"{role} layer {layer!r} did not run in a forward pass; pick a layer the model uses")
         shape = tuple(tap.features[layer].shape)
     if len(shape) != 4:
         raise ConfigError(f"layer {layer!r} gives a {len(shape)}-D output {shape}; hint needs a 4-D feature map")
@@ -124,6 +128,9 @@ class FeatureTap:
     """Forward hooks that keep the outputs of named layers (a context manager that removes them)."""
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...], role: str) -> None:
+        if layers and isinstance(model, torch.jit.ScriptModule):
+            raise ConfigError(f"the {role} is a TorchScript program: its layers cannot be tapped for feature losses (hint)",
+                              "use logit losses (hinton, mse) or give the teacher as a state_dict with its arch")
         modules = dict(model.named_modules())
         missing = [name for name in layers if name not in modules]
         if missing:
@@ -134,7 +141,7 @@ class FeatureTap:
 
     def _keeper(self, name: str):
         def keep(module, args, output):
-            self.features[name] = output
+            self.features[name] = output.clone()  # a later in-place op (ReLU(inplace=True)) must not change it
 
         return keep
 
@@ -177,3 +184,11 @@ def check_loss_params(name: str, params: dict) -> None:
     for key in accepted:
         if signature.parameters[key].default is inspect.Parameter.empty and key not in params:
             raise ConfigError(f"loss {name!r} needs parameter {key!r}")
+    for key, value in params.items():
+        expected = _PARAM_TYPES.get(str(signature.parameters[key].annotation))
+        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ConfigError(f"loss {name!r} parameter {key!r} must be {signature.parameters[key].annotation}; "
+                              f"got {value!r}")
+
+
+_PARAM_TYPES = {"float": (int, float), "int": (int,), "str": (str,)}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ModelError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, sha256_file
 from pipeline.registry import Registry
 
 ARCHITECTURES: Registry = Registry("architecture")
@@ -91,13 +91,26 @@ def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | No
     return model
 
 
+class ExportedTeacher(nn.Module):
+    """A ``torch.export`` program as a module; its graph has no train/eval switch, so that is a no-op here."""
+
+    def __init__(self, program_module: nn.Module) -> None:
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x):
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> "ExportedTeacher":
+        self.training = mode
+        return self
+
+
 def load_program(path: Path) -> nn.Module:
     """A teacher saved as a whole program: TorchScript (``torch.jit.save``) or ``torch.export`` (.pt2)."""
-    import torch
-
     try:
         if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
+            return ExportedTeacher(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as e:
         raise ModelError(f"cannot load program {path}: {str(e).strip().splitlines()[0]}") from e
@@ -111,6 +124,23 @@ def is_program(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any("/code/" in name for name in archive.namelist())
+
+
+def arch_fingerprint(arch: str) -> dict:
+    """What identifies an architecture for caching: its name, plus the source file's sha256 for user factories."""
+    module_name = arch.rpartition(":")[0]
+    if not module_name:
+        return {"arch": arch}
+    if module_name.endswith(".py"):
+        origin = module_name
+    else:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec and spec.origin else None
+    source = Path(origin) if origin else None
+    return {"arch": arch, "source_sha256": sha256_file(source) if source and source.is_file() else None}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -190,11 +190,6 @@ def test_unknown_hint_layer_is_a_config_error_naming_it(tmp_path: Path, tiny_con
     assert "student" not in run.manifest.artifacts
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/losses.py FeatureTap: a TorchScript teacher (scripted or "
-                   "traced, as torch.jit.load returns it) cannot be hooked: register_forward_hook raises RuntimeError "
-                   "('not supported on ScriptModules') with a traceback (an in-memory traced module never calls the "
-                   "hooks: KeyError in _feature_shape); raise a ConfigError saying hint needs a state_dict teacher "
-                   "(reject torch.jit.ScriptModule in FeatureTap; check the layer was captured in _feature_shape)")
 @pytest.mark.parametrize("kind", ["script", "trace"])
 def test_hint_with_a_torchscript_teacher_is_a_one_line_error(tmp_path: Path, tiny_config_dict: dict,
                                                             kind: str) -> None:
@@ -211,9 +206,6 @@ def test_hint_with_a_torchscript_teacher_is_a_one_line_error(tmp_path: Path, tin
     assert_one_line(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/losses.py hint/_feature_shape: the probe's FeatureTap uses "
-                   "role='model', so the error says 'model has no layer' without telling whether student_layer or "
-                   "teacher_layer is wrong; pass role='student'/'teacher' through _feature_shape")
 def test_unknown_hint_layer_error_says_which_model(models) -> None:
     student, teacher = models
     with pytest.raises(ConfigError, match="student has no layer '99'"):
@@ -251,10 +243,6 @@ def test_teacher_losses_without_a_teacher_are_config_errors(models, losses: list
     assert "ce loss alone" in caught.value.one_line()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/losses.py Objective.__init__: the hint factory probes the "
-                   "teacher before the needs-teacher check, so teacher=None raises AttributeError "
-                   "('NoneType' object has no attribute 'named_modules'); check needs_teacher/teacher None first "
-                   "(or in hint(): raise ConfigError when teacher is None)")
 def test_hint_without_a_teacher_is_a_config_error(models) -> None:
     student, _ = models
     with pytest.raises(ConfigError, match="need a teacher"):
@@ -262,10 +250,6 @@ def test_hint_without_a_teacher_is_a_config_error(models) -> None:
                   torch.zeros(2, 1, 8, 8))
 
 
-@pytest.mark.xfail(strict=True, reason="loss parameter values are never type-checked: config.py LossSpec / "
-                   "losses.py check_loss_params only check names, so `temperature: hot` reaches hinton() and "
-                   "raises TypeError ('<=' between str and int) with a traceback; validate values against the "
-                   "factory's annotations (e.g. pydantic TypeAdapter per parameter) in check_loss_params")
 def test_loss_parameter_of_the_wrong_type_is_a_config_error(models, tiny_config_dict: dict) -> None:
     student, teacher = models
     with pytest.raises(ConfigError, match="temperature"):
@@ -274,9 +258,6 @@ def test_loss_parameter_of_the_wrong_type_is_a_config_error(models, tiny_config_
         Objective(config.distill.losses, student, teacher, torch.zeros(2, 1, 8, 8))
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/losses.py FeatureTap._keeper keeps the hooked output by "
-                   "reference; both built-in models follow each BatchNorm with ReLU(inplace=True), so a hint on a "
-                   "BatchNorm layer (e.g. student '5') silently gets the post-ReLU values; keep output.clone()")
 def test_tapped_feature_is_the_layer_output(models, batch) -> None:
     """A tap on BatchNorm '1' keeps BatchNorm's output, not what a later in-place ReLU made of it."""
     student, _ = models

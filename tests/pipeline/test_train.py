@@ -369,9 +369,6 @@ def test_baseline_added_later_is_label_only_and_independent_of_the_teacher(tmp_p
     assert inode(root / "checkpoints/baseline.pt") == baseline_state
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/distill.py run_distill: the baseline id hashes the distill "
-                   "config, augment and seed but not run.config.data (the student gets it through the teacher "
-                   "id), so a baseline trained on other data is reused; add the data config to baseline_key")
 def test_baseline_is_retrained_when_the_data_changes(tmp_path: Path, student_config: dict) -> None:
     """Another validation split (data.val_fraction) means other training data: a new baseline id."""
     student_config["distill"]["epochs"] = 1
