@@ -154,3 +154,29 @@ def onnx_invoke():
         return session.run(None, {session.get_inputs()[0].name: feed})[0]
 
     return invoke
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (as torchrun gives each process): tiny models train several times
+    faster than on two contended threads. Request it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher-cnn trained for 2 epochs on digits, shared by every test that only trains students."""
+    from pipeline.config import parse_config
+    from pipeline.distill import TEACHER_PATH, ensure_teacher
+    from pipeline.rundir import RunDir
+
+    root = tmp_path_factory.mktemp("teacher") / "run"
+    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
+              "export": {"targets": []}}
+    ensure_teacher(RunDir.create(root, parse_config(config)))
+    return root / TEACHER_PATH

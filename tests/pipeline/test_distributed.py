@@ -27,22 +27,7 @@ from pipeline.train import accuracy, predict_logits
 DDP_TOLERANCE = 3.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (as torchrun gives each process): tiny models train faster than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
-              "export": {"targets": []}}
-    ensure_teacher(RunDir.create(root, parse_config(config)))
-    return root / TEACHER_PATH
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchrun_distill(root: Path, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -23,23 +23,7 @@ from pipeline.rundir import RunDir
 HINT_PAIRS = [("6", "6", 48, 64), ("10", "13", 64, 128), ("2", "10", 24, 128)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models train several times faster than on two (contended) threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A teacher-cnn trained for 2 epochs on digits."""
-    root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
-              "export": {"targets": []}}
-    ensure_teacher(RunDir.create(root, parse_config(config)))
-    return root / TEACHER_PATH
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

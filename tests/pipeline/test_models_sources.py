@@ -19,6 +19,8 @@ from pipeline.models import build_model, count_parameters, is_program, load_prog
 from pipeline.rundir import RunDir
 from pipeline.train import accuracy, predict_logits
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 USER_MODELS = '''
 import torch
 from torch import nn
@@ -44,15 +46,6 @@ def not_a_model(num_classes):
 
 NOT_CALLABLE = 3
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models train several times faster than on two (contended) threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

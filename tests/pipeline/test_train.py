@@ -31,28 +31,12 @@ from pipeline.train import TrainJob, accuracy, fit, predict_logits, seed_everyth
 PROGRESS_PATH = "checkpoints/student.progress.pt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models train several times faster than on two (contended) threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def still_one_thread(one_thread) -> None:
     torch.set_num_threads(1)  # bench sets its own thread count for the rest of the process
-
-
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A teacher-cnn trained for 2 epochs on digits (so runs here only train students)."""
-    root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
-              "export": {"targets": []}}
-    ensure_teacher(RunDir.create(root, parse_config(config)))
-    return root / TEACHER_PATH
 
 
 @pytest.fixture
