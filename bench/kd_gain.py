@@ -42,12 +42,16 @@ def main() -> None:
     rows = [measure_seed(args.config, seed, args.out) for seed in args.seeds]
     print("seed  teacher  KD student  baseline  KD gain  gap to teacher")
     for r in rows:
-        print(f"{r['seed']:>4}  {r['teacher']:7.2f}  {r['student']:10.2f}  {r['baseline']:8.2f}  {r['kd_gain']:+7.2f}"
-              f"  {r['gap_to_teacher']:14.2f}")
+        print(
+            f"{r['seed']:>4}  {r['teacher']:7.2f}  {r['student']:10.2f}  {r['baseline']:8.2f}  {r['kd_gain']:+7.2f}"
+            f"  {r['gap_to_teacher']:14.2f}"
+        )
     gains = [r["kd_gain"] for r in rows]
     ratio = rows[0]["teacher_parameters"] / rows[0]["student_parameters"]
-    print(f"mean KD gain {statistics.mean(gains):+.2f} points over {len(rows)} seeds; "
-          f"student has {ratio:.1f}× fewer parameters than the teacher")
+    print(
+        f"mean KD gain {statistics.mean(gains):+.2f} points over {len(rows)} seeds; "
+        f"student has {ratio:.1f}× fewer parameters than the teacher"
+    )
     (args.out / "kd_gain.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

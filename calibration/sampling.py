@@ -37,7 +37,9 @@ class CalibrationSet:
             with np.load(path) as archive:
                 calibration = cls(archive["x"], archive["ids"], archive["labels"])
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise DataError(f"calibration set {path} is unreadable: {e}", "re-run `edgepipe quantize RUN_DIR --force`") from e
+            raise DataError(
+                f"calibration set {path} is unreadable: {e}", "re-run `edgepipe quantize RUN_DIR --force`"
+            ) from e
         if len(calibration) == 0:
             raise DataError(f"calibration set {path} is empty", "set calibration.size ≥ 1 and re-run quantize")
         return calibration

@@ -30,9 +30,13 @@ def _runners(run: RunDir) -> list[tuple[str, str, Callable[[], Runner]]]:
         path = run.path(record.path)
         if record.info["format"] == "onnx":
             for provider in onnxruntime_providers():
-                plans.append((name, f"onnxruntime {provider}", lambda p=path, pr=provider: onnxruntime_runner(p, pr, threads)))
+                plans.append(
+                    (name, f"onnxruntime {provider}", lambda p=path, pr=provider: onnxruntime_runner(p, pr, threads))
+                )
         else:
-            plans.append((name, "tflite", lambda p=path, r=record: artifact_runner(p, "tflite", r.inputs, r.outputs, threads)))
+            plans.append(
+                (name, "tflite", lambda p=path, r=record: artifact_runner(p, "tflite", r.inputs, r.outputs, threads))
+            )
     return plans
 
 
@@ -63,19 +67,35 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 teacher_top1 = top1
             latency = measure_latency(runner.timed_call(x_test[:1]), 1, cfg.warmup, cfg.min_runs, cfg.min_seconds)
             batch = x_test[: cfg.throughput_batch]
-            throughput = measure_latency(runner.timed_call(batch), len(batch), max(1, cfg.warmup // 5),
-                                         max(5, cfg.min_runs // 10), cfg.min_seconds)
-            measurements.append(Measurement(
-                artifact=name, runtime=runner.runtime, provider=runner.provider, threads=runner.threads,
-                accuracy=round(float((top1 == splits.test.y).mean() * 100), 2),
-                agreement=round(float((top1 == teacher_top1).mean() * 100), 2),
-                latency=latency, throughput=throughput,
-                throughput_ips=round(len(batch) / (throughput.p50_ms / 1000), 1),
-            ))
+            throughput = measure_latency(
+                runner.timed_call(batch),
+                len(batch),
+                max(1, cfg.warmup // 5),
+                max(5, cfg.min_runs // 10),
+                cfg.min_seconds,
+            )
+            measurements.append(
+                Measurement(
+                    artifact=name,
+                    runtime=runner.runtime,
+                    provider=runner.provider,
+                    threads=runner.threads,
+                    accuracy=round(float((top1 == splits.test.y).mean() * 100), 2),
+                    agreement=round(float((top1 == teacher_top1).mean() * 100), 2),
+                    latency=latency,
+                    throughput=throughput,
+                    throughput_ips=round(len(batch) / (throughput.p50_ms / 1000), 1),
+                )
+            )
             bar.advance(task)
     if "CUDAExecutionProvider" not in onnxruntime_providers():
-        skipped.append(Skipped(artifact="onnx-*", runtime="onnxruntime CUDAExecutionProvider",
-                               reason="the installed onnxruntime has no CUDA provider (install onnxruntime-gpu on a GPU machine)"))
+        skipped.append(
+            Skipped(
+                artifact="onnx-*",
+                runtime="onnxruntime CUDAExecutionProvider",
+                reason="the installed onnxruntime has no CUDA provider (install onnxruntime-gpu on a GPU machine)",
+            )
+        )
     run.manifest.measurements = measurements
     run.manifest.skipped = skipped
     run.save()

@@ -18,8 +18,19 @@ def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
         return CalibrationSet.load(path)
     calibration = draw_calibration_set(run.splits, run.config.calibration.size, run.config.seed)
     calibration.save(path)
-    counts = {run.splits.classes[c]: int((calibration.labels == c).sum()) for c in sorted(set(calibration.labels.tolist()))}
-    run.record("calibration", "calibrate", calibration_id, path, info={
-        "size": len(calibration), "split": "train", "per_class": counts, "sample_ids": calibration.ids.tolist(),
-    })
+    counts = {
+        run.splits.classes[c]: int((calibration.labels == c).sum()) for c in sorted(set(calibration.labels.tolist()))
+    }
+    run.record(
+        "calibration",
+        "calibrate",
+        calibration_id,
+        path,
+        info={
+            "size": len(calibration),
+            "split": "train",
+            "per_class": counts,
+            "sample_ids": calibration.ids.tolist(),
+        },
+    )
     return calibration

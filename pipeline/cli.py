@@ -12,8 +12,12 @@ import typer
 
 from pipeline.errors import EdgepipeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distill a PyTorch teacher into small, verified ONNX and TFLite artifacts.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distill a PyTorch teacher into small, verified ONNX and TFLite artifacts.",
+)
 
 STAGES = ["distill", "calibrate", "export", "bench", "report"]
 INTERRUPTED_EXIT = 130
@@ -30,7 +34,9 @@ def reports_errors(command: Callable) -> Callable:
             typer.echo(f"edgepipe: error: {e.one_line()}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("edgepipe: interrupted; finished artifacts are kept, re-run the same command to resume", err=True)
+            typer.echo(
+                "edgepipe: interrupted; finished artifacts are kept, re-run the same command to resume", err=True
+            )
             raise typer.Exit(INTERRUPTED_EXIT) from None
 
     return wrapper
@@ -55,7 +61,9 @@ RunDirArg = typer.Argument(..., help="A run directory made by `edgepipe run`.", 
 @reports_errors
 def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; the embedded default when omitted."),
-    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory to write (resumes if it exists)."),
+    out: Path = typer.Option(
+        Path("runs/default"), "--out", "-o", help="Run directory to write (resumes if it exists)."
+    ),
     data: Optional[str] = typer.Option(None, help="Override data.source: fashion-mnist, digits, or a path."),
     force: list[str] = typer.Option([], help=f"Redo a stage even if cached: {', '.join(STAGES)}."),
 ) -> None:

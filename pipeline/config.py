@@ -20,11 +20,15 @@ class AugmentConfig(_Section):
 
     hflip: bool = Field(False, description="Mirror each training image left-right with probability 0.5.")
     crop_padding: int = Field(
-        0, ge=0, description="Zero-pad each side by this many pixels, then crop back to the image size at a random "
+        0,
+        ge=0,
+        description="Zero-pad each side by this many pixels, then crop back to the image size at a random "
         "offset (CIFAR-style random crop); 0 turns it off.",
     )
     brightness: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="Scale each training image's pixels by a random factor in [1-b, 1+b]; 0 turns it off.",
     )
 
@@ -51,11 +55,13 @@ class DataConfig(_Section):
         0.2, gt=0, lt=0.5, description="Share held out as test when the source has no test split of its own."
     )
     image_size: tuple[Size, Size] | None = Field(
-        None, description="[height, width] every image is resized to (Pillow bilinear), for every source; "
+        None,
+        description="[height, width] every image is resized to (Pillow bilinear), for every source; "
         "native size when empty (image folders then need images of one size).",
     )
     channels: Literal[1, 3] | None = Field(
-        None, description="1 converts every image to grayscale (Pillow 'L'), 3 to RGB; the source's own when empty.",
+        None,
+        description="1 converts every image to grayscale (Pillow 'L'), 3 to RGB; the source's own when empty.",
     )
     mean: list[float] | None = Field(
         None,
@@ -66,7 +72,8 @@ class DataConfig(_Section):
         description="Per-channel std of pixel / 255 (values in (0, 1]); computed on the training split when empty.",
     )
     augment: AugmentConfig = Field(
-        default_factory=AugmentConfig, description="Random augmentation of training batches (all off by default).",
+        default_factory=AugmentConfig,
+        description="Random augmentation of training batches (all off by default).",
     )
 
     @field_validator("mean", "std")
@@ -174,9 +181,7 @@ class CalibrationConfig(_Section):
 
 class OnnxQuantConfig(_Section):
     per_channel: bool = Field(True, description="Per-channel int8 weights.")
-    reduce_range: bool = Field(
-        True, description="7-bit weights; avoids u8s8 saturation on CPUs without VNNI (AVX2)."
-    )
+    reduce_range: bool = Field(True, description="7-bit weights; avoids u8s8 saturation on CPUs without VNNI (AVX2).")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation int8 type in the QDQ model.")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Range estimator.")
 
@@ -214,7 +219,6 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _targets_exist(self) -> "RunConfig":
         from targets import TARGETS
-
 
         for name in self.export.targets:
             TARGETS.get(name)

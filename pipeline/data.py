@@ -27,7 +27,16 @@ from pipeline.registry import Registry
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -218,8 +227,9 @@ def _pil_to_chw(image, channels: int | None, size: tuple[int, int] | None, where
 
     native = native_channels(image)
     if image.mode == "F":
-        raise DataError(f"{where}: 32-bit float pixels are not supported",
-                        "save the image with 8 or 16 bits per channel")
+        raise DataError(
+            f"{where}: 32-bit float pixels are not supported", "save the image with 8 or 16 bits per channel"
+        )
     if image.mode in SIXTEEN_BIT_MODES:  # Pillow's own conversion to L clips at 255; scale 0..65535 to 0..255
         wide = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8))
@@ -263,8 +273,10 @@ def _class_folders(root: Path) -> tuple[list[str], list[list[Path]]]:
     for folder in folders:
         found = _image_files(folder)
         if not found:
-            raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
-                            "add images or remove the folder")
+            raise DataError(
+                f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+                "add images or remove the folder",
+            )
         files.append(found)
     return [folder.name for folder in folders], files
 
@@ -274,13 +286,17 @@ def _decode_all(paths: list[Path], channels: int | None, size: tuple[int, int] |
 
     Without ``channels``/``size`` every image must match the first one; the error names both files.
     """
+
     def decode(path: Path) -> tuple[np.ndarray, int]:
         return decode_image(path, channels, size)
 
     out = np.empty(0, np.uint8)
     first_path, first_native = paths[0], 0
-    with warnings.catch_warnings(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
-            _progress(f"reading {root}", len(paths)) as advance:
+    with (
+        warnings.catch_warnings(),
+        ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool,
+        _progress(f"reading {root}", len(paths)) as advance,
+    ):
         warnings.simplefilter("ignore", UserWarning)  # Pillow: palette transparency, corrupt EXIF
         for start in range(0, len(paths), DECODE_CHUNK):
             chunk = paths[start : start + DECODE_CHUNK]
@@ -289,8 +305,10 @@ def _decode_all(paths: list[Path], channels: int | None, size: tuple[int, int] |
                     out, first_native = np.empty((len(paths), *pixels.shape), np.uint8), native
                 elif channels is None and native != first_native:
                     gray, colour = (first_path, path) if first_native == 1 else (path, first_path)
-                    raise DataError(f"{root} mixes grayscale ({gray}) and colour ({colour}) images",
-                                    "set data.channels to 1 or 3 to convert every image")
+                    raise DataError(
+                        f"{root} mixes grayscale ({gray}) and colour ({colour}) images",
+                        "set data.channels to 1 or 3 to convert every image",
+                    )
                 elif pixels.shape[1:] != out.shape[2:]:
                     raise DataError(
                         f"{root} mixes image sizes: {first_path} is {out.shape[2]}×{out.shape[3]} (H×W), "
@@ -338,8 +356,10 @@ def read_image_folder(root: Path, channels: int | None = None, size: tuple[int, 
         return Source(train, None, classes, "image-folder")
     others = [d.name for d in _visible_dirs(root) if d.name not in ("train", "test")]
     if others:
-        raise DataError(f"{root} holds {others} beside train/ and test/",
-                        "move them out, or point data.test at a separate test folder")
+        raise DataError(
+            f"{root} holds {others} beside train/ and test/",
+            "move them out, or point data.test at a separate test folder",
+        )
     train, classes = _read_class_folders(root / "train", channels, size)
     if not (root / "test").is_dir():
         return Source(train, None, classes, "image-folder train/")
@@ -380,7 +400,9 @@ def _digits(config: DataConfig) -> tuple[Images, Images | None, list[str]]:
 def _from_path(path_text: str, config: DataConfig) -> Source:
     path = Path(path_text)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist", "give a built-in name (fashion-mnist, digits) or an existing path")
+        raise DataError(
+            f"data path {path} does not exist", "give a built-in name (fashion-mnist, digits) or an existing path"
+        )
     if path.is_dir():
         if _find_idx(path, "train-images-idx3-ubyte") or _find_idx(path, "train-labels-idx1-ubyte"):
             train, test = read_idx_dir(path)
@@ -402,12 +424,16 @@ def _load_test(config: DataConfig, source: Source) -> tuple[Images, str]:
     """The separate test set of ``data.test``: its (train) images; an image folder must name the same classes."""
     extra = _from_path(config.test, config)
     if extra.test is not None and extra.layout.startswith("image-folder"):
-        raise DataError(f"data.test {config.test} holds train/ and test/ folders",
-                        f"point data.test at {Path(config.test) / 'test'}")
+        raise DataError(
+            f"data.test {config.test} holds train/ and test/ folders",
+            f"point data.test at {Path(config.test) / 'test'}",
+        )
     if extra.classes is not None:
         if source.classes is None:
-            raise DataError(f"data.test {config.test} is an image folder but data.source {config.source} has numeric "
-                            "labels", "give both as image folders, or both as labelled arrays")
+            raise DataError(
+                f"data.test {config.test} is an image folder but data.source {config.source} has numeric labels",
+                "give both as image folders, or both as labelled arrays",
+            )
         _same_classes(source.classes, extra.classes, f"data.source {config.source}", f"data.test {config.test}")
     return extra.train, extra.layout
 
@@ -421,8 +447,10 @@ def conform(images: Images, channels: int | None, size: tuple[int, int] | None, 
     if target == (native, height, width):
         return images
     if native not in (1, 3):
-        raise DataError(f"{where}: images with {native} channels cannot be converted or resized",
-                        "remove data.channels and data.image_size, or give 1- or 3-channel images")
+        raise DataError(
+            f"{where}: images with {native} channels cannot be converted or resized",
+            "remove data.channels and data.image_size, or give 1- or 3-channel images",
+        )
     out = np.empty((n, *target), np.uint8)
     for i, pixels in enumerate(images.x):
         image = Image.fromarray(pixels[0] if native == 1 else pixels.transpose(1, 2, 0))
@@ -448,8 +476,10 @@ def _check_per_channel(config: DataConfig, channels: int) -> None:
     for key in ("mean", "std"):
         values = getattr(config, key)
         if values is not None and len(values) != channels:
-            raise ConfigError(f"data.{key} has {len(values)} values but the images have {channels} channel(s)",
-                              f"give one value per channel, or set data.channels to {len(values)}")
+            raise ConfigError(
+                f"data.{key} has {len(values)} values but the images have {channels} channel(s)",
+                f"give one value per channel, or set data.channels to {len(values)}",
+            )
 
 
 def load_splits(config: DataConfig, seed: int) -> Splits:
@@ -469,15 +499,20 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     classes = source.classes or [str(c) for c in range(num_classes)]
     if test.x.shape[1:] != train.x.shape[1:]:
-        raise DataError(f"test images are {test.x.shape[1:]} but train images are {train.x.shape[1:]} (C,H,W)",
-                        "set data.image_size: [H, W] and data.channels to bring both to one shape")
+        raise DataError(
+            f"test images are {test.x.shape[1:]} but train images are {train.x.shape[1:]} (C,H,W)",
+            "set data.image_size: [H, W] and data.channels to bring both to one shape",
+        )
     if int(train.y.min()) < 0 or num_classes > len(classes):
         raise DataError(f"labels must lie in 0..{len(classes) - 1}; found {train.y.min()}..{num_classes - 1}")
     _check_per_channel(config, train.x.shape[1])
     height, width = train.x.shape[2:]
     if config.augment.crop_padding >= min(height, width):
-        raise ConfigError(f"data.augment.crop_padding ({config.augment.crop_padding}) must be smaller than the "
-                          f"images ({height}×{width} H×W)", "lower it, or set data.image_size")
+        raise ConfigError(
+            f"data.augment.crop_padding ({config.augment.crop_padding}) must be smaller than the "
+            f"images ({height}×{width} H×W)",
+            "lower it, or set data.image_size",
+        )
     if config.mean is not None and config.std is not None:
         mean, std, stats_from = list(config.mean), list(config.std), "config"
     else:

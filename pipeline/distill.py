@@ -14,7 +14,15 @@ from pipeline.config import LossSpec, TrainConfig
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
-from pipeline.models import arch_fingerprint, build_model, count_parameters, is_program, load_checkpoint, load_program, save_checkpoint
+from pipeline.models import (
+    arch_fingerprint,
+    build_model,
+    count_parameters,
+    is_program,
+    load_checkpoint,
+    load_program,
+    save_checkpoint,
+)
 from pipeline.rundir import RunDir
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 
@@ -38,11 +46,15 @@ def _check_outputs(model: nn.Module, run: RunDir, role: str) -> None:
         with torch.no_grad():
             logits = model.eval()(_example(run))
     except Exception as e:
-        raise ModelError(f"the {role} does not accept the data's input {tuple(_example(run).shape)}: "
-                         f"{str(e).strip().splitlines()[0]}") from e
+        raise ModelError(
+            f"the {role} does not accept the data's input {tuple(_example(run).shape)}: "
+            f"{str(e).strip().splitlines()[0]}"
+        ) from e
     if logits.ndim != 2 or logits.shape[1] != classes:
-        raise ModelError(f"the {role} gives outputs of shape {tuple(logits.shape)}, the data has {classes} classes",
-                         "check the model's class count or the data source")
+        raise ModelError(
+            f"the {role} gives outputs of shape {tuple(logits.shape)}, the data has {classes} classes",
+            "check the model's class count or the data source",
+        )
 
 
 def load_model(run: RunDir, name: str) -> nn.Module:
@@ -70,13 +82,26 @@ def _teacher_id(run: RunDir) -> str:
         if not checkpoint.is_file():
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
         cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": sha256_file(checkpoint)}
-    key = {"teacher": cfg, "model": arch_fingerprint(run.config.teacher.arch), "data": run.config.data.model_dump(),
-           "seed": run.config.seed}
+    key = {
+        "teacher": cfg,
+        "model": arch_fingerprint(run.config.teacher.arch),
+        "data": run.config.data.model_dump(),
+        "seed": run.config.seed,
+    }
     return run.artifact_id("teacher", key, [])
 
 
-def _train(run: RunDir, name: str, arch: str, arch_kwargs: dict, cfg: TrainConfig, losses: list[LossSpec],
-           artifact_id: str, teacher: nn.Module | None = None, parent: str | None = None) -> nn.Module:
+def _train(
+    run: RunDir,
+    name: str,
+    arch: str,
+    arch_kwargs: dict,
+    cfg: TrainConfig,
+    losses: list[LossSpec],
+    artifact_id: str,
+    teacher: nn.Module | None = None,
+    parent: str | None = None,
+) -> nn.Module:
     """Build, train, save and record one model (resuming from its progress checkpoint when one matches)."""
     channels, classes = _shape(run)
     seed_everything(run.config.seed)
@@ -87,19 +112,42 @@ def _train(run: RunDir, name: str, arch: str, arch_kwargs: dict, cfg: TrainConfi
     if objective.needs_teacher and not objective.teacher_layers and not run.splits.augment.enabled:
         teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
     progress_path = run.path(f"checkpoints/{name}.progress.pt")
-    job = TrainJob(name=name, model=model, objective=objective, cfg=cfg, seed=run.config.seed,
-                   progress_path=progress_path, job_id=artifact_id,
-                   teacher=teacher, teacher_logits=teacher_logits)
+    job = TrainJob(
+        name=name,
+        model=model,
+        objective=objective,
+        cfg=cfg,
+        seed=run.config.seed,
+        progress_path=progress_path,
+        job_id=artifact_id,
+        teacher=teacher,
+        teacher_logits=teacher_logits,
+    )
     summary = fit(job, run.splits)
-    meta = {"arch": arch, "arch_kwargs": arch_kwargs, "in_channels": channels, "num_classes": classes,
-            "kind": "state_dict"}
+    meta = {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "in_channels": channels,
+        "num_classes": classes,
+        "kind": "state_dict",
+    }
     path = run.path(f"checkpoints/{name}.pt")
     if distributed.is_main():
         save_checkpoint(model, path, meta)
     distributed.barrier()
-    run.record(name, "distill", artifact_id, path, parent=parent, info={
-        **meta, "parameters": count_parameters(model), "losses": [spec.model_dump() for spec in losses], **summary,
-    })
+    run.record(
+        name,
+        "distill",
+        artifact_id,
+        path,
+        parent=parent,
+        info={
+            **meta,
+            "parameters": count_parameters(model),
+            "losses": [spec.model_dump() for spec in losses],
+            **summary,
+        },
+    )
     if distributed.is_main():
         progress_path.unlink(missing_ok=True)
     return model.cpu()
@@ -121,8 +169,13 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         teacher = load_checkpoint(source, cfg.arch, channels, classes, cfg.arch_kwargs)
         kind, path = "state_dict", run.path(TEACHER_PATH)
     _check_outputs(teacher, run, "teacher")
-    meta = {"arch": cfg.arch if kind == "state_dict" else f"program:{source.name}", "arch_kwargs": cfg.arch_kwargs,
-            "in_channels": channels, "num_classes": classes, "kind": kind}
+    meta = {
+        "arch": cfg.arch if kind == "state_dict" else f"program:{source.name}",
+        "arch_kwargs": cfg.arch_kwargs,
+        "in_channels": channels,
+        "num_classes": classes,
+        "kind": kind,
+    }
     if distributed.is_main():
         if kind == "program":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +183,13 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         else:
             save_checkpoint(teacher, path, meta)
     distributed.barrier()
-    run.record("teacher", "distill", teacher_id, path, info={
-        **meta, "parameters": count_parameters(teacher), "source": str(source)})
+    run.record(
+        "teacher",
+        "distill",
+        teacher_id,
+        path,
+        info={**meta, "parameters": count_parameters(teacher), "source": str(source)},
+    )
     return teacher
 
 
@@ -139,8 +197,12 @@ def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) 
     """Distil the student from the teacher; with ``baseline``, also train it from labels alone."""
     teacher = ensure_teacher(run, force)
     cfg = run.config.distill
-    key = {"distill": cfg.model_dump(exclude={"baseline"}), "model": arch_fingerprint(cfg.arch),
-           "data": run.config.data.model_dump(), "seed": run.config.seed}
+    key = {
+        "distill": cfg.model_dump(exclude={"baseline"}),
+        "model": arch_fingerprint(cfg.arch),
+        "data": run.config.data.model_dump(),
+        "seed": run.config.seed,
+    }
     student_id = run.artifact_id("student", key, [run.manifest.artifacts["teacher"].id])
     if force or not run.manifest.reusable("student", student_id, run.root):
         student = _train(run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher")

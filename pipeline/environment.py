@@ -9,8 +9,21 @@ from importlib import metadata
 import pipeline
 
 PACKAGES = [
-    "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "onnxscript", "tensorflow-cpu", "tensorflow",
-    "onnx2tf", "tf-keras", "tf2onnx", "ai-edge-litert", "numpy", "pydantic", "scikit-learn",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxsim",
+    "onnxscript",
+    "tensorflow-cpu",
+    "tensorflow",
+    "onnx2tf",
+    "tf-keras",
+    "tf2onnx",
+    "ai-edge-litert",
+    "numpy",
+    "pydantic",
+    "scikit-learn",
 ]
 
 

@@ -68,21 +68,29 @@ class Exporter:
         work_dir = self.run.path("work")
         work_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            result = target.export(ExportInputs(
-                parent_path=self.run.path(parent.path),
-                parent_sha256=parent.sha256,
-                output_path=tmp,
-                work_dir=work_dir,
-                config=self.run.config.export,
-                preprocessing=self.run.preprocessing,
-                calibration=self.calibration if target.needs_calibration else None,
-                model=self.student if target.parent == "student" else None,
-            ))
+            result = target.export(
+                ExportInputs(
+                    parent_path=self.run.path(parent.path),
+                    parent_sha256=parent.sha256,
+                    output_path=tmp,
+                    work_dir=work_dir,
+                    config=self.run.config.export,
+                    preprocessing=self.run.preprocessing,
+                    calibration=self.calibration if target.needs_calibration else None,
+                    model=self.student if target.parent == "student" else None,
+                )
+            )
             verification = self.verify(target, tmp, result)
-        return self.run.record(name, "export", artifact_id, path, parent=target.parent,
-                               inputs=result.inputs, outputs=result.outputs,
-                               info={"format": target.format, "precision": target.precision,
-                                     "verification": verification, **result.info})
+        return self.run.record(
+            name,
+            "export",
+            artifact_id,
+            path,
+            parent=target.parent,
+            inputs=result.inputs,
+            outputs=result.outputs,
+            info={"format": target.format, "precision": target.precision, "verification": verification, **result.info},
+        )
 
     def verify(self, target: Target, path, result: ExportResult) -> dict:
         """Compare the artifact's logits with the float student's on validation samples."""
@@ -96,10 +104,15 @@ class Exporter:
         max_abs_diff = float(np.abs(logits - reference).max())
         agreement = float((logits.argmax(1) == reference.argmax(1)).mean() * 100)
         if target.max_abs_diff is not None and max_abs_diff > target.max_abs_diff:
-            raise ExportError(f"{target.name}: logits differ from the student by {max_abs_diff:.3g} "
-                              f"(tolerance {target.max_abs_diff}); the conversion is wrong")
-        return {"samples": len(x), "max_abs_diff_vs_student": round(max_abs_diff, 6),
-                "top1_agreement_vs_student": round(agreement, 2)}
+            raise ExportError(
+                f"{target.name}: logits differ from the student by {max_abs_diff:.3g} "
+                f"(tolerance {target.max_abs_diff}); the conversion is wrong"
+            )
+        return {
+            "samples": len(x),
+            "max_abs_diff_vs_student": round(max_abs_diff, 6),
+            "top1_agreement_vs_student": round(agreement, 2),
+        }
 
 
 def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | None = None) -> list[ArtifactRecord]:

@@ -129,8 +129,10 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...], role: str) -> None:
         if layers and isinstance(model, torch.jit.ScriptModule):
-            raise ConfigError(f"the {role} is a TorchScript program: its layers cannot be tapped for feature losses (hint)",
-                              "use logit losses (hinton, mse) or give the teacher as a state_dict with its arch")
+            raise ConfigError(
+                f"the {role} is a TorchScript program: its layers cannot be tapped for feature losses (hint)",
+                "use logit losses (hinton, mse) or give the teacher as a state_dict with its arch",
+            )
         modules = dict(model.named_modules())
         missing = [name for name in layers if name not in modules]
         if missing:
@@ -163,8 +165,8 @@ class Objective(nn.Module):
         super().__init__()
         self.terms = nn.ModuleList(LOSSES.get(spec.name)(student, teacher, example, **spec.params) for spec in specs)
         self.weights = [spec.weight for spec in specs]
-        self.student_layers = tuple(dict.fromkeys(l for t in self.terms for l in t.student_layers))
-        self.teacher_layers = tuple(dict.fromkeys(l for t in self.terms for l in t.teacher_layers))
+        self.student_layers = tuple(dict.fromkeys(name for term in self.terms for name in term.student_layers))
+        self.teacher_layers = tuple(dict.fromkeys(name for term in self.terms for name in term.teacher_layers))
         self.needs_teacher = any(term.needs_teacher for term in self.terms)
         if self.needs_teacher and teacher is None:
             names = [spec.name for spec, term in zip(specs, self.terms) if term.needs_teacher]
@@ -177,7 +179,9 @@ class Objective(nn.Module):
 def check_loss_params(name: str, params: dict) -> None:
     """Raise ConfigError unless ``params`` are exactly what loss ``name`` accepts (names the bad key)."""
     signature = inspect.signature(LOSSES.get(name))
-    accepted = [p for p in list(signature.parameters)[3:] if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    accepted = [
+        p for p in list(signature.parameters)[3:] if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+    ]
     for key in params:
         if key not in accepted:
             raise ConfigError(f"loss {name!r} has no parameter {key!r}; it takes: {', '.join(accepted) or 'none'}")
@@ -187,8 +191,9 @@ def check_loss_params(name: str, params: dict) -> None:
     for key, value in params.items():
         expected = _PARAM_TYPES.get(str(signature.parameters[key].annotation))
         if expected and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise ConfigError(f"loss {name!r} parameter {key!r} must be {signature.parameters[key].annotation}; "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"loss {name!r} parameter {key!r} must be {signature.parameters[key].annotation}; got {value!r}"
+            )
 
 
 _PARAM_TYPES = {"float": (int, float), "int": (int,), "str": (str,)}

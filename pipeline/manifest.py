@@ -56,7 +56,9 @@ class Preprocessing(_Record):
         "(gray = 'L': (299 R + 587 G + 114 B) / 1000, rounded), "
         "then resized to `resize` with PIL.Image.resize(BILINEAR)"
     )
-    formula: str = "x = (pixel * pixel_scale - mean[c]) / std[c]; int8 inputs: q = clip(round(x / scale) + zero_point, -128, 127)"
+    formula: str = (
+        "x = (pixel * pixel_scale - mean[c]) / std[c]; int8 inputs: q = clip(round(x / scale) + zero_point, -128, 127)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -141,8 +143,10 @@ class Manifest(_Record):
         try:
             return cls.model_validate_json(path.read_text())
         except (OSError, ValueError) as e:
-            raise RunStateError(f"{path} is not a readable edgepipe manifest: {str(e).splitlines()[0]}",
-                                "remove it (artifacts will be rebuilt) or point at another run") from e
+            raise RunStateError(
+                f"{path} is not a readable edgepipe manifest: {str(e).splitlines()[0]}",
+                "remove it (artifacts will be rebuilt) or point at another run",
+            ) from e
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, self.model_dump_json(indent=2) + "\n")

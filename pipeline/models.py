@@ -27,10 +27,16 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
 def teacher_cnn(in_channels: int, num_classes: int) -> nn.Module:
     """VGG-style CNN, ~240k parameters."""
     return nn.Sequential(
-        *_conv(in_channels, 32), nn.MaxPool2d(2),
-        *_conv(32, 64), nn.MaxPool2d(2),
-        *_conv(64, 128), *_conv(128, 128),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, num_classes),
+        *_conv(in_channels, 32),
+        nn.MaxPool2d(2),
+        *_conv(32, 64),
+        nn.MaxPool2d(2),
+        *_conv(64, 128),
+        *_conv(128, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(128, num_classes),
     )
 
 
@@ -39,10 +45,14 @@ def student_cnn(in_channels: int, num_classes: int) -> nn.Module:
     """Three-conv CNN, ~39k parameters (6× fewer than the teacher): ReLU and 2×2 pools only, so int8 keeps
     its accuracy."""
     return nn.Sequential(
-        *_conv(in_channels, 24), nn.MaxPool2d(2),
-        *_conv(24, 48), nn.MaxPool2d(2),
+        *_conv(in_channels, 24),
+        nn.MaxPool2d(2),
+        *_conv(24, 48),
+        nn.MaxPool2d(2),
         *_conv(48, 64),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes),
     )
 
 
@@ -160,8 +170,10 @@ def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, k
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise ModelError(f"checkpoint {path} is unreadable or corrupt: {str(e).splitlines()[0]}",
-                         "re-create it with torch.save(model.state_dict(), path)") from e
+        raise ModelError(
+            f"checkpoint {path} is unreadable or corrupt: {str(e).splitlines()[0]}",
+            "re-create it with torch.save(model.state_dict(), path)",
+        ) from e
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"checkpoint {path} holds no state_dict")

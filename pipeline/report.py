@@ -40,12 +40,16 @@ def _models_section(manifest: Manifest) -> list[str]:
     ]
     baseline = manifest.artifacts.get("baseline")
     if baseline:
-        lines.append(f"- baseline student: same architecture and budget, loss {_losses(baseline.info)}, "
-                     f"best val epoch {baseline.info['best_epoch']} ({baseline.info['val_accuracy']:.2f} % val)")
+        lines.append(
+            f"- baseline student: same architecture and budget, loss {_losses(baseline.info)}, "
+            f"best val epoch {baseline.info['best_epoch']} ({baseline.info['val_accuracy']:.2f} % val)"
+        )
     pytorch = {m.artifact: m.accuracy for m in manifest.measurements if m.runtime == "pytorch"}
     if "baseline" in pytorch and "student" in pytorch:
-        lines.append(f"- **KD gain** (test top-1, KD student − baseline student): "
-                     f"{pytorch['student'] - pytorch['baseline']:+.2f} points")
+        lines.append(
+            f"- **KD gain** (test top-1, KD student − baseline student): "
+            f"{pytorch['student'] - pytorch['baseline']:+.2f} points"
+        )
     return lines + [""]
 
 

@@ -49,8 +49,10 @@ class RunDir:
     def open(cls, root: Path) -> "RunDir":
         """Open an existing run (for the single-stage commands)."""
         if not (root / "manifest.json").is_file() or not (root / "config.yaml").is_file():
-            raise RunStateError(f"{root} is not an edgepipe run directory (no manifest.json/config.yaml)",
-                                "create one with `edgepipe run --out DIR`")
+            raise RunStateError(
+                f"{root} is not an edgepipe run directory (no manifest.json/config.yaml)",
+                "create one with `edgepipe run --out DIR`",
+            )
         return cls(root, load_config(root / "config.yaml"), Manifest.load(root / "manifest.json"))
 
     @cached_property
@@ -59,7 +61,11 @@ class RunDir:
         splits = load_splits(self.config.data, self.config.seed)
         channels, height, width = splits.input_shape
         preprocessing = Preprocessing(
-            mean=splits.mean, std=splits.std, channels=channels, height=height, width=width,
+            mean=splits.mean,
+            std=splits.std,
+            channels=channels,
+            height=height,
+            width=width,
             channel_order=splits.channel_order,
             resize=list(splits.resize) if splits.resize else None,
             resize_method="pillow-bilinear" if splits.resize else None,
@@ -69,7 +75,9 @@ class RunDir:
             source=self.config.data.source,
             source_layout=splits.layout,
             classes=splits.classes,
-            train=len(splits.train), val=len(splits.val), test=len(splits.test),
+            train=len(splits.train),
+            val=len(splits.val),
+            test=len(splits.test),
             seed=self.config.seed,
             preprocessing=preprocessing,
         )
@@ -94,11 +102,19 @@ class RunDir:
             raise RunStateError(f"{self.root} has no {name} artifact", "run the stage that makes it first")
         return record
 
-    def record(self, name: str, stage: str, artifact_id: str, path: Path, parent: str | None = None, **fields) -> ArtifactRecord:
+    def record(
+        self, name: str, stage: str, artifact_id: str, path: Path, parent: str | None = None, **fields
+    ) -> ArtifactRecord:
         """Add a freshly written file to the manifest and save it."""
         record = ArtifactRecord(
-            name=name, id=artifact_id, stage=stage, parent=parent, path=str(path.relative_to(self.root)),
-            bytes=path.stat().st_size, sha256=sha256_file(path), **fields,
+            name=name,
+            id=artifact_id,
+            stage=stage,
+            parent=parent,
+            path=str(path.relative_to(self.root)),
+            bytes=path.stat().st_size,
+            sha256=sha256_file(path),
+            **fields,
         )
         self.manifest.artifacts[name] = record
         self.save()

@@ -10,7 +10,9 @@ import numpy as np
 from pipeline.manifest import LatencyStats
 
 
-def measure_latency(call: Callable[[], object], batch: int, warmup: int, min_runs: int, min_seconds: float) -> LatencyStats:
+def measure_latency(
+    call: Callable[[], object], batch: int, warmup: int, min_runs: int, min_seconds: float
+) -> LatencyStats:
     """Time ``call`` (inputs already built) and summarise the per-call milliseconds."""
     for _ in range(warmup):
         call()

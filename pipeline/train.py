@@ -128,14 +128,23 @@ def fit(job: TrainJob, splits: Splits) -> dict:
     job.objective.to(device)
     trainee: nn.Module = _Trainee(job.model, job.objective)
     if world > 1:
-        trainee = nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None)
+        trainee = nn.parallel.DistributedDataParallel(
+            trainee, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.AdamW(trainee.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = DistributedSampler(range(len(splits.train)), num_replicas=world, rank=rank, shuffle=True, seed=job.seed)
     batch_size = max(1, cfg.batch_size // world)
     steps_per_epoch = math.ceil(len(sampler) / batch_size)
     schedule = _schedule(optimizer, cfg, steps_per_epoch)
     teacher = _Teacher(job, device)
-    state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "best_state": None, "history": [], "resumed_from": None}
+    state = {
+        "epoch": 0,
+        "best_accuracy": -1.0,
+        "best_epoch": 0,
+        "best_state": None,
+        "history": [],
+        "resumed_from": None,
+    }
     progress = _load_progress(job)
     if progress:
         trainee_module = trainee.module if world > 1 else trainee
@@ -146,8 +155,9 @@ def fit(job: TrainJob, splits: Splits) -> dict:
         state.update({k: progress[k] for k in ("epoch", "best_accuracy", "best_epoch", "best_state", "history")})
         state["resumed_from"] = progress["epoch"]
     with progress_bar(disable=not distributed.is_main()) as bar:
-        task = bar.add_task(job.name, total=cfg.epochs * steps_per_epoch, completed=state["epoch"] * steps_per_epoch,
-                            status="")
+        task = bar.add_task(
+            job.name, total=cfg.epochs * steps_per_epoch, completed=state["epoch"] * steps_per_epoch, status=""
+        )
         for epoch in range(state["epoch"], cfg.epochs):
             if _stale(state, cfg):
                 break
@@ -170,9 +180,13 @@ def fit(job: TrainJob, splits: Splits) -> dict:
     job.model.load_state_dict(state["best_state"])
     job.model.eval()
     return {
-        "best_epoch": state["best_epoch"], "val_accuracy": round(state["best_accuracy"], 2),
-        "epochs_run": len(state["history"]), "stopped_early": len(state["history"]) < cfg.epochs,
-        "resumed_from_epoch": state["resumed_from"], "processes": world, "device": str(device),
+        "best_epoch": state["best_epoch"],
+        "val_accuracy": round(state["best_accuracy"], 2),
+        "epochs_run": len(state["history"]),
+        "stopped_early": len(state["history"]) < cfg.epochs,
+        "resumed_from_epoch": state["resumed_from"],
+        "processes": world,
+        "device": str(device),
         "history": state["history"],
     }
 
@@ -188,19 +202,30 @@ def _end_epoch(job: TrainJob, splits: Splits, state: dict, epoch: int, last_loss
     state["epoch"] = epoch + 1
     state["history"].append({"epoch": epoch + 1, "loss": round(last_loss, 4), "val_accuracy": round(val_accuracy, 2)})
     if val_accuracy > state["best_accuracy"]:
-        state.update(best_accuracy=val_accuracy, best_epoch=epoch + 1,
-                     best_state={k: v.detach().cpu().clone() for k, v in job.model.state_dict().items()})
+        state.update(
+            best_accuracy=val_accuracy,
+            best_epoch=epoch + 1,
+            best_state={k: v.detach().cpu().clone() for k, v in job.model.state_dict().items()},
+        )
     if distributed.is_main():
-        bar.console.log(f"{job.name} epoch {epoch + 1}/{job.cfg.epochs}: loss {last_loss:.4f}, "
-                        f"val top-1 {val_accuracy:.2f}% (best {state['best_accuracy']:.2f}% at {state['best_epoch']})")
+        bar.console.log(
+            f"{job.name} epoch {epoch + 1}/{job.cfg.epochs}: loss {last_loss:.4f}, "
+            f"val top-1 {val_accuracy:.2f}% (best {state['best_accuracy']:.2f}% at {state['best_epoch']})"
+        )
 
 
 def _save_progress(job: TrainJob, trainee: nn.Module, optimizer, schedule, state: dict) -> None:
     if distributed.is_main():
         with atomic_path(job.progress_path) as tmp:
-            torch.save({
-                "job_id": job.job_id, "trainee": trainee.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-                **{k: state[k] for k in ("epoch", "best_accuracy", "best_epoch", "best_state", "history")},
-            }, tmp)
+            torch.save(
+                {
+                    "job_id": job.job_id,
+                    "trainee": trainee.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    **{k: state[k] for k in ("epoch", "best_accuracy", "best_epoch", "best_state", "history")},
+                },
+                tmp,
+            )
     distributed.barrier()

@@ -41,20 +41,33 @@ class OnnxFp32(Target):
                 warnings.simplefilter("ignore")
                 if inputs.config.exporter == "dynamo":
                     torch.onnx.export(
-                        inputs.model, (example,), raw_path, dynamo=True, opset_version=inputs.config.opset,
-                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+                        inputs.model,
+                        (example,),
+                        raw_path,
+                        dynamo=True,
+                        opset_version=inputs.config.opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                        verbose=False,
                     )
                 else:
                     torch.onnx.export(
-                        inputs.model, (example,), raw_path, dynamo=False, opset_version=inputs.config.opset,
-                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                        inputs.model,
+                        (example,),
+                        raw_path,
+                        dynamo=False,
+                        opset_version=inputs.config.opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
                         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                     )
             simplified, ok = onnxsim.simplify(onnx.load(raw_path))
         except Exception as e:  # exporters raise many types; report the first line
-            raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}",
-                              "try export.exporter: torchscript, or another opset") from e
+            raise ExportError(
+                f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}",
+                "try export.exporter: torchscript, or another opset",
+            ) from e
         if not ok:
             raise ExportError("onnxsim could not validate the simplified ONNX graph")
         onnx.checker.check_model(simplified, full_check=True)

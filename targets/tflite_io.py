@@ -49,8 +49,7 @@ def saved_model_for(inputs: ExportInputs) -> Path:
     try:
         import onnx2tf
     except ImportError as e:
-        raise ExportError("onnx2tf is not installed",
-                          "pip install --no-deps -r requirements-converters.txt") from e
+        raise ExportError("onnx2tf is not installed", "pip install --no-deps -r requirements-converters.txt") from e
     scratch = inputs.work_dir / f".onnx2tf-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -59,7 +58,11 @@ def saved_model_for(inputs: ExportInputs) -> Path:
     calibration = None if inputs.calibration is None else inputs.calibration.x.transpose(0, 2, 3, 1)
     chatter = io.StringIO()
     try:
-        with _onnx2tf_environment(calibration), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with (
+            _onnx2tf_environment(calibration),
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+        ):
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_copy),
                 output_folder_path=str(scratch / "saved_model"),
@@ -70,8 +73,10 @@ def saved_model_for(inputs: ExportInputs) -> Path:
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"onnx2tf could not convert {inputs.parent_path.name}: {str(e).strip().splitlines()[0]}",
-                          "an op onnx2tf cannot handle is named above; try another opset or exporter") from e
+        raise ExportError(
+            f"onnx2tf could not convert {inputs.parent_path.name}: {str(e).strip().splitlines()[0]}",
+            "an op onnx2tf cannot handle is named above; try another opset or exporter",
+        ) from e
     if not (scratch / "saved_model" / "saved_model.pb").is_file():
         raise ExportError(f"onnx2tf wrote no SavedModel for {inputs.parent_path.name}")
     os.replace(scratch / "saved_model", final)

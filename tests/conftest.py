@@ -102,8 +102,9 @@ def student_model(finished_run: Path):
 
     manifest = json.loads((finished_run / "manifest.json").read_text())
     info = manifest["artifacts"]["student"]["info"]
-    return load_checkpoint(finished_run / manifest["artifacts"]["student"]["path"], info["arch"],
-                           info["in_channels"], info["num_classes"])
+    return load_checkpoint(
+        finished_run / manifest["artifacts"]["student"]["path"], info["arch"], info["in_channels"], info["num_classes"]
+    )
 
 
 @pytest.fixture
@@ -176,7 +177,11 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.rundir import RunDir
 
     root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
-              "export": {"targets": []}}
+    config = {
+        "seed": 0,
+        "data": {"source": "digits"},
+        "teacher": {"epochs": 2, "batch_size": 64},
+        "export": {"targets": []},
+    }
     ensure_teacher(RunDir.create(root, parse_config(config)))
     return root / TEACHER_PATH

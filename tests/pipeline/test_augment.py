@@ -33,8 +33,12 @@ def test_identity_when_off() -> None:
 
 @pytest.mark.parametrize(
     "cfg",
-    [AugmentConfig(hflip=True), AugmentConfig(crop_padding=2), AugmentConfig(brightness=0.3),
-     AugmentConfig(hflip=True, crop_padding=3, brightness=0.5)],
+    [
+        AugmentConfig(hflip=True),
+        AugmentConfig(crop_padding=2),
+        AugmentConfig(brightness=0.3),
+        AugmentConfig(hflip=True, crop_padding=3, brightness=0.5),
+    ],
 )
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shape_and_dtype_kept(cfg: AugmentConfig, channels: int) -> None:
@@ -64,8 +68,12 @@ def test_crop_shifts_content() -> None:
     out = augment_batch(x, np.random.default_rng(0), AugmentConfig(crop_padding=padding))
     offsets = []
     for o, s in zip(out, x):
-        matches = [(dy, dx) for dy in range(-padding, padding + 1) for dx in range(-padding, padding + 1)
-                   if np.array_equal(o, shifted(s, dy, dx))]
+        matches = [
+            (dy, dx)
+            for dy in range(-padding, padding + 1)
+            for dx in range(-padding, padding + 1)
+            if np.array_equal(o, shifted(s, dy, dx))
+        ]
         assert len(matches) == 1
         offsets.append(matches[0])
     assert any(offset != (0, 0) for offset in offsets)
@@ -80,8 +88,9 @@ def test_brightness_scales_each_image() -> None:
     assert np.all(out == out[:, :1, :1, :1])  # one factor per image
     assert np.all(out >= 60) and np.all(out <= 140)
     assert len(np.unique(out)) > 5
-    bright = augment_batch(np.full((50, 1, 2, 2), 250, np.uint8), np.random.default_rng(0),
-                           AugmentConfig(brightness=0.4))
+    bright = augment_batch(
+        np.full((50, 1, 2, 2), 250, np.uint8), np.random.default_rng(0), AugmentConfig(brightness=0.4)
+    )
     assert bright.max() == 255  # clipped, not wrapped
 
 

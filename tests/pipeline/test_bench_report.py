@@ -107,8 +107,10 @@ def test_report_without_measurements(manifest: Manifest) -> None:
 def test_cuda_session_runs(finished_run: Path, manifest: Manifest) -> None:
     """On a CUDA machine onnxruntime really runs onnx-fp32 on the GPU and matches the CPU result."""
     if not HAS_CUDA:
-        pytest.skip("CUDAExecutionProvider is not available in the installed onnxruntime "
-                    f"(providers: {ort.get_available_providers()}); install onnxruntime-gpu on a GPU machine")
+        pytest.skip(
+            "CUDAExecutionProvider is not available in the installed onnxruntime "
+            f"(providers: {ort.get_available_providers()}); install onnxruntime-gpu on a GPU machine"
+        )
     path = str(finished_run / manifest.artifacts["onnx-fp32"].path)
     session = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
     assert session.get_providers()[0] == "CUDAExecutionProvider"

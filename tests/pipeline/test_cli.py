@@ -78,8 +78,9 @@ def test_wrong_config_key(cli: CliRunner, write_config, tiny_config_dict: dict, 
 
 def test_missing_data_path(cli: CliRunner, write_config, tiny_config_dict: dict, tmp_path: Path) -> None:
     """`--data /nonexistent` exits 3 with one error line naming the path."""
-    result = cli.invoke(app, ["run", str(write_config(tiny_config_dict)), "--out", str(tmp_path / "out"),
-                              "--data", "/nonexistent"])
+    result = cli.invoke(
+        app, ["run", str(write_config(tiny_config_dict)), "--out", str(tmp_path / "out"), "--data", "/nonexistent"]
+    )
     assert result.exit_code == 3
     line = assert_one_error_line(result.stderr, result.stdout)
     assert "/nonexistent" in line and "does not exist" in line

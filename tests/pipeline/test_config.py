@@ -90,8 +90,9 @@ def test_dotted_overrides(write_config, tiny_config_dict: dict) -> None:
     """Dotted overrides replace leaves, create missing sections and keep the other keys."""
     del tiny_config_dict["export"]
     path = write_config(tiny_config_dict)
-    config = load_config(path, {"data.source": "/some/dir", "distill.lr": 0.01,
-                                "export.onnx_int8.activation_type": "int8"})
+    config = load_config(
+        path, {"data.source": "/some/dir", "distill.lr": 0.01, "export.onnx_int8.activation_type": "int8"}
+    )
     assert config.data.source == "/some/dir"
     assert config.distill.lr == 0.01
     assert config.distill.epochs == 2

@@ -331,8 +331,16 @@ def test_preprocessing_config_defaults_and_round_trip() -> None:
     default = DataConfig()
     assert default.image_size is None and default.channels is None and default.mean is None
     assert not default.augment.enabled
-    raw = {"data": {"source": "digits", "image_size": [16, 12], "channels": 3, "mean": [0.5, 0.4, 0.3],
-                    "std": [0.2, 0.2, 0.2], "augment": {"hflip": True, "crop_padding": 2, "brightness": 0.1}}}
+    raw = {
+        "data": {
+            "source": "digits",
+            "image_size": [16, 12],
+            "channels": 3,
+            "mean": [0.5, 0.4, 0.3],
+            "std": [0.2, 0.2, 0.2],
+            "augment": {"hflip": True, "crop_padding": 2, "brightness": 0.1},
+        }
+    }
     config = parse_config(raw)
     assert config.data.image_size == (16, 12) and config.data.augment.enabled
     assert parse_config(yaml.safe_load(dump_config(config))) == config
@@ -389,8 +397,9 @@ def test_mean_length_must_match_native_channels() -> None:
 
 def test_augmentation_only_in_train_batches(digits_splits) -> None:
     """Augmentation changes nothing in train/val/test; only Splits.train_batch applies it, reproducibly."""
-    augmented = load_splits(DataConfig(source="digits", augment={"hflip": True, "crop_padding": 2, "brightness": 0.3}),
-                            seed=0)
+    augmented = load_splits(
+        DataConfig(source="digits", augment={"hflip": True, "crop_padding": 2, "brightness": 0.3}), seed=0
+    )
     for name in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(augmented, name).x, getattr(digits_splits, name).x)
     assert augmented.mean == digits_splits.mean and augmented.std == digits_splits.std

@@ -15,7 +15,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import parse_config
-from pipeline.distill import STUDENT_PATH, TEACHER_PATH, ensure_teacher, load_student, run_distill
+from pipeline.distill import STUDENT_PATH, TEACHER_PATH, load_student, run_distill
 from pipeline.errors import ConfigError
 from pipeline.io import sha256_file
 from pipeline.manifest import Manifest
@@ -34,13 +34,24 @@ def torchrun_distill(root: Path, processes: int = 2, timeout: float = 300) -> su
     """`torchrun --standalone --nproc-per-node N -m pipeline distill ROOT` (a free port, so parallel runs
     do not collide), as a user runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "120"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "pipeline", "distill", str(root)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "pipeline",
+        "distill",
+        str(root),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_config_dict: dict,
-                                                  teacher_checkpoint: Path) -> None:
+def test_torchrun_two_processes_match_one_process(
+    tmp_path: Path, tiny_config_dict: dict, teacher_checkpoint: Path
+) -> None:
     """Two DDP processes write one clean manifest (rank 0 only, atomically) recording `processes: 2`, leave no
     temp or progress files, log each epoch once, and distil a student whose test accuracy is within noise of
     the same config trained in one process."""
@@ -74,8 +85,10 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_config_di
 
     ddp = RunDir.open(ddp_root)
     ddp_student = load_student(ddp)
-    assert round(accuracy(predict_logits(ddp_student, ddp.splits, ddp.splits.val), ddp.splits.val.y), 2) == \
-        info["val_accuracy"]  # the saved weights are the best epoch every rank agreed on
+    assert (
+        round(accuracy(predict_logits(ddp_student, ddp.splits, ddp.splits.val), ddp.splits.val.y), 2)
+        == info["val_accuracy"]
+    )  # the saved weights are the best epoch every rank agreed on
 
     single = RunDir.create(single_root, parse_config(copy.deepcopy(tiny_config_dict)))
     single_student = run_distill(single)
@@ -89,8 +102,9 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny_config_di
     assert abs(ddp_accuracy - single_accuracy) <= DDP_TOLERANCE, (ddp_accuracy, single_accuracy)
 
 
-def test_torchrun_hint_loss_trains_the_adapter_in_ddp(tmp_path: Path, tiny_config_dict: dict,
-                                                      teacher_checkpoint: Path) -> None:
+def test_torchrun_hint_loss_trains_the_adapter_in_ddp(
+    tmp_path: Path, tiny_config_dict: dict, teacher_checkpoint: Path
+) -> None:
     """A learned FitNets adapter sits inside the DDP module with the student: a 2-process hint run with early
     stopping (every rank must take the same decision, or the run hangs) finishes and records both terms."""
     tiny_config_dict["teacher"]["checkpoint"] = str(teacher_checkpoint)

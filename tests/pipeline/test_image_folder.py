@@ -252,8 +252,9 @@ def test_crop_padding_must_fit_native_size(tmp_path: Path) -> None:
 def test_manifest_records_preprocessing(tmp_path: Path) -> None:
     """RunDir.splits records resize, channel order, layout and where mean/std came from."""
     make_folder(tmp_path / "data", ["a", "b"], rgb=True)
-    raw = {"data": {"source": str(tmp_path / "data"), "image_size": [4, 4], "channels": 1,
-                    "mean": [0.5], "std": [0.25]}}
+    raw = {
+        "data": {"source": str(tmp_path / "data"), "image_size": [4, 4], "channels": 1, "mean": [0.5], "std": [0.25]}
+    }
     config = parse_config(raw)
     run = RunDir(tmp_path / "run", config, Manifest(edgepipe_version="test", config=config.model_dump(mode="json")))
     assert run.splits.input_shape == (1, 4, 4)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import LossSpec, parse_config
-from pipeline.distill import STUDENT_PATH, TEACHER_PATH, ensure_teacher, load_student, run_distill
+from pipeline.distill import STUDENT_PATH, load_student, run_distill
 from pipeline.errors import ConfigError, EdgepipeError
 from pipeline.losses import LOSSES, FeatureTap, HintLoss, Objective, Outputs
 from pipeline.models import build_model
@@ -60,39 +60,49 @@ def test_mse_equals_functional_mse_of_logits() -> None:
     assert torch.equal(term(Outputs(student), Outputs(teacher), labels), F.mse_loss(student, teacher))
     assert term(Outputs(teacher), Outputs(teacher), labels).item() == 0
     model = build_model("student-cnn", 1, 10)
-    objective = Objective([LossSpec(name="mse", weight=0.25), LossSpec(name="ce", weight=2.0)], model, model,
-                          torch.zeros(2, 1, 8, 8))
+    objective = Objective(
+        [LossSpec(name="mse", weight=0.25), LossSpec(name="ce", weight=2.0)], model, model, torch.zeros(2, 1, 8, 8)
+    )
     expected = 0.25 * F.mse_loss(student, teacher) + 2.0 * F.cross_entropy(student, labels)
     torch.testing.assert_close(objective(Outputs(student), Outputs(teacher), labels), expected)
 
 
 @pytest.mark.parametrize(("student_layer", "teacher_layer", "student_channels", "teacher_channels"), HINT_PAIRS)
-def test_hint_adapter_maps_student_to_teacher_channels(models, batch, student_layer: str, teacher_layer: str,
-                                                       student_channels: int, teacher_channels: int) -> None:
+def test_hint_adapter_maps_student_to_teacher_channels(
+    models, batch, student_layer: str, teacher_layer: str, student_channels: int, teacher_channels: int
+) -> None:
     """The 1×1 adapter takes the student layer's channels to the teacher layer's, measured on the example."""
     student, teacher = models
     term = LOSSES.get("hint")(student, teacher, batch[0][:2], student_layer=student_layer, teacher_layer=teacher_layer)
     assert isinstance(term, HintLoss)
     assert term.adapter.weight.shape == (teacher_channels, student_channels, 1, 1)
     assert term.student_layers == (student_layer,) and term.teacher_layers == (teacher_layer,)
-    objective = Objective([LossSpec(name="hint", student_layer=student_layer, teacher_layer=teacher_layer)],
-                          student, teacher, batch[0][:2])
+    objective = Objective(
+        [LossSpec(name="hint", student_layer=student_layer, teacher_layer=teacher_layer)],
+        student,
+        teacher,
+        batch[0][:2],
+    )
     assert objective.student_layers == (student_layer,) and objective.teacher_layers == (teacher_layer,)
     assert objective.needs_teacher
     assert student.training and teacher.training  # probing the shapes leaves the modes alone
 
 
 @pytest.mark.parametrize(("student_layer", "teacher_layer", "student_channels", "teacher_channels"), HINT_PAIRS)
-def test_hint_loss_is_differentiable_and_its_adapter_learns(models, batch, student_layer: str, teacher_layer: str,
-                                                             student_channels: int, teacher_channels: int) -> None:
+def test_hint_loss_is_differentiable_and_its_adapter_learns(
+    models, batch, student_layer: str, teacher_layer: str, student_channels: int, teacher_channels: int
+) -> None:
     """Gradients reach the adapter and the student (not the teacher); a few Adam steps on the adapter alone
     lower the loss, also where the feature maps differ in size (they are pooled to the smaller one)."""
     student, teacher = models
     x, labels = batch
     teacher.eval()
     term = LOSSES.get("hint")(student, teacher, x[:2], student_layer=student_layer, teacher_layer=teacher_layer)
-    with FeatureTap(student, (student_layer,), "student") as s_tap, FeatureTap(teacher, (teacher_layer,),
-                                                                               "teacher") as t_tap:
+    with (
+        FeatureTap(student, (student_layer,), "student") as s_tap,
+        FeatureTap(teacher, (teacher_layer,), "teacher") as t_tap,
+    ):
+
         def loss() -> torch.Tensor:
             s_logits = student(x)
             with torch.no_grad():
@@ -116,36 +126,45 @@ def test_hint_loss_is_differentiable_and_its_adapter_learns(models, batch, stude
     assert values[-1] < 0.8 * values[0]
 
 
-def test_hinton_plus_hint_distils_end_to_end(tmp_path: Path, tiny_config_dict: dict,
-                                             teacher_checkpoint: Path) -> None:
+def test_hinton_plus_hint_distils_end_to_end(tmp_path: Path, tiny_config_dict: dict, teacher_checkpoint: Path) -> None:
     """hinton + a weighted hint term trains a student; the manifest lists both terms; the adapter is part of the
     objective, not of the saved student."""
-    losses = [{"name": "hinton", "temperature": 4, "alpha": 0.5},
-              {"name": "hint", "weight": 0.5, "student_layer": "6", "teacher_layer": "6"}]
+    losses = [
+        {"name": "hinton", "temperature": 4, "alpha": 0.5},
+        {"name": "hint", "weight": 0.5, "student_layer": "6", "teacher_layer": "6"},
+    ]
     config = losses_config(tiny_config_dict, losses)
     config["teacher"]["checkpoint"] = str(teacher_checkpoint)
     run = RunDir.create(tmp_path / "run", parse_config(config))
     run_distill(run)
     info = run.manifest.artifacts["student"].info
-    assert info["losses"] == [{"name": "hinton", "weight": 1.0, "temperature": 4, "alpha": 0.5},
-                              {"name": "hint", "weight": 0.5, "student_layer": "6", "teacher_layer": "6"}]
+    assert info["losses"] == [
+        {"name": "hinton", "weight": 1.0, "temperature": 4, "alpha": 0.5},
+        {"name": "hint", "weight": 0.5, "student_layer": "6", "teacher_layer": "6"},
+    ]
     assert info["epochs_run"] == 2 and info["val_accuracy"] > 80
     saved = torch.load(tmp_path / "run" / STUDENT_PATH, weights_only=True)["state_dict"]
     assert set(saved) == set(build_model("student-cnn", 1, 10).state_dict())
     assert not load_student(run).training
 
 
-@pytest.mark.parametrize(("losses", "expected"), [
-    ([{"name": "hintonn"}], ["unknown distillation loss 'hintonn'", "valid: ce, hint, hinton, mse",
-                             "did you mean 'hinton'"]),
-    ([{"name": "hinton", "temp": 4}], ["loss 'hinton' has no parameter 'temp'", "temperature, alpha"]),
-    ([{"name": "ce", "alpha": 0.5}], ["loss 'ce' has no parameter 'alpha'", "takes: none"]),
-    ([{"name": "hint", "student_layer": "6"}], ["loss 'hint' needs parameter 'teacher_layer'"]),
-    ([{"name": "hinton", "weight": -1}], ["distill.losses.0.weight"]),
-    ([], ["distill.losses"]),
-])
-def test_loss_config_mistakes_are_one_line_config_errors(tiny_config_dict: dict, losses: list[dict],
-                                                         expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("losses", "expected"),
+    [
+        (
+            [{"name": "hintonn"}],
+            ["unknown distillation loss 'hintonn'", "valid: ce, hint, hinton, mse", "did you mean 'hinton'"],
+        ),
+        ([{"name": "hinton", "temp": 4}], ["loss 'hinton' has no parameter 'temp'", "temperature, alpha"]),
+        ([{"name": "ce", "alpha": 0.5}], ["loss 'ce' has no parameter 'alpha'", "takes: none"]),
+        ([{"name": "hint", "student_layer": "6"}], ["loss 'hint' needs parameter 'teacher_layer'"]),
+        ([{"name": "hinton", "weight": -1}], ["distill.losses.0.weight"]),
+        ([], ["distill.losses"]),
+    ],
+)
+def test_loss_config_mistakes_are_one_line_config_errors(
+    tiny_config_dict: dict, losses: list[dict], expected: list[str]
+) -> None:
     """Each mistake is caught when the config is parsed, as one line naming the loss, parameter or key."""
     with pytest.raises(ConfigError) as caught:
         parse_config(losses_config(tiny_config_dict, losses))
@@ -155,15 +174,22 @@ def test_loss_config_mistakes_are_one_line_config_errors(tiny_config_dict: dict,
     assert caught.value.exit_code == 2
 
 
-@pytest.mark.parametrize(("student_layer", "teacher_layer", "missing"), [("99", "6", "99"), ("6", "classifier",
-                                                                                             "classifier")])
-def test_unknown_hint_layer_is_a_config_error_naming_it(tmp_path: Path, tiny_config_dict: dict,
-                                                        teacher_checkpoint: Path, student_layer: str,
-                                                        teacher_layer: str, missing: str) -> None:
+@pytest.mark.parametrize(
+    ("student_layer", "teacher_layer", "missing"), [("99", "6", "99"), ("6", "classifier", "classifier")]
+)
+def test_unknown_hint_layer_is_a_config_error_naming_it(
+    tmp_path: Path,
+    tiny_config_dict: dict,
+    teacher_checkpoint: Path,
+    student_layer: str,
+    teacher_layer: str,
+    missing: str,
+) -> None:
     """A layer name that is not in the model stops the distill stage with a one-line ConfigError naming it and
     listing real layer names; nothing is recorded."""
-    config = losses_config(tiny_config_dict, [{"name": "hint", "student_layer": student_layer,
-                                               "teacher_layer": teacher_layer}])
+    config = losses_config(
+        tiny_config_dict, [{"name": "hint", "student_layer": student_layer, "teacher_layer": teacher_layer}]
+    )
     config["teacher"]["checkpoint"] = str(teacher_checkpoint)
     run = RunDir.create(tmp_path / "run", parse_config(config))
     with pytest.raises(ConfigError) as caught:
@@ -175,8 +201,7 @@ def test_unknown_hint_layer_is_a_config_error_naming_it(tmp_path: Path, tiny_con
 
 
 @pytest.mark.parametrize("kind", ["script", "trace"])
-def test_hint_with_a_torchscript_teacher_is_a_one_line_error(tmp_path: Path, tiny_config_dict: dict,
-                                                            kind: str) -> None:
+def test_hint_with_a_torchscript_teacher_is_a_one_line_error(tmp_path: Path, tiny_config_dict: dict, kind: str) -> None:
     teacher = build_model("teacher-cnn", 1, 10).eval()
     program = torch.jit.script(teacher) if kind == "script" else torch.jit.trace(teacher, torch.zeros(2, 1, 8, 8))
     path = tmp_path / "teacher_program.pt"
@@ -230,15 +255,15 @@ def test_teacher_losses_without_a_teacher_are_config_errors(models, losses: list
 def test_hint_without_a_teacher_is_a_config_error(models) -> None:
     student, _ = models
     with pytest.raises(ConfigError, match="need a teacher"):
-        Objective([LossSpec(name="hint", student_layer="6", teacher_layer="6")], student, None,
-                  torch.zeros(2, 1, 8, 8))
+        Objective([LossSpec(name="hint", student_layer="6", teacher_layer="6")], student, None, torch.zeros(2, 1, 8, 8))
 
 
 def test_loss_parameter_of_the_wrong_type_is_a_config_error(models, tiny_config_dict: dict) -> None:
     student, teacher = models
     with pytest.raises(ConfigError, match="temperature"):
-        config = parse_config(losses_config(copy.deepcopy(tiny_config_dict), [{"name": "hinton",
-                                                                               "temperature": "hot"}]))
+        config = parse_config(
+            losses_config(copy.deepcopy(tiny_config_dict), [{"name": "hinton", "temperature": "hot"}])
+        )
         Objective(config.distill.losses, student, teacher, torch.zeros(2, 1, 8, 8))
 
 

@@ -52,8 +52,12 @@ NOT_CALLABLE = 3
 def trained_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, torch.Tensor]:
     """(state_dict checkpoint, the teacher module in eval mode, a normalized digits batch) — trained 2 epochs."""
     root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {"seed": 0, "data": {"source": "digits"}, "teacher": {"epochs": 2, "batch_size": 64},
-              "export": {"targets": []}}
+    config = {
+        "seed": 0,
+        "data": {"source": "digits"},
+        "teacher": {"epochs": 2, "batch_size": 64},
+        "export": {"targets": []},
+    }
     run = RunDir.create(root, parse_config(config))
     teacher = ensure_teacher(run).eval()
     example = torch.from_numpy(run.splits.normalize(run.splits.test.x[:64]))
@@ -82,8 +86,9 @@ def assert_one_line(error: ModelError) -> None:
 # --- the student from a user's file or module ------------------------------------------------------------------
 
 
-def test_student_from_a_model_file_trains_and_is_recorded(tmp_path: Path, student_config: dict,
-                                                          user_models: Path) -> None:
+def test_student_from_a_model_file_trains_and_is_recorded(
+    tmp_path: Path, student_config: dict, user_models: Path
+) -> None:
     """`distill.arch: path/my_models.py:make_student` with arch_kwargs trains via run_distill; the manifest
     records the spec and kwargs, and the student loads back from its checkpoint through the same spec."""
     spec = f"{user_models}:make_student"
@@ -130,17 +135,21 @@ def test_student_from_an_importable_module(tmp_path: Path, student_config: dict,
     assert count_parameters(load_student(run)) == record.info["parameters"]
 
 
-@pytest.mark.parametrize(("arch", "kwargs", "message"), [
-    ("{dir}/absent.py:make_student", {}, "model file {dir}/absent.py does not exist"),
-    ("{file}:make_teacher", {}, "has no callable 'make_teacher'"),
-    ("{file}:NOT_CALLABLE", {}, "has no callable 'NOT_CALLABLE'"),
-    ("{file}:not_a_model", {}, "returned dict, not a torch.nn.Module"),
-    ("{file}:make_student", {"depth": 3}, "rejected its arguments ['depth', 'num_classes']"),
-    ("{dir}/broken.py:make_student", {}, "cannot import"),
-    ("edgepipe_no_such_module:make_student", {}, "cannot import 'edgepipe_no_such_module'"),
-])
-def test_bad_model_specs_are_one_line_model_errors(tmp_path: Path, user_models: Path, arch: str, kwargs: dict,
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "message"),
+    [
+        ("{dir}/absent.py:make_student", {}, "model file {dir}/absent.py does not exist"),
+        ("{file}:make_teacher", {}, "has no callable 'make_teacher'"),
+        ("{file}:NOT_CALLABLE", {}, "has no callable 'NOT_CALLABLE'"),
+        ("{file}:not_a_model", {}, "returned dict, not a torch.nn.Module"),
+        ("{file}:make_student", {"depth": 3}, "rejected its arguments ['depth', 'num_classes']"),
+        ("{dir}/broken.py:make_student", {}, "cannot import"),
+        ("edgepipe_no_such_module:make_student", {}, "cannot import 'edgepipe_no_such_module'"),
+    ],
+)
+def test_bad_model_specs_are_one_line_model_errors(
+    tmp_path: Path, user_models: Path, arch: str, kwargs: dict, message: str
+) -> None:
     """Missing file, missing or non-callable attribute, a factory returning no Module, wrong kwargs, a file
     that does not import, a missing module: each one ModelError line naming the problem."""
     (tmp_path / "broken.py").write_text("def make_student(:\n")
@@ -160,8 +169,7 @@ def test_bad_student_spec_stops_the_distill_stage(tmp_path: Path, student_config
     assert "student" not in run.manifest.artifacts
 
 
-def test_cli_reports_a_bad_student_spec_on_one_line(tmp_path: Path, student_config: dict,
-                                                    user_models: Path) -> None:
+def test_cli_reports_a_bad_student_spec_on_one_line(tmp_path: Path, student_config: dict, user_models: Path) -> None:
     """`edgepipe distill` turns the ModelError into one `edgepipe: error:` line and exit code 4."""
     from typer.testing import CliRunner
 
@@ -176,8 +184,7 @@ def test_cli_reports_a_bad_student_spec_on_one_line(tmp_path: Path, student_conf
     assert "Traceback" not in result.output
 
 
-def test_editing_the_model_file_retrains_the_student(tmp_path: Path, student_config: dict,
-                                                     user_models: Path) -> None:
+def test_editing_the_model_file_retrains_the_student(tmp_path: Path, student_config: dict, user_models: Path) -> None:
     student_config["distill"].update(arch=f"{user_models}:make_student", epochs=1)
     root = tmp_path / "run"
     run = RunDir.create(root, parse_config(copy.deepcopy(student_config)))
@@ -216,8 +223,7 @@ PROGRAM_KINDS = [
 
 @pytest.mark.filterwarnings("ignore:No complete tensor found in the group")  # torch.export.save on CPU
 @pytest.mark.parametrize("kind", PROGRAM_KINDS)
-def test_program_teacher_distils_a_student(tmp_path: Path, student_config: dict, trained_teacher,
-                                           kind: str) -> None:
+def test_program_teacher_distils_a_student(tmp_path: Path, student_config: dict, trained_teacher, kind: str) -> None:
     """A TorchScript (scripted or traced) or torch.export teacher given as teacher.checkpoint is copied into the
     run as `kind: program`, gives the original teacher's logits when loaded back, and distils a student."""
     _, teacher, example = trained_teacher
@@ -287,8 +293,9 @@ def test_program_teacher_for_other_inputs_is_a_model_error(tmp_path: Path, stude
 
 
 @pytest.mark.parametrize("name", ["garbage.pt", "garbage.pt2", "truncated_script.pt"])
-def test_corrupt_teacher_files_are_model_errors(tmp_path: Path, student_config: dict, trained_teacher,
-                                                name: str) -> None:
+def test_corrupt_teacher_files_are_model_errors(
+    tmp_path: Path, student_config: dict, trained_teacher, name: str
+) -> None:
     """Random bytes (as a checkpoint or a .pt2) and a TorchScript file cut in half each give one ModelError line
     naming the file."""
     path = tmp_path / name

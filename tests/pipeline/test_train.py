@@ -22,7 +22,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from pipeline.config import LossSpec, TrainConfig, parse_config
-from pipeline.distill import STUDENT_PATH, TEACHER_PATH, ensure_teacher, load_model, load_student, run_distill
+from pipeline.distill import STUDENT_PATH, load_model, load_student, run_distill
 from pipeline.losses import Objective
 from pipeline.models import build_model, save_checkpoint
 from pipeline.rundir import RunDir
@@ -56,16 +56,24 @@ def val_accuracy(model: nn.Module, splits) -> float:
     return round(accuracy(predict_logits(model, splits, splits.val), splits.val.y), 2)
 
 
-def make_job(splits, tmp_path: Path, *, seed: int = 0, job_id: str = "job", objective: nn.Module | None = None,
-             **train) -> TrainJob:
+def make_job(
+    splits, tmp_path: Path, *, seed: int = 0, job_id: str = "job", objective: nn.Module | None = None, **train
+) -> TrainJob:
     """A student-cnn trained from labels alone (no teacher), built the way the distill stage builds it."""
     seed_everything(seed)
     model = build_model("student-cnn", 1, 10)
     example = torch.from_numpy(splits.normalize(splits.train.x[:2]))
     objective = objective if objective is not None else Objective([LossSpec(name="ce")], model, None, example)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 64, "device": "cpu", **train})
-    return TrainJob(name="student", model=model, objective=objective, cfg=cfg, seed=seed,
-                    progress_path=tmp_path / "student.progress.pt", job_id=job_id)
+    return TrainJob(
+        name="student",
+        model=model,
+        objective=objective,
+        cfg=cfg,
+        seed=seed,
+        progress_path=tmp_path / "student.progress.pt",
+        job_id=job_id,
+    )
 
 
 def assert_early_stop_consistent(summary: dict, cfg: TrainConfig) -> None:
@@ -80,7 +88,7 @@ def assert_early_stop_consistent(summary: dict, cfg: TrainConfig) -> None:
         assert cfg.patience is not None
         # stopped as soon as `patience` epochs in a row did not beat the best one before them
         assert len(history) - summary["best_epoch"] == cfg.patience
-        assert max(history[-cfg.patience:]) <= max(history[: -cfg.patience])
+        assert max(history[-cfg.patience :]) <= max(history[: -cfg.patience])
     elif cfg.patience is not None:
         for seen in range(1, len(history)):  # no earlier point where it should have stopped
             assert seen - (int(np.argmax(history[:seen])) + 1) < cfg.patience
@@ -107,8 +115,9 @@ def recorded_rates(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step"])
-def test_schedule_sets_the_learning_rate_per_step(digits_splits, tmp_path: Path, recorded_rates: list[float],
-                                                 schedule: str) -> None:
+def test_schedule_sets_the_learning_rate_per_step(
+    digits_splits, tmp_path: Path, recorded_rates: list[float], schedule: str
+) -> None:
     """Per optimizer step over the whole budget: onecycle warms up to lr then anneals, cosine decays from lr
     towards 0, step keeps lr for step_epochs epochs and then multiplies it by gamma; each of them trains."""
     lr, gamma, epochs = 0.01, 0.25, 3
@@ -179,8 +188,16 @@ def test_early_stop_after_patience_and_best_epoch_restored(digits_splits, tmp_pa
     """Val accuracy peaks in epoch 1 and then falls: training stops after 1 + patience epochs, and the model
     handed back (and kept in the progress file) is epoch 1's, not the last one."""
     steps = math.ceil(len(digits_splits.train) / 64)
-    job = make_job(digits_splits, tmp_path, epochs=6, lr=0.01, schedule="step", gamma=1.0, patience=patience,
-                   objective=LabelsGoWrongLater(good_steps=steps))
+    job = make_job(
+        digits_splits,
+        tmp_path,
+        epochs=6,
+        lr=0.01,
+        schedule="step",
+        gamma=1.0,
+        patience=patience,
+        objective=LabelsGoWrongLater(good_steps=steps),
+    )
     summary = fit(job, digits_splits)
     assert summary["stopped_early"] is True
     assert summary["epochs_run"] == 1 + patience
@@ -318,8 +335,9 @@ def _perturbed_teacher(source: Path, target: Path) -> Path:
     return target
 
 
-def test_baseline_added_later_is_label_only_and_independent_of_the_teacher(tmp_path: Path, student_config: dict,
-                                                                          teacher_checkpoint: Path) -> None:
+def test_baseline_added_later_is_label_only_and_independent_of_the_teacher(
+    tmp_path: Path, student_config: dict, teacher_checkpoint: Path
+) -> None:
     """baseline=True adds a `baseline` artifact trained with ce alone and leaves the student as it was; a new
     teacher retrains the student but reuses the baseline, whose id does not depend on the teacher."""
     root = tmp_path / "run"

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-MY_MODELS = '''
+MY_MODELS = """
 from torch import nn
 
 
@@ -21,7 +21,7 @@ def make_student(num_classes, in_channels, width=12):
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
     )
-'''
+"""
 
 
 def write_image_folder(root: Path, classes: int = 4) -> None:
@@ -43,8 +43,13 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
     config = {
         "data": {"source": str(tmp_path / "images"), "image_size": [12, 12]},
         "teacher": {"epochs": 2, "batch_size": 64},
-        "distill": {"arch": f"{tmp_path / 'my_models.py'}:make_student", "arch_kwargs": {"width": 8},
-                    "epochs": 6, "batch_size": 32, "lr": 0.01},
+        "distill": {
+            "arch": f"{tmp_path / 'my_models.py'}:make_student",
+            "arch_kwargs": {"width": 8},
+            "epochs": 6,
+            "batch_size": 32,
+            "lr": 0.01,
+        },
         "calibration": {"size": 64},
         "export": {"targets": ["onnx-fp32", "onnx-int8", "tflite-int8"]},
         "bench": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "throughput_batch": 8},
@@ -53,7 +58,9 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", str(tmp_path / "config.yaml"), "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())

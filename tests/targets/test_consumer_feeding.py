@@ -55,8 +55,9 @@ def test_consumer_preprocessing_matches_pipeline(digits_splits, manifest_json) -
 
 
 @pytest.mark.parametrize("name", TARGETS.names())
-def test_artifact_agrees_with_student(finished_run, manifest_json, digits_splits, student_top1, name,
-                                      onnx_invoke, tflite_invoke) -> None:
+def test_artifact_agrees_with_student(
+    finished_run, manifest_json, digits_splits, student_top1, name, onnx_invoke, tflite_invoke
+) -> None:
     """Every artifact, fed from the manifest alone, agrees with the student's top-1 on ≥ 90 % of test samples."""
     logits = consumer_logits(finished_run, manifest_json, name, digits_splits.test.x, onnx_invoke, tflite_invoke)
     assert logits.shape == (len(digits_splits.test), 10)

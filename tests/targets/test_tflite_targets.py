@@ -56,8 +56,10 @@ def test_tflite_int8_is_full_integer(finished_run: Path, manifest_json: dict) ->
     path = artifact(finished_run, manifest_json, "tflite-int8")
     interpreter = Interpreter(model_path=str(path))
     record = manifest_json["artifacts"]["tflite-int8"]
-    for detail, spec in ((interpreter.get_input_details()[0], record["inputs"][0]),
-                         (interpreter.get_output_details()[0], record["outputs"][0])):
+    for detail, spec in (
+        (interpreter.get_input_details()[0], record["inputs"][0]),
+        (interpreter.get_output_details()[0], record["outputs"][0]),
+    ):
         assert detail["dtype"] == np.int8
         assert spec["dtype"] == "int8"
         scale, zero_point = detail["quantization"]
