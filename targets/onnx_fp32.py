@@ -40,28 +40,21 @@ class OnnxFp32(Target):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if inputs.config.exporter == "dynamo":
-                    torch.onnx.export(
-                        inputs.model,
-                        (example,),
-                        raw_path,
-                        dynamo=True,
-                        opset_version=inputs.config.opset,
-                        input_names=[INPUT_NAME],
-                        output_names=[OUTPUT_NAME],
-                        dynamic_shapes=({0: torch.export.Dim("batch")},),
-                        verbose=False,
-                    )
+                    batch_axis = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch")},), "verbose": False}
                 else:
-                    torch.onnx.export(
-                        inputs.model,
-                        (example,),
-                        raw_path,
-                        dynamo=False,
-                        opset_version=inputs.config.opset,
-                        input_names=[INPUT_NAME],
-                        output_names=[OUTPUT_NAME],
-                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    )
+                    batch_axis = {
+                        "dynamo": False,
+                        "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    }
+                torch.onnx.export(
+                    inputs.model,
+                    (example,),
+                    raw_path,
+                    opset_version=inputs.config.opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    **batch_axis,
+                )
             simplified, ok = onnxsim.simplify(onnx.load(raw_path))
         except Exception as e:  # exporters raise many types; report the first line
             raise ExportError(
