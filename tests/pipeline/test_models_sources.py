@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_config
-from pipeline.distill import TEACHER_PATH, ensure_teacher, load_student, load_teacher, run_distill
+from pipeline.distill import ensure_teacher, load_student, load_teacher, run_distill
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
 from pipeline.models import build_model, count_parameters, is_program, load_program, save_checkpoint
@@ -49,19 +49,13 @@ NOT_CALLABLE = 3
 
 
 @pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, torch.Tensor]:
+def trained_teacher(teacher_checkpoint: Path, digits_splits) -> tuple[Path, torch.nn.Module, torch.Tensor]:
     """(state_dict checkpoint, the teacher module in eval mode, a normalized digits batch) — trained 2 epochs."""
-    root = tmp_path_factory.mktemp("teacher") / "run"
-    config = {
-        "seed": 0,
-        "data": {"source": "digits"},
-        "teacher": {"epochs": 2, "batch_size": 64},
-        "export": {"targets": []},
-    }
-    run = RunDir.create(root, parse_config(config))
-    teacher = ensure_teacher(run).eval()
-    example = torch.from_numpy(run.splits.normalize(run.splits.test.x[:64]))
-    return root / TEACHER_PATH, teacher, example
+    from pipeline.models import load_checkpoint
+
+    teacher = load_checkpoint(teacher_checkpoint, "teacher-cnn", 1, 10)
+    example = torch.from_numpy(digits_splits.normalize(digits_splits.test.x[:64]))
+    return teacher_checkpoint, teacher, example
 
 
 @pytest.fixture
