@@ -1,4 +1,4 @@
-"""Draw the calibration set: stratified by class, from the training split only (never test)."""
+"""Draw the calibration set from the training split only (never test): stratified or class-balanced."""
 
 from __future__ import annotations
 
@@ -45,18 +45,36 @@ class CalibrationSet:
         return calibration
 
 
-def draw_calibration_set(splits: Splits, size: int, seed: int) -> CalibrationSet:
-    """Pick ``size`` training samples, each class in proportion to its share of the training split."""
+def draw_calibration_set(splits: Splits, size: int, seed: int, selection: str = "stratified") -> CalibrationSet:
+    """Pick ``size`` training samples: each class in proportion to its share of the training split
+    (``stratified``), or the same number from every class as far as each class has samples (``balanced``)."""
     train = splits.train
     if size > len(train):
         raise DataError(f"calibration.size is {size} but the training split has only {len(train)} samples")
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(train.y, return_counts=True)
-    quotas = np.floor(counts / counts.sum() * size).astype(int)
-    for extra in np.argsort(-(counts / counts.sum() * size - quotas))[: size - quotas.sum()]:
-        quotas[extra] += 1
+    quotas = _balanced_quotas(counts, size) if selection == "balanced" else _stratified_quotas(counts, size)
     picked = np.concatenate(
         [rng.choice(np.flatnonzero(train.y == label), quota, replace=False) for label, quota in zip(classes, quotas)]
     )
     picked = np.sort(picked)
     return CalibrationSet(splits.normalize(train.x[picked]), train.ids[picked], train.y[picked])
+
+
+def _stratified_quotas(counts: np.ndarray, size: int) -> np.ndarray:
+    """Largest-remainder shares of ``size`` in proportion to ``counts``."""
+    exact = counts / counts.sum() * size
+    quotas = np.floor(exact).astype(int)
+    quotas[np.argsort(-(exact - quotas), kind="stable")[: size - quotas.sum()]] += 1
+    return quotas
+
+
+def _balanced_quotas(counts: np.ndarray, size: int) -> np.ndarray:
+    """Equal shares of ``size``; a class with too few samples gives all it has and the rest is shared out."""
+    quotas = np.zeros_like(counts)
+    while quotas.sum() < size:
+        open_classes = np.flatnonzero(quotas < counts)
+        share, extra = divmod(size - int(quotas.sum()), len(open_classes))
+        for rank, label in enumerate(open_classes):
+            quotas[label] = min(counts[label], quotas[label] + share + (rank < extra))
+    return quotas

@@ -25,8 +25,10 @@ def _runners(run: RunDir) -> list[tuple[str, str, Callable[[], Runner]]]:
     if "baseline" in run.manifest.artifacts:
         plans.append(("baseline", "pytorch", lambda: torch_runner(load_model(run, "baseline"), threads)))
     for name, record in run.manifest.artifacts.items():
-        if record.stage != "export":
-            continue
+        if record.stage != "export" or (
+            record.info.get("source", "student") != "student" and record.info["precision"] != "int8"
+        ):
+            continue  # a QAT-KD student's float files are only steps towards its int8 ones
         path = run.path(record.path)
         if record.info["format"] == "onnx":
             for provider in onnxruntime_providers():

@@ -9,14 +9,16 @@ CALIBRATION_PATH = "calibration/calibration.npz"
 
 
 def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
-    """Draw ``calibration.size`` stratified training samples (reused when unchanged)."""
+    """Draw ``calibration.size`` training samples as configured (reused when unchanged)."""
     data = run.config.data.model_dump(exclude={"augment"})  # training-only augmentation never reaches calibration
-    key = {"calibration": run.config.calibration.model_dump(), "data": data, "seed": run.config.seed}
+    sampling = run.config.calibration.model_dump(include={"size", "selection"})  # methods do not change the samples
+    key = {"calibration": sampling, "data": data, "seed": run.config.seed}
     calibration_id = run.artifact_id("calibration", key, [])
     path = run.path(CALIBRATION_PATH)
     if not force and run.manifest.reusable("calibration", calibration_id, run.root):
         return CalibrationSet.load(path)
-    calibration = draw_calibration_set(run.splits, run.config.calibration.size, run.config.seed)
+    cfg = run.config.calibration
+    calibration = draw_calibration_set(run.splits, cfg.size, run.config.seed, cfg.selection)
     calibration.save(path)
     counts = {
         run.splits.classes[c]: int((calibration.labels == c).sum()) for c in sorted(set(calibration.labels.tolist()))
@@ -28,6 +30,7 @@ def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
         path,
         info={
             "size": len(calibration),
+            "selection": cfg.selection,
             "split": "train",
             "per_class": counts,
             "sample_ids": calibration.ids.tolist(),

@@ -175,20 +175,77 @@ class DistillConfig(TrainConfig):
     baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
 class CalibrationConfig(_Section):
-    size: int = Field(512, ge=1, description="Calibration samples drawn from the training split, stratified by class.")
+    size: int = Field(512, ge=1, description="Calibration samples drawn from the training split.")
+    selection: Literal["stratified", "balanced"] = Field(
+        "stratified",
+        description="stratified: each class in proportion to its share of the training split; "
+        "balanced: the same number of samples from every class.",
+    )
+    method: CalibrationMethod | Literal["auto"] = Field(
+        "auto",
+        description="Activation range estimator of the ONNX quantizer: minmax, entropy, percentile, or auto "
+        "(tries each and keeps the best validation accuracy). TFLite's converter always uses min/max.",
+    )
+    percentile: float = Field(
+        99.999,
+        gt=90,
+        le=100,
+        description="percentile method: the share (%) of each activation's calibration values kept inside the "
+        "range; the rest, split between both tails, is clipped.",
+    )
+    symmetric_activations: bool = Field(
+        False, description="Symmetric activation ranges (zero point 0) instead of asymmetric min/max ranges."
+    )
+
+
+class QatConfig(_Section):
+    """Quantization-aware distillation: fake-quant fine-tuning of the student while the teacher keeps teaching."""
+
+    when: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: only for int8 targets that still break max_int8_drop after the fallback."
+    )
+    epochs: int = Field(2, ge=1, description="Fine-tuning epochs with fake quantization.")
+    frozen_epochs: int = Field(
+        1, ge=0, description="Last epochs with activation ranges and BatchNorm statistics frozen (< epochs)."
+    )
+    lr: float = Field(0.0001, gt=0, description="Learning rate: constant while ranges are observed, then cosine.")
+    batch_size: int = Field(128, ge=1, description="Global batch size.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+
+    @model_validator(mode="after")
+    def _frozen_fits(self) -> "QatConfig":
+        if self.frozen_epochs >= self.epochs:
+            raise ValueError(
+                f"frozen_epochs ({self.frozen_epochs}) must be smaller than epochs ({self.epochs}): "
+                "activation ranges are observed for at least one epoch before they are frozen"
+            )
+        return self
+
+
+class QuantizeConfig(_Section):
+    max_int8_drop: float = Field(
+        0.3, ge=0, description="Accuracy budget: points an int8 artifact may lose against the fp32 student on val."
+    )
+    max_float_layers: int = Field(
+        4, ge=0, description="Fallback cap: at most this many of the most sensitive layers are kept in float."
+    )
+    qat: QatConfig = Field(default_factory=QatConfig)
 
 
 class OnnxQuantConfig(_Section):
     per_channel: bool = Field(True, description="Per-channel int8 weights.")
     reduce_range: bool = Field(True, description="7-bit weights; avoids u8s8 saturation on CPUs without VNNI (AVX2).")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation int8 type in the QDQ model.")
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Range estimator.")
 
 
 class ExportConfig(_Section):
     targets: list[str] = Field(
-        ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"],
+        ["onnx-fp32", "onnx-int8", "onnx-int8-ort-defaults", "tflite-fp32", "tflite-fp16", "tflite-int8"],
         description="Export targets to build (see `edgepipe targets`).",
     )
     opset: int = Field(18, ge=13, le=21, description="ONNX opset of the exported graph.")
@@ -213,6 +270,7 @@ class RunConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 

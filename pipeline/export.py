@@ -1,4 +1,7 @@
-"""Stage 3: build export targets from the student, each verified against the float student before it lands."""
+"""Stage 3: build export targets from the student, each verified against the float student before it lands.
+
+Int8 targets that still break the accuracy budget are rebuilt from a quantization-aware distilled student
+(``<target>-qat``), beside the post-training ones, so the report shows both."""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ import numpy as np
 
 from calibration.sampling import CalibrationSet
 from pipeline.calibrate import CALIBRATION_PATH
-from pipeline.distill import load_student
+from pipeline.distill import load_model
 from pipeline.errors import ExportError
 from pipeline.io import atomic_path
 from pipeline.manifest import ArtifactRecord
 from pipeline.progress import progress_bar
+from pipeline.qat_stage import QAT_STUDENT, ensure_qat_student, qat_targets
 from pipeline.rundir import RunDir
 from pipeline.runtimes import onnxruntime_runner, tflite_runner, torch_runner
 from targets import TARGETS, ExportInputs, ExportResult, Target
@@ -28,20 +32,28 @@ def artifact_runner(path, fmt: str, inputs, outputs, threads: int | None):
 
 
 class Exporter:
-    """Builds targets in dependency order, reusing any whose inputs are unchanged."""
+    """Builds targets from one source model (``student`` or ``student-qat``) in dependency order, reusing any
+    whose inputs are unchanged. Artifacts of another source than ``student`` are named ``<target>-<suffix>``."""
 
-    def __init__(self, run: RunDir, force: set[str]) -> None:
+    def __init__(self, run: RunDir, force: set[str], source: str = "student") -> None:
         self.run = run
         self.force = force
+        self.source = source
+        self.suffix = source.removeprefix("student")
 
     @cached_property
     def student(self):
-        return load_student(self.run)
+        return load_model(self.run, self.source)
 
     @cached_property
     def calibration(self) -> CalibrationSet:
         self.run.require("calibration")
         return CalibrationSet.load(self.run.path(CALIBRATION_PATH))
+
+    @cached_property
+    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+        val = self.run.splits.val
+        return self.run.splits.normalize(val.x), val.y
 
     @cached_property
     def verify_batch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -51,20 +63,21 @@ class Exporter:
 
     def parent_record(self, target: Target) -> ArtifactRecord:
         if target.parent == "student":
-            return self.run.require("student")
+            return self.run.require(self.source)
         return self.build(target.parent)
 
     def build(self, name: str) -> ArtifactRecord:
-        """Export ``name`` (and any parent it needs) unless an identical artifact exists."""
+        """Export target ``name`` (and any parent it needs) unless an identical artifact exists."""
         target = TARGETS.get(name)()
+        record_name = name + self.suffix
         parent = self.parent_record(target)
         parents = [parent.id] + ([self.run.require("calibration").id] if target.needs_calibration else [])
-        artifact_id = self.run.artifact_id(f"export:{name}", target.config_key(self.run.config.export), parents)
+        artifact_id = self.run.artifact_id(f"export:{record_name}", target.config_key(self.run.config), parents)
         if name not in self.force:
-            reused = self.run.manifest.reusable(name, artifact_id, self.run.root)
+            reused = self.run.manifest.reusable(record_name, artifact_id, self.run.root)
             if reused:
                 return reused
-        path = self.run.path(f"artifacts/student-{name}{target.suffix}")
+        path = self.run.path(f"artifacts/{self.source}-{name}{target.suffix}")
         work_dir = self.run.path("work")
         work_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -74,22 +87,30 @@ class Exporter:
                     parent_sha256=parent.sha256,
                     output_path=tmp,
                     work_dir=work_dir,
-                    config=self.run.config.export,
+                    config=self.run.config,
                     preprocessing=self.run.preprocessing,
                     calibration=self.calibration if target.needs_calibration else None,
+                    validation=self.validation if target.needs_calibration else None,
                     model=self.student if target.parent == "student" else None,
                 )
             )
             verification = self.verify(target, tmp, result)
         return self.run.record(
-            name,
+            record_name,
             "export",
             artifact_id,
             path,
-            parent=target.parent,
+            parent=parent.name,
             inputs=result.inputs,
             outputs=result.outputs,
-            info={"format": target.format, "precision": target.precision, "verification": verification, **result.info},
+            info={
+                "target": name,
+                "format": target.format,
+                "precision": target.precision,
+                "source": self.source,
+                "verification": verification,
+                **result.info,
+            },
         )
 
     def verify(self, target: Target, path, result: ExportResult) -> dict:
@@ -115,15 +136,24 @@ class Exporter:
         }
 
 
-def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | None = None) -> list[ArtifactRecord]:
-    """Export ``targets`` (default: the config's), rebuilding those in ``force``."""
-    names = targets or run.config.export.targets
-    exporter = Exporter(run, force or set())
-    records = []
+def _build_all(exporter: Exporter, names: list[str]) -> list[ArtifactRecord]:
     with progress_bar() as bar:
-        task = bar.add_task("export", total=len(names), status="")
+        task = bar.add_task(f"export{exporter.suffix}", total=len(names), status="")
+        records = []
         for name in names:
-            bar.update(task, status=name)
+            bar.update(task, status=name + exporter.suffix)
             records.append(exporter.build(name))
             bar.advance(task)
+    return records
+
+
+def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | None = None) -> list[ArtifactRecord]:
+    """Export ``targets`` (default: the config's), rebuilding those in ``force``; then the QAT-KD variants of the
+    int8 targets that need one (``quantize.qat``)."""
+    force = force or set()
+    records = _build_all(Exporter(run, force), targets or run.config.export.targets)
+    qat_names = qat_targets(run, records)
+    if qat_names:
+        ensure_qat_student(run, force=bool(force & set(qat_names)))
+        records += _build_all(Exporter(run, force, source=QAT_STUDENT), qat_names)
     return records

@@ -11,9 +11,7 @@ running statistics for the last ``frozen_epochs``.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -21,37 +19,11 @@ from torch.ao import quantization as tq
 from torch.utils.hooks import RemovableHandle
 
 from pipeline import distributed
-from pipeline.config import LossSpec, TrainConfig
+from pipeline.config import LossSpec, QatConfig, TrainConfig
 from pipeline.data import Splits
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ModelError
 from pipeline.losses import Objective
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
-
-
-@dataclass(frozen=True)
-class QatConfig:
-    """Quantization-aware distillation settings; invalid combinations raise ConfigError."""
-
-    epochs: int = 2  # total passes over the training split
-    frozen_epochs: int = 1  # final epochs with activation ranges and BatchNorm statistics frozen
-    lr: float = 1e-4  # constant while ranges are observed, cosine-annealed to 0 while frozen
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    per_channel: bool = True  # per-output-channel weight scales (as onnx-int8 and tflite-int8 quantize)
-    reduce_range: bool = True  # 7-bit weights (±64), as onnx-int8's reduce_range; False: ±127 (tflite-int8)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or not 0 <= self.frozen_epochs < self.epochs:
-            raise ConfigError(
-                f"qat needs epochs ≥ 1 and 0 ≤ frozen_epochs < epochs; got {self.epochs} and {self.frozen_epochs}",
-                "activation ranges must be observed for at least one epoch before they are frozen",
-            )
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
-            raise ConfigError(
-                f"qat needs lr > 0, batch_size ≥ 1 and weight_decay ≥ 0; got {self.lr}, {self.batch_size}, "
-                f"{self.weight_decay}"
-            )
 
 
 def int8_qconfig(per_channel: bool = True, reduce_range: bool = True) -> tq.QConfig:
@@ -137,16 +109,20 @@ def qat_distill(
     seed: int,
     progress_dir: Path,
     job_id: str = "qat",
+    per_channel: bool = True,
+    reduce_range: bool = True,
 ) -> tuple[nn.Module, dict]:
     """Fine-tune a fake-quantized copy of ``student`` on ``losses`` (distilled from ``teacher``); ``student`` is
     left unchanged.
 
     Returns a float model of the student's architecture and state_dict keys, in eval mode, for the int8 exporters
-    to re-quantize, and what happened, for the manifest. Each phase resumes from its progress file in
-    ``progress_dir``, named after ``job_id`` (an id of all the inputs, as fit's); both are removed at the end.
+    to re-quantize, and what happened, for the manifest. ``per_channel``/``reduce_range`` pick the weight grid
+    (onnx-int8's settings; reduce_range's ±64 grid is also safe for TFLite's ±127). Each phase resumes from its
+    progress file in ``progress_dir``, named after ``job_id`` (an id of all the inputs, as fit's); both are removed
+    at the end.
     """
     seed_everything(seed)
-    model = prepare_qat_student(student, int8_qconfig(cfg.per_channel, cfg.reduce_range))
+    model = prepare_qat_student(student, int8_qconfig(per_channel, reduce_range))
     objective = Objective(losses, student, teacher, torch.from_numpy(splits.normalize(splits.train.x[:2])))
     teacher_logits = None
     if objective.needs_teacher and not objective.teacher_layers and not splits.augment.enabled:
@@ -186,5 +162,11 @@ def qat_distill(
         for path in paths.values():
             path.unlink(missing_ok=True)
     last = phases["frozen" if cfg.frozen_epochs else "observe"]
-    summary = {**asdict(cfg), "val_accuracy_fake_quant": last["val_accuracy"], "phases": phases}
+    summary = {
+        **cfg.model_dump(exclude={"when"}),
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "val_accuracy_fake_quant": last["val_accuracy"],
+        "phases": phases,
+    }
     return float_student(model, student), summary

@@ -53,6 +53,53 @@ def _models_section(manifest: Manifest) -> list[str]:
     return lines + [""]
 
 
+def _cpu_accuracy(manifest: Manifest, name: str) -> float | None:
+    return next((m.accuracy for m in manifest.measurements if m.artifact == name and m.provider != "CUDA"), None)
+
+
+def _worst_layers(info: dict, count: int = 5) -> str:
+    layers = info.get("worst_layers", [])[:count]
+    return ", ".join(f"`{e['node'].split(';')[0]}` ({e['op']}) {e['sqnr_db']:.1f} dB" for e in layers) or "—"
+
+
+def _int8_section(manifest: Manifest) -> list[str]:
+    """Per int8 artifact: calibration method, test accuracy and drop vs the fp32 student, float layers and the
+    worst layers by SQNR (int8 vs float activations on the calibration set)."""
+    student = _cpu_accuracy(manifest, "student")
+    records = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info.get("precision") == "int8"]
+    if not records or student is None:
+        return []
+    lines = [
+        "## int8",
+        "",
+        "Test top-1 against the fp32 student; method and float layers were chosen on the validation split "
+        f"(budget {records[0].info.get('max_int8_drop', '—')} points). Worst layers: lowest SQNR of an int8 "
+        "activation against its float twin on the calibration set — for ONNX cumulative (int8 model vs float "
+        "model), for TFLite per layer (both fed the same int8 inputs); TFLite names are cut at the first `;`.",
+        "",
+        "| artifact | calibration | top-1 % | Δ vs fp32 student | val Δ | float layers | five worst layers (SQNR) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        info, accuracy = record.info, _cpu_accuracy(manifest, record.name)
+        drop = f"{accuracy - student:+.2f}" if accuracy is not None else "—"
+        val_drop = f"{0.0 - info['val_drop']:+.2f}" if "val_drop" in info else "—"
+        float_layers = ", ".join(f"`{n}`" for n in info.get("float_layers", [])) or "none"
+        lines.append(
+            f"| {record.name} | {info.get('calibration_method', info.get('quantization', '—'))} "
+            f"| {accuracy if accuracy is not None else '—'} | {drop} | {val_drop} | {float_layers} "
+            f"| {_worst_layers(info)} |"
+        )
+    reference, ours = _cpu_accuracy(manifest, "onnx-int8-ort-defaults"), _cpu_accuracy(manifest, "onnx-int8")
+    if reference is not None and ours is not None:
+        lines += [
+            "",
+            f"onnx-int8 vs onnxruntime `quantize_static` with its defaults on the same model and calibration set: "
+            f"{ours:.2f} % vs {reference:.2f} % ({ours - reference:+.2f} points).",
+        ]
+    return lines + [""]
+
+
 def render_report(manifest: Manifest) -> str:
     """Markdown: what was run on what, one row per artifact × runtime, and what could not be measured."""
     data = manifest.data
@@ -84,6 +131,7 @@ def render_report(manifest: Manifest) -> str:
         *(_row(manifest, m, teacher, student) for m in manifest.measurements),
         "",
     ]
+    lines += _int8_section(manifest)
     if manifest.skipped:
         lines += ["Not measured:", ""] + [f"- {s.artifact} on {s.runtime}: {s.reason}" for s in manifest.skipped] + [""]
     return "\n".join(lines)

@@ -6,22 +6,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pipeline.config import ExportConfig
+import numpy as np
+
+from pipeline.config import RunConfig
 from pipeline.manifest import Preprocessing, TensorSpec
 from pipeline.registry import Registry
 
 
 @dataclass(frozen=True)
 class ExportInputs:
-    """What an exporter gets: its parent artifact, the calibration set, a scratch dir and the config."""
+    """What an exporter gets: its parent artifact, the calibration set, the validation split (int8 targets
+    score their choices on it), a scratch dir and the run's config."""
 
     parent_path: Path
     parent_sha256: str
     output_path: Path
     work_dir: Path
-    config: ExportConfig
+    config: RunConfig
     preprocessing: Preprocessing
     calibration: "CalibrationSet | None" = None  # noqa: F821 (calibration.sampling)
+    validation: tuple[np.ndarray, np.ndarray] | None = None  # normalized NCHW x and labels y
     model: "object | None" = None  # the torch student, for targets whose parent is the checkpoint
 
 
@@ -44,15 +48,16 @@ class Target:
     suffix: ClassVar[str]
     parent: ClassVar[str]  # the artifact it is converted from: "student" or another target's name
     needs_calibration: ClassVar[bool] = False
+    reference: ClassVar[bool] = False  # a comparison point measured in the report, never shipped
     max_abs_diff: ClassVar[float | None] = None  # tolerance vs the float student's logits; None: int8, measured only
 
     def export(self, inputs: ExportInputs) -> ExportResult:
         """Write the artifact to ``inputs.output_path`` and describe its tensors."""
         raise NotImplementedError
 
-    def config_key(self, config: ExportConfig) -> dict:
-        """The part of the export config this target depends on (part of its cache key)."""
-        return {"opset": config.opset}
+    def config_key(self, config: RunConfig) -> dict:
+        """The part of the run config this target depends on (part of its cache key)."""
+        return {"opset": config.export.opset}
 
 
 TARGETS: Registry[type[Target]] = Registry("target")

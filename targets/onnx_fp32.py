@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from pipeline.config import ExportConfig
+from pipeline.config import RunConfig
 from pipeline.errors import ExportError
 from targets.base import ExportInputs, ExportResult, Target, register_target
 from targets.onnx_io import describe_onnx
@@ -24,8 +24,8 @@ class OnnxFp32(Target):
     parent = "student"
     max_abs_diff = 1e-3
 
-    def config_key(self, config: ExportConfig) -> dict:
-        return {"opset": config.opset, "exporter": config.exporter}
+    def config_key(self, config: RunConfig) -> dict:
+        return {"opset": config.export.opset, "exporter": config.export.exporter}
 
     def export(self, inputs: ExportInputs) -> ExportResult:
         import onnx
@@ -39,7 +39,7 @@ class OnnxFp32(Target):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if inputs.config.exporter == "dynamo":
+                if inputs.config.export.exporter == "dynamo":
                     batch_axis = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch")},), "verbose": False}
                 else:
                     batch_axis = {
@@ -50,7 +50,7 @@ class OnnxFp32(Target):
                     inputs.model,
                     (example,),
                     raw_path,
-                    opset_version=inputs.config.opset,
+                    opset_version=inputs.config.export.opset,
                     input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME],
                     **batch_axis,
@@ -65,4 +65,4 @@ class OnnxFp32(Target):
             raise ExportError("onnxsim could not validate the simplified ONNX graph")
         onnx.checker.check_model(simplified, full_check=True)
         onnx.save(simplified, inputs.output_path)
-        return describe_onnx(inputs.output_path, layout="NCHW", info={"exporter": inputs.config.exporter})
+        return describe_onnx(inputs.output_path, layout="NCHW", info={"exporter": inputs.config.export.exporter})

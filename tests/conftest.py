@@ -12,7 +12,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-ALL_TARGETS = ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"]
+from targets import TARGETS  # noqa: E402 (after the TF log settings)
+
+ALL_TARGETS = list(TARGETS)
 
 TINY_CONFIG: dict = {
     "seed": 0,
@@ -55,7 +57,7 @@ def digits_splits():
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete run on digits (distill, calibrate, all five targets, bench, report), built once.
+    """A complete run on digits (distill, calibrate, every target, bench, report), built once.
 
     Treat it as read-only; tests that change a run use ``run_copy``.
     """

@@ -102,3 +102,22 @@ def test_load_incomplete_file_raises(tmp_path: Path) -> None:
     np.savez(path, x=np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(DataError):
         CalibrationSet.load(path)
+
+
+@pytest.mark.parametrize("size", [10, 64, 100, 333])
+def test_balanced_draws_the_same_count_from_every_class(digits_splits, size: int) -> None:
+    """balanced: every class within one sample of size / classes, exactly ``size`` in all."""
+    drawn = draw_calibration_set(digits_splits, size, seed=0, selection="balanced")
+    labels, counts = np.unique(drawn.labels, return_counts=True)
+    assert len(drawn) == size and counts.max() - counts.min() <= 1
+    assert len(labels) == min(size, len(np.unique(digits_splits.train.y)))
+
+
+def test_balanced_gives_a_small_class_all_it_has(digits_splits) -> None:
+    """A class with fewer samples than its equal share gives them all; the others make up the rest."""
+    train_counts = np.bincount(digits_splits.train.y)
+    size = len(train_counts) * train_counts.min() + 5
+    drawn = draw_calibration_set(digits_splits, size, seed=0, selection="balanced")
+    counts = np.bincount(drawn.labels, minlength=len(train_counts))
+    assert len(drawn) == size
+    assert counts[train_counts.argmin()] == train_counts.min()

@@ -76,13 +76,28 @@ def test_report_has_one_row_per_measurement(finished_run: Path, manifest: Manife
     """report.md is the manifest rendered: a table row for each measurement, nothing more."""
     text = (finished_run / "report.md").read_text()
     assert text == render_report(manifest)
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| artifact")]
-    assert len(rows) == len(manifest.measurements)
-    for m in manifest.measurements:
-        matching = [row for row in rows if row.startswith(f"| {m.artifact} | {m.runtime} ({m.provider},")]
-        assert len(matching) == 1
-        assert f"| {m.accuracy:.2f} |" in matching[0]
+    table = text[text.index("| artifact | runtime") :].split("\n\n")[0].splitlines()[2:]
+    assert len(table) == len(manifest.measurements)
+    for row, m in zip(table, manifest.measurements):
+        assert row.startswith(f"| {m.artifact} | {m.runtime} ({m.provider},")
+        assert f"| {m.accuracy:.2f} |" in row
     assert f"test {manifest.data.test}" in text
+
+
+def test_report_int8_section(finished_run: Path, manifest: Manifest) -> None:
+    """Each int8 artifact has a row naming its calibration method, its drop vs the fp32 student and its worst
+    layers; the onnxruntime-defaults reference is compared with onnx-int8."""
+    text = (finished_run / "report.md").read_text()
+    section = text[text.index("## int8") :]
+    int8 = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info["precision"] == "int8"]
+    assert {"onnx-int8", "tflite-int8", "onnx-int8-ort-defaults"} <= {r.name for r in int8}
+    for record in int8:
+        (row,) = [line for line in section.splitlines() if line.startswith(f"| {record.name} |")]
+        if record.name != "onnx-int8-ort-defaults":
+            assert f"| {record.info['calibration_method']} |" in row
+            worst = record.info["worst_layers"][0]
+            assert f"`{worst['node'].split(';')[0]}` ({worst['op']}) {worst['sqnr_db']:.1f} dB" in row
+    assert "onnx-int8 vs onnxruntime `quantize_static` with its defaults" in section
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="onnxruntime has CUDA here, so nothing is skipped")

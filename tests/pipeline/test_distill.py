@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_config
-from pipeline.distill import TEACHER_PATH, STUDENT_PATH, ensure_teacher, run_distill
+from pipeline.distill import STUDENT_PATH, TEACHER_PATH, ensure_teacher, run_distill
 from pipeline.errors import ModelError
 from pipeline.models import count_parameters, load_checkpoint
 from pipeline.rundir import RunDir

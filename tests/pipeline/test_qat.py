@@ -15,12 +15,11 @@ from torch import nn
 
 from calibration import draw_calibration_set
 from calibration.readers import ort_reader
-from pipeline.config import LossSpec, TrainConfig
+from pipeline.config import LossSpec, QatConfig, TrainConfig, parse_config
 from pipeline.errors import ConfigError
 from pipeline.losses import Objective
 from pipeline.models import build_model
 from pipeline.qat import (
-    QatConfig,
     _freeze_ranges,
     _observe_in_training_only,
     float_student,
@@ -164,8 +163,8 @@ def test_ranges_learn_from_training_batches_then_freeze() -> None:
     "settings", [{"frozen_epochs": 2}, {"epochs": 1, "frozen_epochs": 1}, {"lr": 0.0}, {"frozen_epochs": -1}]
 )
 def test_config_rejects_impossible_settings(settings: dict) -> None:
-    with pytest.raises(ConfigError):
-        QatConfig(**settings)
+    with pytest.raises(ConfigError, match="quantize.qat"):
+        parse_config({"quantize": {"qat": settings}})
 
 
 # --- qat_distill -------------------------------------------------------------------------------------------
@@ -270,7 +269,8 @@ def test_qat_distillation_recovers_most_of_the_int8_drop(digits_splits, tmp_path
 
     figures = (
         f"float {fp32_accuracy:.2f}%, int8 PTQ {ptq_accuracy:.2f}%, int8 after QAT-KD {qat_accuracy:.2f}% "
-        f"(float after QAT-KD {float_accuracy(result, splits):.2f}%, fake-quant val {summary['val_accuracy_fake_quant']}%)"
+        f"(float after QAT-KD {float_accuracy(result, splits):.2f}%, "
+        f"fake-quant val {summary['val_accuracy_fake_quant']}%)"
     )
     print(figures)
     assert {k: v.shape for k, v in result.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}

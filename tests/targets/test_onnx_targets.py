@@ -70,3 +70,19 @@ def test_onnx_int8_smaller_than_fp32(manifest_json: dict) -> None:
     """int8 weights make the file clearly smaller than fp32."""
     artifacts = manifest_json["artifacts"]
     assert artifacts["onnx-int8"]["bytes"] < 0.6 * artifacts["onnx-fp32"]["bytes"]
+
+
+def test_onnx_int8_records_its_choices(manifest_json: dict) -> None:
+    """auto calibration tried every method on validation and kept the best; the record holds the per-layer
+    errors, the budget check and the scale/zero point of the in-graph input quantization."""
+    info = manifest_json["artifacts"]["onnx-int8"]["info"]
+    tried = [a for a in info["attempts"] if not a["float_layers"]]
+    assert [a["method"] for a in tried] == ["minmax", "percentile", "entropy"]
+    best = max(tried, key=lambda a: a["val_accuracy"])
+    assert info["calibration_method"] == best["method"] or info["float_layers"]
+    assert info["val_drop"] == round(info["fp32_val_accuracy"] - info["val_accuracy"], 2)
+    assert info["within_budget"] == (info["val_drop"] <= info["max_int8_drop"])
+    sqnr = [layer["sqnr_db"] for layer in info["worst_layers"]]
+    assert len(sqnr) >= 3 and sqnr == sorted(sqnr)
+    io = info["io_quantization"]["input"]
+    assert io["scale"] > 0 and io["tensor"] == manifest_json["artifacts"]["onnx-int8"]["inputs"][0]["name"]
