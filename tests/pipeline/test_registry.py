@@ -65,7 +65,14 @@ def test_shared_registries_hold_the_builtins() -> None:
     """Targets, architectures, losses and data sources all use the one registry type."""
     for registry in (TARGETS, ARCHITECTURES, LOSSES, SOURCES):
         assert isinstance(registry, Registry)
-    assert TARGETS.names() == ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"]
+    assert TARGETS.names() == [
+        "onnx-fp32",
+        "onnx-int8",
+        "onnx-int8-ort-defaults",
+        "tflite-fp32",
+        "tflite-fp16",
+        "tflite-int8",
+    ]
     assert {"teacher-cnn", "student-cnn"} <= set(ARCHITECTURES)
     assert LOSSES.get("hinton").__name__ == "hinton"
     assert callable(hinton_loss)
