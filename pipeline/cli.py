@@ -78,7 +78,7 @@ def run(
     _quiet_frameworks()
     overrides = {"data.source": data} if data else {}
     run_dir = run_pipeline(load_config(config, overrides), out, set(force))
-    typer.echo(f"edgepipe: wrote {run_dir / 'report.md'} and {run_dir / 'manifest.json'}")
+    typer.echo(f"edgepipe: wrote {run_dir / 'report.md'}, {run_dir / 'report.html'} and {run_dir / 'manifest.json'}")
 
 
 @app.command()
@@ -152,10 +152,59 @@ def bench(run_dir: Path = RunDirArg) -> None:
     run_bench(_open(run_dir))
 
 
+def _compare(run_a: Path, run_b: Path, limits: dict[str, float]) -> None:
+    from pipeline.compare import Thresholds, compare_manifests, load_run_manifest, regressions, render_comparison
+    from pipeline.errors import RegressionError
+
+    comparison = compare_manifests(load_run_manifest(run_a), load_run_manifest(run_b))
+    typer.echo(f"A = {run_a}, B = {run_b}; changes are B − A\n")
+    typer.echo(render_comparison(comparison))
+    found = regressions(comparison, Thresholds(**limits))
+    for regression in found:
+        typer.echo(f"edgepipe: regression: {regression}", err=True)
+    if found:
+        raise RegressionError(
+            f"{len(found)} regression(s) of {run_b} against {run_a} beyond the thresholds",
+            "raise --max-accuracy-drop/--max-latency-increase/--max-size-increase if the change is intended",
+        )
+
+
 @app.command()
 @reports_errors
-def report(run_dir: Path = RunDirArg) -> None:
-    """Write report.md from the run's manifest and print it."""
+def report(
+    run_dir: Path = RunDirArg,
+    compare: Optional[Path] = typer.Option(
+        None,
+        metavar="RUN_B",
+        file_okay=False,
+        help="Compare RUN_DIR (A) with RUN_B instead of writing reports: per artifact × runtime changes B − A; "
+        "exit 7 when B regresses beyond a threshold.",
+    ),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None, min=0, help="With --compare: top-1 points B may lose per row (default 0.5)."
+    ),
+    max_latency_increase: Optional[float] = typer.Option(
+        None, min=0, help="With --compare: percent B's p50 latency (batch 1) may grow per row (default 10)."
+    ),
+    max_size_increase: Optional[float] = typer.Option(
+        None, min=0, help="With --compare: percent an artifact's file may grow (default 5)."
+    ),
+) -> None:
+    """Write report.md and report.html from the run's manifest and print report.md (or compare two runs)."""
+    from pipeline.errors import ConfigError
+
+    given = dict(
+        max_accuracy_drop=max_accuracy_drop,
+        max_latency_increase=max_latency_increase,
+        max_size_increase=max_size_increase,
+    )
+    limits = {name: value for name, value in given.items() if value is not None}
+    if compare is not None:
+        _compare(run_dir, compare, limits)
+        return
+    if limits:
+        option = "--" + next(iter(limits)).replace("_", "-")
+        raise ConfigError(f"{option} only applies with --compare RUN_B", f"add --compare RUN_B or drop {option}")
     from pipeline.report import run_report
 
     typer.echo(run_report(_open(run_dir)))

@@ -46,3 +46,9 @@ class RunStateError(EdgepipeError):
     """A run directory lacks what a stage needs (run the earlier stage first)."""
 
     exit_code = 6
+
+
+class RegressionError(EdgepipeError):
+    """`report A --compare B`: run B is worse than run A beyond a threshold."""
+
+    exit_code = 7

@@ -1,0 +1,130 @@
+"""report.html: the report as one self-contained page (inline SVG figures, inline CSS, no scripts or links)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from pipeline import plots
+from pipeline.manifest import Manifest, Measurement
+from pipeline.report_sections import (
+    INT8_HEADER,
+    MAIN_HEADER,
+    int8_table,
+    main_caption,
+    main_cells,
+    model_bullets,
+    skipped_bullets,
+    summary_bullets,
+    teacher_and_student,
+)
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }
+th { background: #f3f3f3; text-align: left; }
+table.figures td { text-align: right; white-space: nowrap; }
+table.figures td:nth-child(-n+2) { text-align: left; }
+code { font-size: 0.92em; background: #f5f5f5; padding: 0 0.2em; }
+figure { margin: 1.5em 0; }
+figure svg { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 13px; max-width: 60em; }
+"""
+_COMPRESSION = "compression"
+
+
+def _inline(text: str) -> str:
+    """Escape report text for HTML, then turn its `code` and **bold** markup into tags."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in items) + "</ul>"
+
+
+def _table(header: list[str], rows: list[list[str]], css_class: str) -> str:
+    head = "".join(f"<th>{_inline(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _compression(manifest: Manifest, name: str) -> str:
+    """Teacher checkpoint bytes / the artifact's bytes, or — when either size is unknown."""
+    teacher, record = manifest.artifacts.get("teacher"), manifest.artifacts.get(name)
+    return f"{teacher.bytes / record.bytes:.2f}×" if teacher and record else "—"
+
+
+def _main_table(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> str:
+    """The report.md main table with a compression column after the size."""
+    at = MAIN_HEADER.index("size") + 1
+    header = MAIN_HEADER[:at] + [_COMPRESSION] + MAIN_HEADER[at:]
+    rows = []
+    for m in manifest.measurements:
+        cells = main_cells(manifest, m, teacher, student)
+        rows.append(cells[:at] + [_compression(manifest, m.artifact)] + cells[at:])
+    caption = main_caption(manifest) + " Compression: teacher checkpoint bytes / row file bytes."
+    return f"<p>{_inline(caption)}</p>" + _table(header, rows, "figures")
+
+
+def _figure(svg: str, caption: str, figure_id: str) -> str:
+    return f'<figure id="{figure_id}">{svg}<figcaption>{_inline(caption)}</figcaption></figure>'
+
+
+def _figures(manifest: Manifest) -> str:
+    measurements = manifest.measurements
+    sizes = {m.artifact: manifest.artifacts[m.artifact].bytes for m in measurements if m.artifact in manifest.artifacts}
+    return "".join(
+        [
+            _figure(
+                plots.accuracy_latency_svg(measurements),
+                "Test top-1 against p50 latency at batch 1, one point per artifact × runtime (marker: runtime). "
+                "The dashed step line is the Pareto front: rows that no other row beats on both accuracy and latency.",
+                "figure-accuracy-latency",
+            ),
+            _figure(
+                plots.size_svg(sizes, plots.artifact_colors(measurements)),
+                "File size of each measured artifact (the teacher and student are PyTorch checkpoints).",
+                "figure-sizes",
+            ),
+            _figure(
+                plots.latency_svg(measurements),
+                "Latency at batch 1 per artifact × runtime, from the recorded statistics: the line runs from p50 "
+                "to p99, with p90 and the mean marked. The manifest keeps p50/p90/p99/mean/stdev, not the raw "
+                "samples, so this is not a box plot (no quartiles or extremes).",
+                "figure-latency",
+            ),
+        ]
+    )
+
+
+def _int8_section(manifest: Manifest) -> str:
+    table = int8_table(manifest)
+    if table is None:
+        return ""
+    reference = f"<p>{_inline(table.reference)}</p>" if table.reference else ""
+    return f"<h2>int8</h2><p>{_inline(table.intro)}</p>" + _table(INT8_HEADER, table.rows, "int8") + reference
+
+
+def render_html(manifest: Manifest) -> str:
+    """The whole report as one HTML page: report.md's text and tables plus three figures."""
+    parts = ["<h1>edgepipe report</h1>", _list(summary_bullets(manifest))]
+    models = model_bullets(manifest)
+    if models:
+        parts += ["<h2>Models</h2>", _list(models)]
+    teacher, student = teacher_and_student(manifest)
+    if teacher is None:
+        parts.append(f"<p>{_inline('No measurements yet: run `edgepipe bench RUN_DIR`.')}</p>")
+    else:
+        parts += ["<h2>Measurements</h2>", _main_table(manifest, teacher, student), _figures(manifest)]
+        parts.append(_int8_section(manifest))
+        if manifest.skipped:
+            parts += ["<h2>Not measured</h2>", _list(skipped_bullets(manifest))]
+    title = html.escape(f"edgepipe report — {manifest.data.source}" if manifest.data else "edgepipe report")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )

@@ -1,0 +1,176 @@
+"""What the report says, shared by report.md and report.html: every figure comes from the manifest.
+
+Text is markdown-inline (`code`, **bold**); each renderer turns it into its own markup.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pipeline.manifest import Manifest, Measurement
+
+MAIN_HEADER = [
+    "artifact",
+    "runtime",
+    "size",
+    "top-1 %",
+    "Δ vs teacher",
+    "Δ vs student",
+    "agreement %",
+    "p50 ms",
+    "p90 ms",
+    "speed-up",
+    "img/s",
+]
+INT8_HEADER = [
+    "artifact",
+    "calibration",
+    "top-1 %",
+    "Δ vs fp32 student",
+    "val Δ",
+    "float layers",
+    "five worst layers (SQNR)",
+]
+
+
+class Int8Table(NamedTuple):
+    """The int8 section: what its figures mean, one row per int8 artifact, the onnxruntime-defaults comparison."""
+
+    intro: str
+    rows: list[list[str]]
+    reference: str | None
+
+
+def summary_bullets(manifest: Manifest) -> list[str]:
+    """Data, machine and versions, one bullet each."""
+    data = manifest.data
+    cpu = manifest.environment.get("cpu", {})
+    return [
+        f"data: `{data.source}` — train {data.train}, val {data.val}, test {data.test} (seed {data.seed}); "
+        f"input {data.preprocessing.channels}×{data.preprocessing.height}×{data.preprocessing.width}, "
+        f"mean {data.preprocessing.mean}, std {data.preprocessing.std}",
+        f"machine: {cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, AVX2 {cpu.get('avx2')}, "
+        f"AVX-512 {cpu.get('avx512')}, VNNI {cpu.get('vnni')}",
+        f"created {manifest.created}, edgepipe {manifest.edgepipe_version}; all versions in manifest.json",
+    ]
+
+
+def _size(manifest: Manifest, name: str) -> str:
+    record = manifest.artifacts.get(name)
+    return f"{record.bytes / 1024:.1f} KiB" if record else "—"
+
+
+def teacher_and_student(manifest: Manifest) -> tuple[Measurement | None, Measurement | None]:
+    """The first teacher and student measurements, the references of the main table."""
+    teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
+    student = next((m for m in manifest.measurements if m.artifact == "student"), None)
+    return teacher, student
+
+
+def main_caption(manifest: Manifest) -> str:
+    batch = next(m.throughput.batch for m in manifest.measurements)
+    return (
+        f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1, after warm-up. "
+        f"Speed-up: teacher p50 / row p50. Throughput: images/s at batch {batch}."
+    )
+
+
+def main_cells(manifest: Manifest, m: Measurement, teacher: Measurement, student: Measurement | None) -> list[str]:
+    """One main-table row (columns of ``MAIN_HEADER``)."""
+    speedup = teacher.latency.p50_ms / m.latency.p50_ms
+    vs_student = f"{m.accuracy - student.accuracy:+.2f}" if student else "—"
+    return [
+        m.artifact,
+        f"{m.runtime} ({m.provider}, {m.threads} thr)",
+        _size(manifest, m.artifact),
+        f"{m.accuracy:.2f}",
+        f"{m.accuracy - teacher.accuracy:+.2f}",
+        vs_student,
+        f"{m.agreement:.2f}",
+        f"{m.latency.p50_ms:.3f}",
+        f"{m.latency.p90_ms:.3f}",
+        f"{speedup:.2f}×",
+        f"{m.throughput_ips:,.0f}",
+    ]
+
+
+def _losses(info: dict) -> str:
+    return " + ".join(f"{spec['weight']:g}·{spec['name']}" for spec in info["losses"])
+
+
+def model_bullets(manifest: Manifest) -> list[str]:
+    """Teacher, student, baseline and KD gain; empty until both teacher and student exist."""
+    teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
+    if not teacher or not student:
+        return []
+    ratio = teacher.info["parameters"] / student.info["parameters"]
+    bullets = [
+        f"teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters "
+        f"({teacher.info.get('source', 'trained by edgepipe')})",
+        f"student: `{student.info['arch']}`, {student.info['parameters']:,} parameters ({ratio:.1f}× fewer), "
+        f"loss {_losses(student.info)}, {student.info['epochs_run']} epochs, best val epoch "
+        f"{student.info['best_epoch']} ({student.info['val_accuracy']:.2f} % val)",
+    ]
+    baseline = manifest.artifacts.get("baseline")
+    if baseline:
+        bullets.append(
+            f"baseline student: same architecture and budget, loss {_losses(baseline.info)}, "
+            f"best val epoch {baseline.info['best_epoch']} ({baseline.info['val_accuracy']:.2f} % val)"
+        )
+    pytorch = {m.artifact: m.accuracy for m in manifest.measurements if m.runtime == "pytorch"}
+    if "baseline" in pytorch and "student" in pytorch:
+        bullets.append(
+            f"**KD gain** (test top-1, KD student − baseline student): "
+            f"{pytorch['student'] - pytorch['baseline']:+.2f} points"
+        )
+    return bullets
+
+
+def _cpu_accuracy(manifest: Manifest, name: str) -> float | None:
+    return next((m.accuracy for m in manifest.measurements if m.artifact == name and m.provider != "CUDA"), None)
+
+
+def _worst_layers(info: dict, count: int = 5) -> str:
+    layers = info.get("worst_layers", [])[:count]
+    return ", ".join(f"`{e['node'].split(';')[0]}` ({e['op']}) {e['sqnr_db']:.1f} dB" for e in layers) or "—"
+
+
+def int8_table(manifest: Manifest) -> Int8Table | None:
+    """Per int8 artifact: calibration method, test accuracy and drop vs the fp32 student, float layers and the
+    worst layers by SQNR (int8 vs float activations on the calibration set); None without int8 measurements."""
+    student = _cpu_accuracy(manifest, "student")
+    records = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info.get("precision") == "int8"]
+    if not records or student is None:
+        return None
+    intro = (
+        "Test top-1 against the fp32 student; method and float layers were chosen on the validation split "
+        f"(budget {records[0].info.get('max_int8_drop', '—')} points). Worst layers: lowest SQNR of an int8 "
+        "activation against its float twin on the calibration set — for ONNX cumulative (int8 model vs float "
+        "model), for TFLite per layer (both fed the same int8 inputs); TFLite names are cut at the first `;`."
+    )
+    rows = []
+    for record in records:
+        info, accuracy = record.info, _cpu_accuracy(manifest, record.name)
+        rows.append(
+            [
+                record.name,
+                f"{info.get('calibration_method', info.get('quantization', '—'))}",
+                f"{accuracy if accuracy is not None else '—'}",
+                f"{accuracy - student:+.2f}" if accuracy is not None else "—",
+                f"{0.0 - info['val_drop']:+.2f}" if "val_drop" in info else "—",
+                ", ".join(f"`{n}`" for n in info.get("float_layers", [])) or "none",
+                _worst_layers(info),
+            ]
+        )
+    reference, ours = _cpu_accuracy(manifest, "onnx-int8-ort-defaults"), _cpu_accuracy(manifest, "onnx-int8")
+    comparison = None
+    if reference is not None and ours is not None:
+        comparison = (
+            f"onnx-int8 vs onnxruntime `quantize_static` with its defaults on the same model and calibration set: "
+            f"{ours:.2f} % vs {reference:.2f} % ({ours - reference:+.2f} points)."
+        )
+    return Int8Table(intro, rows, comparison)
+
+
+def skipped_bullets(manifest: Manifest) -> list[str]:
+    return [f"{s.artifact} on {s.runtime}: {s.reason}" for s in manifest.skipped]

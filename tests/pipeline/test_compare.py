@@ -1,0 +1,110 @@
+"""`report A --compare B`: deltas per artifact × runtime, rows in one run only, and exit 7 past a threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.compare import Thresholds, compare_manifests, regressions, render_comparison
+from pipeline.errors import RegressionError
+from pipeline.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def run_a(finished_run: Path) -> Manifest:
+    return Manifest.load(finished_run / "manifest.json")
+
+
+def altered(a: Manifest) -> Manifest:
+    """Run A with the student 1 point less accurate, onnx-int8 50 % slower, tflite-fp16 6 % larger,
+    tflite-int8 not measured and an extra row."""
+    measurements = []
+    for m in a.measurements:
+        if m.artifact == "student":
+            m = m.model_copy(update={"accuracy": m.accuracy - 1})
+        elif m.artifact == "onnx-int8":
+            m = m.model_copy(update={"latency": m.latency.model_copy(update={"p50_ms": m.latency.p50_ms * 1.5})})
+        if m.artifact != "tflite-int8":
+            measurements.append(m)
+    measurements.append(measurements[0].model_copy(update={"artifact": "extra"}))
+    artifacts = dict(a.artifacts)
+    fp16 = artifacts["tflite-fp16"]
+    artifacts["tflite-fp16"] = fp16.model_copy(update={"bytes": round(fp16.bytes * 1.06)})
+    return a.model_copy(update={"measurements": measurements, "artifacts": artifacts})
+
+
+def save(manifest: Manifest, root: Path) -> Path:
+    root.mkdir()
+    manifest.save(root / "manifest.json")
+    return root
+
+
+def test_deltas_and_rows_in_one_run(run_a: Manifest) -> None:
+    """B − A per row: accuracy in points, p50 and size in percent; unmatched rows listed by side."""
+    comparison = compare_manifests(run_a, altered(run_a))
+    rows = {row.artifact: row for row in comparison.rows}
+    assert rows["student"].accuracy_points == -1.0
+    assert rows["onnx-int8"].p50_change_pct == pytest.approx(50)
+    assert rows["tflite-fp16"].size_change_pct == pytest.approx(6, abs=0.01)
+    assert rows["teacher"].accuracy_points == 0 and rows["teacher"].p50_change_pct == 0
+    assert comparison.only_a == ["tflite-int8 on tflite (XNNPACK)"]
+    assert comparison.only_b == ["extra on pytorch (CPU)"]
+    text = render_comparison(comparison)
+    assert "| student | pytorch (CPU) |" in text and "| -1.00 |" in text and "| +50.0 % |" in text
+
+
+def test_identical_runs_have_no_regression(run_a: Manifest) -> None:
+    comparison = compare_manifests(run_a, run_a)
+    assert len(comparison.rows) == len(run_a.measurements) and not comparison.only_a and not comparison.only_b
+    assert regressions(comparison, Thresholds(0, 0, 0)) == []
+
+
+def test_regressions_follow_thresholds(run_a: Manifest) -> None:
+    """Each altered figure is one regression at the defaults; a change equal to its limit passes."""
+    comparison = compare_manifests(run_a, altered(run_a))
+    found = {(r.row, r.figure) for r in regressions(comparison, Thresholds())}
+    assert found == {
+        ("student on pytorch (CPU)", "top-1"),
+        ("onnx-int8 on onnxruntime (CPU)", "p50 latency"),
+        ("tflite-fp16 on tflite (XNNPACK)", "size"),
+    }
+    assert regressions(comparison, Thresholds(max_accuracy_drop=1, max_latency_increase=51, max_size_increase=7)) == []
+
+
+def test_cli_exit_codes(run_a: Manifest, tmp_path: Path) -> None:
+    """Exit 7 with one stderr line per regression; 0 for identical runs or loose enough thresholds."""
+    a, b = save(run_a, tmp_path / "a"), save(altered(run_a), tmp_path / "b")
+    cli = CliRunner()
+    result = cli.invoke(app, ["report", str(a), "--compare", str(b)])
+    assert result.exit_code == RegressionError.exit_code == 7
+    lines = [line for line in result.stderr.splitlines() if line.startswith("edgepipe: regression:")]
+    assert lines == [
+        "edgepipe: regression: student on pytorch (CPU): top-1 -1.00 points (limit -0.50 points)",
+        "edgepipe: regression: onnx-int8 on onnxruntime (CPU): p50 latency +50.00 % (limit +10.00 %)",
+        "edgepipe: regression: tflite-fp16 on tflite (XNNPACK): size +6.00 % (limit +5.00 %)",
+    ]
+    assert "Only in A: tflite-int8 on tflite (XNNPACK)" in result.stdout
+    assert cli.invoke(app, ["report", str(a), "--compare", str(a)]).exit_code == 0
+    loose = ["--max-accuracy-drop", "1", "--max-latency-increase", "60", "--max-size-increase", "10"]
+    assert cli.invoke(app, ["report", str(a), "--compare", str(b), *loose]).exit_code == 0
+    assert not (a / "report.md").exists(), "comparing writes nothing"
+
+
+def test_cli_misuse(run_a: Manifest, tmp_path: Path) -> None:
+    """A threshold without --compare is a config error (2); a RUN_B without manifest a run-state error (6)."""
+    a = save(run_a, tmp_path / "a")
+    cli = CliRunner()
+    assert cli.invoke(app, ["report", str(a), "--max-size-increase", "3"]).exit_code == 2
+    missing = cli.invoke(app, ["report", str(a), "--compare", str(tmp_path / "nope")])
+    assert missing.exit_code == 6 and "has no manifest.json" in missing.stderr
+
+
+def test_help_states_the_defaults() -> None:
+    """The help text's defaults are the ones applied."""
+    text = " ".join(CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "300"}).stdout.split())
+    defaults = Thresholds()
+    for value in (defaults.max_accuracy_drop, defaults.max_latency_increase, defaults.max_size_increase):
+        assert f"(default {value:g})" in text
