@@ -155,9 +155,10 @@ class TeacherConfig(TrainConfig):
     )
     arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
     checkpoint: str | None = Field(
-        None,
-        description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2; "
-        "the pipeline trains one when empty.",
+        "auto",
+        description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2. "
+        "auto: the teacher bundled with edgepipe when the data is fashion-mnist and arch is teacher-cnn, else "
+        "train one; empty: always train one.",
     )
 
 

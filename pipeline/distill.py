@@ -29,6 +29,8 @@ from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 CE_ONLY = [LossSpec(name="ce")]
 TEACHER_PATH = "checkpoints/teacher.pt"
 STUDENT_PATH = "checkpoints/student.pt"
+BUNDLED_TEACHER = Path(__file__).parent / "assets" / "teacher-cnn-fashion-mnist.pt"
+BUNDLED_TEACHER_NOTE = "bundled with edgepipe (pipeline/assets; made by `python bench/bundled_teacher.py`)"
 
 
 def _shape(run: RunDir) -> tuple[int, int]:
@@ -75,10 +77,19 @@ def load_student(run: RunDir) -> nn.Module:
     return load_model(run, "student")
 
 
+def teacher_source(run: RunDir) -> Path | None:
+    """The teacher file to load (``checkpoint: auto`` resolved), or None when the pipeline trains the teacher."""
+    cfg = run.config.teacher
+    if cfg.checkpoint == "auto":
+        bundled = cfg.arch == "teacher-cnn" and not cfg.arch_kwargs and run.config.data.source == "fashion-mnist"
+        return BUNDLED_TEACHER if bundled else None
+    return Path(cfg.checkpoint) if cfg.checkpoint else None
+
+
 def _teacher_id(run: RunDir) -> str:
     cfg = run.config.teacher.model_dump()
-    if run.config.teacher.checkpoint:
-        checkpoint = Path(run.config.teacher.checkpoint)
+    checkpoint = teacher_source(run)
+    if checkpoint:
         if not checkpoint.is_file():
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
         cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": sha256_file(checkpoint)}
@@ -159,9 +170,9 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
     teacher_id = _teacher_id(run)
     if not force and run.manifest.reusable("teacher", teacher_id, run.root):
         return load_teacher(run)
-    if not cfg.checkpoint:
+    source = teacher_source(run)
+    if source is None:
         return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id)
-    source = Path(cfg.checkpoint)
     channels, classes = _shape(run)
     if is_program(source):
         teacher, kind, path = load_program(source), "program", run.path(f"checkpoints/teacher{source.suffix or '.pt'}")
@@ -188,7 +199,12 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         "distill",
         teacher_id,
         path,
-        info={**meta, "parameters": count_parameters(teacher), "source": str(source)},
+        info={
+            **meta,
+            "parameters": count_parameters(teacher),
+            "source": BUNDLED_TEACHER_NOTE if source == BUNDLED_TEACHER else str(source),
+            "source_sha256": sha256_file(source),
+        },
     )
     return teacher
 

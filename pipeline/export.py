@@ -72,6 +72,10 @@ class Exporter:
         record_name = name + self.suffix
         parent = self.parent_record(target)
         parents = [parent.id] + ([self.run.require("calibration").id] if target.needs_calibration else [])
+        reference = None  # the int8 budget is measured against the real student's fp32 file, not a QAT one
+        if self.suffix and target.parent != "student":
+            reference = self.run.require(target.parent)
+            parents.append(reference.id)
         artifact_id = self.run.artifact_id(f"export:{record_name}", target.config_key(self.run.config), parents)
         if name not in self.force:
             reused = self.run.manifest.reusable(record_name, artifact_id, self.run.root)
@@ -91,6 +95,7 @@ class Exporter:
                     preprocessing=self.run.preprocessing,
                     calibration=self.calibration if target.needs_calibration else None,
                     validation=self.validation if target.needs_calibration else None,
+                    reference_path=self.run.path(reference.path) if reference else None,
                     model=self.student if target.parent == "student" else None,
                 )
             )
@@ -152,8 +157,8 @@ def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | 
     int8 targets that need one (``quantize.qat``)."""
     force = force or set()
     records = _build_all(Exporter(run, force), targets or run.config.export.targets)
-    qat_names = qat_targets(run, records)
+    qat_names, reduce_range, left_out = qat_targets(run, records)
     if qat_names:
-        ensure_qat_student(run, force=bool(force & set(qat_names)))
+        ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))
         records += _build_all(Exporter(run, force, source=QAT_STUDENT), qat_names)
     return records

@@ -91,13 +91,18 @@ def _observe_in_training_only(model: nn.Module) -> RemovableHandle:
     return model.register_forward_pre_hook(toggle)
 
 
+def _use_running_statistics(module: nn.Module, args) -> None:
+    module.training = False  # fit() calls model.train() every epoch; a frozen BatchNorm must stay in eval mode
+
+
 def _freeze_ranges(model: nn.Module) -> None:
-    """Fix activation ranges and BatchNorm running statistics; weight scales keep following the weights."""
+    """Fix activation ranges and BatchNorm (normalize with the running statistics, never update them), so the
+    frozen epochs train exactly the function the exporters quantize; weight scales keep following the weights."""
     for fake_quant in _activation_fake_quants(model):
         fake_quant.disable_observer()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = 0.0
+            module.register_forward_pre_hook(_use_running_statistics)
 
 
 def qat_distill(
@@ -116,10 +121,10 @@ def qat_distill(
     left unchanged.
 
     Returns a float model of the student's architecture and state_dict keys, in eval mode, for the int8 exporters
-    to re-quantize, and what happened, for the manifest. ``per_channel``/``reduce_range`` pick the weight grid
-    (onnx-int8's settings; reduce_range's ±64 grid is also safe for TFLite's ±127). Each phase resumes from its
-    progress file in ``progress_dir``, named after ``job_id`` (an id of all the inputs, as fit's); both are removed
-    at the end.
+    to re-quantize, and what happened, for the manifest. ``per_channel``/``reduce_range`` pick the weight grid:
+    ±64 with reduce_range (onnx-int8's default), ±127 without (TFLite's full-integer weights). Each phase resumes
+    from its progress file in ``progress_dir``, named after ``job_id`` (an id of all the inputs, as fit's); both
+    are removed at the end.
     """
     seed_everything(seed)
     model = prepare_qat_student(student, int8_qconfig(per_channel, reduce_range))

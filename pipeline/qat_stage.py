@@ -15,24 +15,43 @@ QAT_STUDENT = "student-qat"
 QAT_STUDENT_PATH = "checkpoints/student-qat.pt"
 
 
-def qat_targets(run: RunDir, records: list[ArtifactRecord]) -> list[str]:
-    """The shipped int8 targets to rebuild from a QAT-KD student: all of them (``when: always``), or those whose
-    post-training int8 still breaks ``max_int8_drop`` after the fallback (``auto``)."""
+def _grid(run: RunDir, name: str) -> bool:
+    """The reduce_range of a target's int8 weights: onnx-int8's setting for ONNX, never for TFLite (±127)."""
+    return TARGETS.get(name).format == "onnx" and run.config.export.onnx_int8.reduce_range
+
+
+def qat_targets(run: RunDir, records: list[ArtifactRecord]) -> tuple[list[str], bool, dict[str, str]]:
+    """The shipped int8 targets to rebuild from a QAT-KD student — all of them (``when: always``), or those whose
+    post-training int8 still breaks ``max_int8_drop`` after the fallback (``auto``) — with the weight grid
+    (reduce_range) to train on, and the targets left out because their grid differs from it (with why)."""
     when = run.config.quantize.qat.when
     if when == "never":
-        return []
+        return [], False, {}
     int8 = [r for r in records if TARGETS.get(r.name).precision == "int8" and not TARGETS.get(r.name).reference]
-    return [r.name for r in int8 if when == "always" or not r.info.get("within_budget", True)]
+    names = [r.name for r in int8 if when == "always" or not r.info.get("within_budget", True)]
+    if not names:
+        return [], False, {}
+    reduce_range = any(_grid(run, name) for name in names)  # the ONNX grid wins: its ±64 is the coarser one
+    left_out = {
+        name: f"its int8 weights use ±{64 if _grid(run, name) else 127}, the QAT-KD student trained on "
+        f"±{64 if reduce_range else 127} (export.onnx_int8.reduce_range)"
+        for name in names
+        if _grid(run, name) != reduce_range
+    }
+    return [name for name in names if name not in left_out], reduce_range, left_out
 
 
-def ensure_qat_student(run: RunDir, force: bool = False) -> ArtifactRecord:
-    """Fine-tune the student under int8 fake quantization while the teacher distils into it (reused when unchanged)."""
+def ensure_qat_student(
+    run: RunDir, reduce_range: bool, left_out: dict[str, str], force: bool = False
+) -> ArtifactRecord:
+    """Fine-tune the student under int8 fake quantization on the given weight grid while the teacher distils into
+    it (reused when unchanged)."""
     cfg, student_record = run.config.quantize.qat, run.require("student")
-    onnx_int8 = run.config.export.onnx_int8
+    per_channel = run.config.export.onnx_int8.per_channel
     key = {
         "qat": cfg.model_dump(exclude={"when"}),
         "losses": [spec.model_dump() for spec in run.config.distill.losses],
-        "grid": {"per_channel": onnx_int8.per_channel, "reduce_range": onnx_int8.reduce_range},
+        "grid": {"per_channel": per_channel, "reduce_range": reduce_range},
     }
     qat_id = run.artifact_id(QAT_STUDENT, key, [student_record.id, run.require("teacher").id])
     reused = None if force else run.manifest.reusable(QAT_STUDENT, qat_id, run.root)
@@ -47,8 +66,8 @@ def ensure_qat_student(run: RunDir, force: bool = False) -> ArtifactRecord:
         seed=run.config.seed,
         progress_dir=run.path("checkpoints"),
         job_id=qat_id,
-        per_channel=onnx_int8.per_channel,
-        reduce_range=onnx_int8.reduce_range,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
     )
     meta = {key: student_record.info[key] for key in ("arch", "arch_kwargs", "in_channels", "num_classes", "kind")}
     path = run.path(QAT_STUDENT_PATH)
@@ -61,5 +80,11 @@ def ensure_qat_student(run: RunDir, force: bool = False) -> ArtifactRecord:
         qat_id,
         path,
         parent="student",
-        info={**meta, "parameters": count_parameters(model), "int8_only": True, **summary},
+        info={
+            **meta,
+            "parameters": count_parameters(model),
+            "int8_only": True,
+            "targets_left_out": left_out,
+            **summary,
+        },
     )

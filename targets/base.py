@@ -26,6 +26,7 @@ class ExportInputs:
     preprocessing: Preprocessing
     calibration: "CalibrationSet | None" = None  # noqa: F821 (calibration.sampling)
     validation: tuple[np.ndarray, np.ndarray] | None = None  # normalized NCHW x and labels y
+    reference_path: Path | None = None  # fp32 file int8 accuracy is measured against, when not the parent
     model: "object | None" = None  # the torch student, for targets whose parent is the checkpoint
 
 

@@ -78,7 +78,7 @@ class OnnxInt8(Target):
                 score=lambda path: top1(_runner(path).predict, x_val, y_val),
                 rank_layers=lambda path: onnx_layer_errors(prepared, path, inputs.calibration.x, work),
                 work_dir=work,
-                fp32_val_accuracy=top1(_runner(inputs.parent_path).predict, x_val, y_val),
+                fp32_val_accuracy=top1(_runner(inputs.reference_path or inputs.parent_path).predict, x_val, y_val),
                 budget=inputs.config.quantize.max_int8_drop,
                 max_float_layers=inputs.config.quantize.max_float_layers,
                 suffix=self.suffix,

@@ -56,7 +56,11 @@ class TfliteInt8(Target):
                 rank_layers=lambda path: tflite_layer_errors(saved_model, calibration_nhwc, calibration_nhwc),
                 work_dir=work,
                 fp32_val_accuracy=top1(
-                    onnxruntime_runner(inputs.parent_path, "CPUExecutionProvider", None).predict, x_val, y_val
+                    onnxruntime_runner(
+                        inputs.reference_path or inputs.parent_path, "CPUExecutionProvider", None
+                    ).predict,
+                    x_val,
+                    y_val,
                 ),
                 budget=inputs.config.quantize.max_int8_drop,
                 max_float_layers=inputs.config.quantize.max_float_layers,

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pipeline.config import parse_config
-from pipeline.distill import STUDENT_PATH, TEACHER_PATH, ensure_teacher, run_distill
+from pipeline.distill import (
+    BUNDLED_TEACHER,
+    STUDENT_PATH,
+    TEACHER_PATH,
+    ensure_teacher,
+    run_distill,
+    teacher_source,
+)
 from pipeline.errors import ModelError
 from pipeline.models import count_parameters, load_checkpoint
 from pipeline.rundir import RunDir
@@ -93,3 +101,27 @@ def test_mismatched_teacher_checkpoint_is_model_error(
     run = RunDir.create(tmp_path / "run", parse_config(tiny_config_dict))
     with pytest.raises(ModelError, match="does not fit teacher-cnn"):
         ensure_teacher(run)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "bundled"),
+        ({"teacher": {"checkpoint": None}}, None),
+        ({"data": {"source": "digits"}}, None),
+        ({"teacher": {"arch": "student-cnn"}}, None),
+        ({"teacher": {"checkpoint": "my/teacher.pt"}}, "my/teacher.pt"),
+    ],
+)
+def test_teacher_source_resolves_auto(overrides: dict, expected: str | None) -> None:
+    """``checkpoint: auto`` loads the bundled teacher only for fashion-mnist and the built-in teacher-cnn."""
+    run = SimpleNamespace(config=parse_config(overrides))
+    source = teacher_source(run)
+    assert source == (BUNDLED_TEACHER if expected == "bundled" else expected and Path(expected))
+
+
+def test_bundled_teacher_ships_and_loads() -> None:
+    """The bundled teacher is a weights-only state_dict of teacher-cnn for 28×28 gray, 10 classes."""
+    model = load_checkpoint(BUNDLED_TEACHER, "teacher-cnn", 1, 10)
+    assert count_parameters(model) == 241_898
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
