@@ -262,3 +262,33 @@ def tflite_selective_int8(saved_model: Path, calibration_nhwc: np.ndarray, denyl
         return debugger.get_nondebug_quantized_model()
     except Exception as e:
         raise ExportError(f"TFLite selective int8 quantization failed: {_first_line(e)}") from e
+
+
+PASS_THROUGH_OPS = {"MAX_POOL_2D", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "RELU", "RELU6"}
+
+
+def tflite_float_groups(saved_model: Path, calibration_nhwc: np.ndarray) -> dict[str, list[str]]:
+    """For each layer output, the outputs to keep float with it so that its activation really stays float: the ops
+    reading it, through range-preserving ops (pools, reshapes), up to and including the next compute op.
+
+    A layer denylisted alone has its output re-quantized with the same (possibly outlier-stretched) range before
+    its int8 consumers; floating the whole group removes that re-quantization."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _calibrated_debugger(saved_model, calibration_nhwc, ()).calibrated_model
+    interpreter = Interpreter(model_content=model)
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # noqa: SLF001 (the op graph; LiteRT has no public accessor)
+    readers: dict[int, list[dict]] = {}
+    for op in ops:
+        for tensor in op["inputs"]:
+            readers.setdefault(int(tensor), []).append(op)
+
+    def group(tensor: int) -> list[str]:
+        found = [names[tensor]]
+        for op in readers.get(tensor, []):
+            for output in op["outputs"]:
+                found += group(int(output)) if op["op_name"] in PASS_THROUGH_OPS else [names[int(output)]]
+        return list(dict.fromkeys(found))
+
+    return {names[int(out)]: group(int(out)) for op in ops for out in op["outputs"]}

@@ -11,7 +11,7 @@ import shutil
 from pipeline.config import RunConfig
 from pipeline.errors import ExportError
 from pipeline.int8_search import fallback_cost, land, search_int8, top1
-from pipeline.layer_errors import tflite_layer_errors, tflite_selective_int8
+from pipeline.layer_errors import tflite_float_groups, tflite_layer_errors, tflite_selective_int8
 from pipeline.runtimes import onnxruntime_runner, tflite_runner
 from targets.base import ExportInputs, ExportResult, Target, register_target
 from targets.tflite_io import convert_saved_model, describe_tflite, saved_model_for
@@ -41,9 +41,13 @@ class TfliteInt8(Target):
         work = inputs.work_dir / "tflite-int8"
         shutil.rmtree(work, ignore_errors=True)
 
+        groups: dict[str, list[str]] = {}
+
         def quantize(method: str, float_layers: tuple[str, ...], output) -> None:
             if float_layers:
-                output.write_bytes(tflite_selective_int8(saved_model, calibration_nhwc, list(float_layers)))
+                groups.update(groups or tflite_float_groups(saved_model, calibration_nhwc))
+                denylist = list(dict.fromkeys(name for layer in float_layers for name in groups.get(layer, [layer])))
+                output.write_bytes(tflite_selective_int8(saved_model, calibration_nhwc, denylist))
             else:
                 convert_saved_model(saved_model, output, "int8", inputs.calibration)
 
@@ -72,7 +76,12 @@ class TfliteInt8(Target):
             shutil.rmtree(work, ignore_errors=True)
         described = describe_tflite(
             inputs.output_path,
-            {"converter": "onnx2tf → tf.lite.TFLiteConverter (min/max calibration)", **result.to_info(), **cost},
+            {
+                "converter": "onnx2tf → tf.lite.TFLiteConverter (min/max calibration)",
+                **result.to_info(),
+                "float_tensors": [name for layer in result.chosen.float_layers for name in groups.get(layer, [layer])],
+                **cost,
+            },
         )
         dtypes = [spec.dtype for spec in described.inputs + described.outputs]
         float_tensors = described.info["tensor_dtypes"].get("float32", 0)

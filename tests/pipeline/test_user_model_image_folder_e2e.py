@@ -73,4 +73,4 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
     assert set(accuracy) >= {"teacher", "student", "onnx-fp32", "onnx-int8", "tflite-int8"}
     assert accuracy["student"] > 60  # 4 classes: chance is 25 %
     assert abs(accuracy["onnx-fp32"] - accuracy["student"]) < 0.01
-    assert (out / "report.md").read_text().count("| tflite-int8 |") == 1
+    assert (out / "report.md").read_text().count("| tflite-int8 | tflite (") == 1

@@ -6,11 +6,12 @@ Two students share one trained digits run (a user model file, ``my_models.py:mak
   512-sample calibration set with a value ~180× the layer's normal range, and whose weights into the next conv are
   zero. Its float function is unchanged, but MinMax stretches that activation's int8 range so far that the other
   channels lose their resolution. onnx-int8's `auto` calibration (percentile) and its float fallback both bring it
-  back within ``max_int8_drop``; TFLite's fallback does not (see the xfail and the diagnosis test below);
+  back within ``max_int8_drop``; so does TFLite's fallback, which keeps the outlier conv float together with the
+  pool and conv that read its output (alone, its output would be re-quantized with the outlier range);
 * the *shrunk* student: half the first block's channels scaled by 0.01 and the next conv's weights on them by 100
   (same float function): no calibration method or float layer is allowed to fix it, so ``quantize.qat.when: auto``
-  builds ``<target>-qat`` from a QAT-KD student, which must win back at least half of the PTQ drop (it does for
-  onnx-int8; tflite-int8-qat is an xfail).
+  builds ``<target>-qat`` from a QAT-KD student (on each target's own weight grid), which must win back at least
+  half of the PTQ drop (it does for onnx-int8; for tflite-int8 it does not yet: an xfail).
 
 Accuracies are measured on the test split with onnxruntime and the LiteRT interpreter directly. The onnx-int8 outlier
 tests run by default (~50 s, a third of it the shared teacher); the TFLite ones (onnx2tf, the converter's debugger)
@@ -321,56 +322,21 @@ def test_tflite_minmax_loses_more_than_the_budget(outlier_case: Case, outlier_tf
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="TFLite's fallback floats layers by local SQNR: the outlier conv ranks first, but its output is "
-    "re-quantized with the same outlier range for the int8 MAX_POOL_2D, which ranks near last (>100 dB: max "
-    "commutes with rounding) and stays outside the 4-layer cap; see test_tflite_needs_the_pool_and_next_conv_float",
-)
-def test_tflite_float_fallback_rescues_the_outlier(outlier_tflite: dict[str, Built]) -> None:
-    assert outlier_tflite["fallback"].info["within_budget"] is True
-
-
-def first_block(tflite_path: Path) -> list[str]:
-    """Output names of the first CONV_2D, the op reading it and the op after that (LiteRT's op list)."""
+def test_tflite_float_fallback_rescues_the_outlier(outlier_case: Case, outlier_tflite: dict[str, Built]) -> None:
+    """The worst layer (the outlier conv) stays float together with what reads its output up to the next compute
+    op (the MAX_POOL_2D and the next CONV_2D): its activation is no longer re-quantized with the outlier range."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tflite_path))
-    names = {detail["index"]: detail["name"] for detail in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # execution order, tensor indices in and out
-    chain = [next(op for op in ops if op["op_name"] == "CONV_2D")]
-    for _ in range(2):
-        chain.append(next(op for op in ops if chain[-1]["outputs"][0] in op["inputs"]))
-    assert [op["op_name"] for op in chain] == ["CONV_2D", "MAX_POOL_2D", "CONV_2D"]
-    return [names[op["outputs"][0]] for op in chain]
-
-
-@pytest.mark.slow
-def test_tflite_needs_the_pool_and_next_conv_float(outlier_case: Case, outlier_tflite: dict[str, Built]) -> None:
-    """Why the TFLite fallback fails, with the real converter: the outlier conv, the MAX_POOL_2D after it and the
-    next conv must all stay float; the search's ranking puts the pool beyond max_float_layers."""
-    from pipeline.layer_errors import tflite_selective_int8
-
     built = outlier_tflite["fallback"]
-    run = RunDir.open(outlier_case.root)
-    conv, pool, next_conv = first_block(run.path(built.record.path))
-    ranking = [layer["node"] for layer in built.info["worst_layers"]]
-    assert ranking[0] == conv and ranking.index(pool) >= 4  # the pool never enters the 4 float layers
-    tried = built.info["attempts"]
-    assert built.info["within_budget"] is False and built.info["float_layers"] == []  # no attempt did better
-    assert len(tried) == 5 and tried[-1]["float_layers"][0] == conv and pool not in tried[-1]["float_layers"]
-
-    onnx_fp32 = run.require("onnx-fp32")
-    saved_model = run.path("work") / f"saved_model-{onnx_fp32.sha256[:16]}"  # tflite_io.saved_model_for's cache
-    calibration_nhwc = np.load(run.path(CALIBRATION_PATH))["x"].transpose(0, 2, 3, 1)
-    model = tflite_selective_int8(saved_model, calibration_nhwc, [conv, pool, next_conv])
-    splits = run.splits
-    val_accuracy = tflite_top1(None, splits.normalize(splits.val.x), splits.val.y, content=model)
-    assert built.info["fp32_val_accuracy"] - val_accuracy <= BUDGET
-    x, y = split_of_test(run)
-    test_accuracy = tflite_top1(None, x, y, content=model)
-    print(f"tflite-int8 with {pool!r} and its neighbours float: val {val_accuracy:.2f}, test {test_accuracy:.2f}")
-    assert test_accuracy >= outlier_case.fp32_test_accuracy - 1.0
+    worst = built.info["worst_layers"][0]
+    assert worst["op"] == "CONV_2D"
+    assert built.info["within_budget"] is True and built.info["float_layers"] == [worst["node"]]
+    assert built.info["float_tensors"][0] == worst["node"] and len(built.info["float_tensors"]) == 3
+    path = RunDir.open(outlier_case.root).path(built.record.path)
+    dtypes = {d["name"]: d["dtype"].__name__ for d in Interpreter(model_path=str(path)).get_tensor_details()}
+    assert all(dtypes[name] == "float32" for name in built.info["float_tensors"])
+    assert {spec.dtype for spec in built.record.inputs + built.record.outputs} == {"int8"}
+    assert built.test_accuracy >= outlier_case.fp32_test_accuracy - 1.0
 
 
 # --- (b) a drop no calibration fixes: QAT-KD ---------------------------------------------------------------
@@ -436,7 +402,19 @@ def test_ptq_breaking_the_budget_gets_a_qat_variant(request, target: str) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", INT8)
+@pytest.mark.parametrize(
+    "target",
+    [
+        "onnx-int8",
+        pytest.param(
+            "tflite-int8",
+            marks=pytest.mark.xfail(
+                reason="measured: fp32 99.16, PTQ 98.33, QAT-KD (±127 weight grid) 98.05 — fake quant on "
+                "onnxruntime's activation grid does not yet carry over to TFLite's converter",
+            ),
+        ),
+    ],
+)
 def test_qat_kd_recovers_half_of_the_ptq_drop(request, shrunk_case: Case, target: str) -> None:
     built = built_for(request, target)
     ptq, qat = built[target], built[f"{target}-qat"]
