@@ -167,9 +167,9 @@ class DistillConfig(TrainConfig):
         "student-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
     )
     arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
-    epochs: int = Field(5, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
+    epochs: int = Field(10, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
     losses: list[LossSpec] = Field(
-        default_factory=lambda: [LossSpec(name="hinton", temperature=4.0, alpha=0.5)],
+        default_factory=lambda: [LossSpec(name="hinton", temperature=2.0, alpha=0.5)],
         min_length=1,
         description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
     )

@@ -67,7 +67,7 @@ def test_distill_reuse_and_retrain(tmp_path: Path, checkpoint_config: dict) -> N
     assert inode(root / TEACHER_PATH) == teacher_state
     assert inode(root / STUDENT_PATH) == student_state
 
-    checkpoint_config["distill"]["losses"] = [{"name": "hinton", "temperature": 2.0, "alpha": 0.5}]
+    checkpoint_config["distill"]["losses"] = [{"name": "hinton", "temperature": 4.0, "alpha": 0.5}]
     changed = RunDir.create(root, parse_config(checkpoint_config))
     run_distill(changed)
     assert inode(root / TEACHER_PATH) == teacher_state
