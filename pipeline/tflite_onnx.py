@@ -1,0 +1,85 @@
+"""A TFLite artifact on onnxruntime: convert it with tf2onnx, run it, and measure parity with the interpreter.
+
+The conversion keeps the artifact as it is (NHWC input, int8 I/O and QuantizeLinear/DequantizeLinear around the
+quantized ops), so onnxruntime runs the same model the LiteRT interpreter runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.errors import ExportError
+from pipeline.io import atomic_path
+from pipeline.manifest import TensorSpec
+from pipeline.runtimes import Runner, cpu_threads, dequantize_output, quantize_input
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely a candidate runtime's logits follow a reference's on the same inputs."""
+
+    top1_agreement: float
+    max_abs_diff: float
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    """Top-1 agreement (percent) and largest absolute logit difference of ``candidate`` against ``reference``."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"logits shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+    agreement = float((reference.argmax(1) == candidate.argmax(1)).mean() * 100)
+    return Parity(top1_agreement=agreement, max_abs_diff=float(np.abs(candidate - reference).max()))
+
+
+def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
+    """Convert a TFLite file to ONNX with tf2onnx (quantized ops kept), written atomically to ``onnx_path``."""
+    import onnx
+    import tf2onnx
+
+    try:
+        with warnings.catch_warnings():
+            # tf2onnx reads the file with tf.lite.Interpreter, whose deprecation notice is not ours to act on.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+            model, _ = tf2onnx.convert.from_tflite(str(tflite_path))
+        # tf2onnx leaves ops it cannot map in the graph and carries on; the checker rejects them.
+        onnx.checker.check_model(model)
+    except Exception as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(
+            f"tf2onnx could not convert {tflite_path}: {first_line}",
+            hint="check that the file is a complete .tflite (re-run the export stage to rebuild it)",
+        ) from e
+    with atomic_path(onnx_path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+
+
+def tf2onnx_runner(onnx_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> Runner:
+    """A tf2onnx-converted TFLite on onnxruntime's CPU provider, fed as the TFLite's manifest specs say (NHWC, int8)."""
+    import onnxruntime as ort
+
+    threads = cpu_threads(threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def to_feed(x: np.ndarray) -> dict[str, np.ndarray]:
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32)
+        return {input_name: quantize_input(nhwc, inputs[0]) if inputs[0].scale is not None else nhwc}
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = session.run([output_name], to_feed(x))[0]
+        return dequantize_output(out, outputs[0]) if outputs[0].scale is not None else out
+
+    def timed_call(x: np.ndarray) -> Callable[[], object]:
+        feed = to_feed(x)
+        return lambda: session.run([output_name], feed)
+
+    return Runner("onnxruntime", "CPU", threads, predict, timed_call)
