@@ -1,94 +1,158 @@
-"""Stage 4: accuracy, agreement with the teacher and latency of every model on every runtime (test split)."""
+"""Stage 4: accuracy, agreement with the teacher, latency and footprint of every model on every runtime.
+
+PyTorch runs the teacher and students, onnxruntime every ONNX file (CPU, and CUDA when installed), the TFLite
+interpreter every TFLite file, and onnxruntime each TFLite file again through tf2onnx, with its parity."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pipeline.distill import load_model, load_student, load_teacher
-from pipeline.export import artifact_runner
-from pipeline.manifest import Measurement, Skipped
+from pipeline.distill import load_model
+from pipeline.harness import Plan, measure_plan
+from pipeline.manifest import ArtifactRecord, Measurement, Skipped
+from pipeline.memory_probe import ProbeSpec
+from pipeline.model_profile import onnx_profile, torch_profile
 from pipeline.progress import progress_bar
 from pipeline.rundir import RunDir
-from pipeline.runtimes import Runner, onnxruntime_providers, onnxruntime_runner, torch_runner
-from pipeline.timing import measure_latency
+from pipeline.runtimes import onnxruntime_providers, onnxruntime_runner, tflite_runner, torch_runner
+from pipeline.tflite_onnx import parity as tflite_parity
+from pipeline.tflite_onnx import tf2onnx_runner, tflite_to_onnx
+
+TF2ONNX_RUNTIME = "onnxruntime via tf2onnx"
 
 
-def _runners(run: RunDir) -> list[tuple[str, str, Callable[[], Runner]]]:
-    """(artifact name, runtime, runner factory) for the teacher, the student and every exported artifact."""
-    threads = run.config.bench.threads
-    plans = [
-        ("teacher", "pytorch", lambda: torch_runner(load_teacher(run), threads)),
-        ("student", "pytorch", lambda: torch_runner(load_student(run), threads)),
+def _torch_plan(run: RunDir, name: str) -> Plan:
+    model = load_model(run, name)
+    record = run.require(name)
+    shape = tuple(run.splits.test.x.shape[1:])
+    return Plan(
+        artifact=name,
+        runtime="pytorch",
+        make_runner=lambda threads: torch_runner(model, threads),
+        file_bytes=lambda: record.bytes,
+        profile=lambda: torch_profile(model, shape),
+        probe=ProbeSpec(kind="torch", input_shape=list(shape), run_dir=str(run.root.resolve()), name=name),
+    )
+
+
+def _onnx_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
+    path = run.path(record.path)
+    return [
+        Plan(
+            artifact=record.name,
+            runtime=f"onnxruntime {provider}",
+            make_runner=lambda threads, provider=provider: onnxruntime_runner(path, provider, threads),
+            file_bytes=lambda: record.bytes,
+            profile=lambda: onnx_profile(path),
+            probe=ProbeSpec(kind="onnx", path=str(path), input_shape=shape, provider=provider),
+        )
+        for provider in onnxruntime_providers()
     ]
-    if "baseline" in run.manifest.artifacts:
-        plans.append(("baseline", "pytorch", lambda: torch_runner(load_model(run, "baseline"), threads)))
-    for name, record in run.manifest.artifacts.items():
+
+
+def converted_path(run: RunDir, record: ArtifactRecord) -> Path:
+    return run.path(f"work/tf2onnx/{record.name}-{record.sha256[:12]}.onnx")
+
+
+def converted_tflite(run: RunDir, record: ArtifactRecord) -> Path:
+    """The tf2onnx conversion of a TFLite artifact, made once per file content."""
+    path = converted_path(run, record)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tflite_to_onnx(run.path(record.path), path)
+    return path
+
+
+def _tflite_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
+    path = run.path(record.path)
+    specs = {"inputs": record.inputs, "outputs": record.outputs}
+
+    def converted() -> Path:
+        return converted_tflite(run, record)
+
+    interpreter = Plan(
+        artifact=record.name,
+        runtime="tflite",
+        make_runner=lambda threads: tflite_runner(path, record.inputs, record.outputs, threads),
+        file_bytes=lambda: record.bytes,
+        profile=lambda: onnx_profile(converted()),
+        probe=ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs),
+    )
+    onnx = Plan(
+        artifact=record.name,
+        runtime=TF2ONNX_RUNTIME,
+        make_runner=lambda threads: tf2onnx_runner(converted(), record.inputs, record.outputs, threads),
+        file_bytes=lambda: converted().stat().st_size,
+        profile=lambda: onnx_profile(converted()),
+        probe=ProbeSpec(kind="tf2onnx", path=str(converted_path(run, record)), input_shape=shape, **specs),
+    )
+    return [interpreter, onnx]
+
+
+def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
+    """(artifact, runtime, plan factory) for the teacher, the students and every exported artifact."""
+    shape = list(run.splits.test.x.shape[1:])
+    names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
+    plans = [(name, "pytorch", lambda n=name: [_torch_plan(run, n)]) for name in names]
+    for record in run.manifest.artifacts.values():
         if record.stage != "export" or (
             record.info.get("source", "student") != "student" and record.info["precision"] != "int8"
         ):
             continue  # a QAT-KD student's float files are only steps towards its int8 ones
-        path = run.path(record.path)
         if record.info["format"] == "onnx":
-            for provider in onnxruntime_providers():
-                plans.append(
-                    (name, f"onnxruntime {provider}", lambda p=path, pr=provider: onnxruntime_runner(p, pr, threads))
-                )
+            plans.append((record.name, "onnxruntime", lambda r=record: _onnx_plans(run, r, shape)))
         else:
-            plans.append(
-                (name, "tflite", lambda p=path, r=record: artifact_runner(p, "tflite", r.inputs, r.outputs, threads))
-            )
+            plans.append((record.name, "tflite", lambda r=record: _tflite_plans(run, r, shape)))
     return plans
 
 
-def _predict_all(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([runner.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
+def _converted(measurement: Measurement, interpreter_logits: np.ndarray | None, logits: np.ndarray) -> Measurement:
+    """A tf2onnx row: named as such, with its parity against the interpreter when that row was measured."""
+    label = f"{measurement.artifact} on the TFLite interpreter"
+    parity = tflite_parity(interpreter_logits, logits, label) if interpreter_logits is not None else None
+    return measurement.model_copy(update={"runtime": TF2ONNX_RUNTIME, "parity": parity})
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def run_bench(run: RunDir) -> list[Measurement]:
     """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason."""
     cfg = run.config.bench
     splits = run.splits
-    x_test = splits.normalize(splits.test.x)
+    x_test, y_test = splits.normalize(splits.test.x), splits.test.y
     teacher_top1 = None
     measurements, skipped = [], []
-    plans = _runners(run)
+    groups = _plans(run)
     with progress_bar() as bar:
-        task = bar.add_task("bench", total=len(plans), status="")
-        for name, runtime, make_runner in plans:
+        task = bar.add_task("bench", total=len(groups), status="")
+        for name, runtime, make_plans in groups:
             bar.update(task, status=name)
             try:
-                runner = make_runner()
-                top1 = _predict_all(runner, x_test, cfg.eval_batch).argmax(1)
+                plans = make_plans()
             except Exception as e:
-                skipped.append(Skipped(artifact=name, runtime=runtime, reason=str(e).strip().splitlines()[0]))
+                skipped.append(Skipped(artifact=name, runtime=runtime, reason=_first_line(e)))
                 bar.advance(task)
                 continue
-            if teacher_top1 is None:
-                teacher_top1 = top1
-            latency = measure_latency(runner.timed_call(x_test[:1]), 1, cfg.warmup, cfg.min_runs, cfg.min_seconds)
-            batch = x_test[: cfg.throughput_batch]
-            throughput = measure_latency(
-                runner.timed_call(batch),
-                len(batch),
-                max(1, cfg.warmup // 5),
-                max(5, cfg.min_runs // 10),
-                cfg.min_seconds,
-            )
-            measurements.append(
-                Measurement(
-                    artifact=name,
-                    runtime=runner.runtime,
-                    provider=runner.provider,
-                    threads=runner.threads,
-                    accuracy=round(float((top1 == splits.test.y).mean() * 100), 2),
-                    agreement=round(float((top1 == teacher_top1).mean() * 100), 2),
-                    latency=latency,
-                    throughput=throughput,
-                    throughput_ips=round(len(batch) / (throughput.p50_ms / 1000), 1),
-                )
-            )
+            logits_of: dict[str, np.ndarray] = {}
+            for plan in plans:
+                bar.update(task, status=plan.label)
+                try:
+                    measurement, logits = measure_plan(plan, x_test, y_test, teacher_top1, cfg)
+                except Exception as e:
+                    skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=_first_line(e)))
+                    continue
+                if teacher_top1 is None:
+                    teacher_top1 = logits.argmax(1)
+                    measurement = measurement.model_copy(update={"agreement": 100.0})
+                if plan.runtime == TF2ONNX_RUNTIME:
+                    measurement = _converted(measurement, logits_of.get("tflite"), logits)
+                logits_of[plan.runtime] = logits
+                measurements.append(measurement)
             bar.advance(task)
     if "CUDAExecutionProvider" not in onnxruntime_providers():
         skipped.append(

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import typer
 
-from pipeline.errors import EdgepipeError
+from pipeline.errors import ConfigError, EdgepipeError
 
 app = typer.Typer(
     add_completion=False,
@@ -69,7 +69,6 @@ def run(
 ) -> None:
     """Run every stage: distill → calibrate → export → bench → report."""
     from pipeline.config import load_config
-    from pipeline.errors import ConfigError
     from pipeline.run import run_pipeline
 
     unknown = [stage for stage in force if stage not in STAGES]
@@ -145,11 +144,57 @@ def export(
 
 @app.command()
 @reports_errors
-def bench(run_dir: Path = RunDirArg) -> None:
-    """Measure accuracy, agreement and latency of every model on every runtime."""
-    from pipeline.bench import run_bench
+def bench(
+    target: Path = typer.Argument(..., help="A run directory, or an .onnx/.tflite file to measure with --data."),
+    data: Optional[str] = typer.Option(None, help="With a file: fashion-mnist, digits, or a path (npz, IDX, images)."),
+    mean: Optional[str] = typer.Option(
+        None, help="With a file: per-channel mean of pixel/255, e.g. 0.5 or 0.48,0.46,0.41."
+    ),
+    std: Optional[str] = typer.Option(None, help="With a file: per-channel std of pixel/255 (default: train split's)."),
+    threads: list[str] = typer.Option([], help="Intra-op thread count to time (repeat; 'all' = every core)."),
+    batch: list[int] = typer.Option([], help="Batch size to time (repeat; 1 is always timed)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="With a file: write the measurement as JSON here."),
+) -> None:
+    """Measure accuracy, latency and footprint of every model of a run, or of any ONNX/TFLite file.
 
-    run_bench(_open(run_dir))
+    With a file, the data is brought to the model's input size and channels and its test split measured.
+    """
+    if target.is_dir() or (data is None and target.suffix not in (".onnx", ".tflite")):
+        from pipeline.bench import run_bench
+
+        if data or mean or std or threads or batch or json_out:
+            raise ConfigError("a run directory is measured as its config says", "change bench: in RUN_DIR/config.yaml")
+        run_bench(_open(target))
+        return
+    _quiet_frameworks()
+    if data is None:
+        raise ConfigError(f"{target}: a model file needs --data", "e.g. --data fashion-mnist or --data path/to/images")
+    from pipeline.file_bench import bench_file, render_measurement
+
+    measurement, splits = bench_file(target, *_file_bench_config(data, mean, std, threads, batch))
+    typer.echo(render_measurement(measurement, splits))
+    if json_out:
+        from pipeline.io import write_text_atomic
+
+        write_text_atomic(json_out, measurement.model_dump_json(indent=2) + "\n")
+
+
+def _floats(text: str | None) -> list[str] | None:
+    return text.split(",") if text else None
+
+
+def _file_bench_config(data: str, mean: str | None, std: str | None, threads: list[str], batch: list[int]):
+    """The data and bench sections of a config built from `edgepipe bench FILE` options (validated alike)."""
+    from pipeline.config import parse_config
+
+    bench = {"threads": threads} if threads else {}
+    config = parse_config(
+        {
+            "data": {"source": data, "mean": _floats(mean), "std": _floats(std)},
+            "bench": bench | ({"batch_sizes": batch} if batch else {}),
+        }
+    )
+    return config.data, config.bench
 
 
 def _compare(run_a: Path, run_b: Path, limits: dict[str, float]) -> None:
@@ -218,6 +263,14 @@ def list_targets() -> None:
     for name in TARGETS:
         target = TARGETS.get(name)
         typer.echo(f"{name:<12} {target.description}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of manifest.json (pipeline/schemas/manifest.schema.json in the package)."""
+    from pipeline.manifest import SCHEMA_PATH
+
+    typer.echo(SCHEMA_PATH.read_text(), nl=False)
 
 
 def main() -> None:

@@ -82,11 +82,6 @@ def _key(m: Measurement) -> tuple[str, str]:
     return m.artifact, f"{m.runtime} ({m.provider})"
 
 
-def _bytes(manifest: Manifest, name: str) -> int | None:
-    record = manifest.artifacts.get(name)
-    return record.bytes if record else None
-
-
 def _machine(manifest: Manifest) -> str:
     cpu = manifest.environment.get("cpu", {})
     return f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores"
@@ -104,8 +99,8 @@ def compare_manifests(a: Manifest, b: Manifest) -> Comparison:
             accuracy_b=in_b[artifact, runtime].accuracy,
             p50_ms_a=m.latency.p50_ms,
             p50_ms_b=in_b[artifact, runtime].latency.p50_ms,
-            bytes_a=_bytes(a, artifact),
-            bytes_b=_bytes(b, artifact),
+            bytes_a=m.file_bytes,
+            bytes_b=in_b[artifact, runtime].file_bytes,
         )
         for (artifact, runtime), m in in_a.items()
         if (artifact, runtime) in in_b

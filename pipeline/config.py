@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -257,12 +258,26 @@ class ExportConfig(_Section):
 
 
 class BenchConfig(_Section):
-    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
-    min_runs: int = Field(50, ge=1, description="Minimum timed runs at batch 1.")
-    min_seconds: float = Field(0.5, ge=0, description="Minimum timed seconds at batch 1.")
-    throughput_batch: int = Field(64, ge=1, description="Batch size of the throughput measurement.")
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing, at every batch size and thread count.")
+    min_runs: int = Field(50, ge=1, description="Minimum timed runs at every batch size and thread count.")
+    min_seconds: float = Field(0.5, ge=0, description="Minimum timed seconds at every batch size and thread count.")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 8, 64], min_length=1, description="Batch sizes timed; 1 is always timed (the headline latency)."
+    )
+    threads: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
+        [1, "all"], min_length=1, description="Intra-op thread counts timed on every runtime; 'all': every core."
+    )
     eval_batch: int = Field(256, ge=1, description="Batch size of the accuracy pass over the test split.")
-    threads: int | None = Field(None, ge=1, description="Intra-op threads for every runtime; all cores when empty.")
+    memory: bool = Field(True, description="Measure peak resident memory of a fresh process per artifact × runtime.")
+
+    def thread_counts(self) -> list[int]:
+        """The configured thread counts as numbers, ascending, without repeats."""
+        cores = os.cpu_count() or 1
+        return sorted({cores if t == "all" else t for t in self.threads})
+
+    def batches(self) -> list[int]:
+        """The configured batch sizes, ascending, batch 1 included."""
+        return sorted({1, *self.batch_sizes})
 
 
 class RunConfig(_Section):

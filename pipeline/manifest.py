@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.errors import RunStateError
 from pipeline.io import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 
 
 class _Record(BaseModel):
@@ -97,6 +98,8 @@ class ArtifactRecord(_Record):
 
 
 class LatencyStats(_Record):
+    """Milliseconds per call over ``runs`` timed calls of one pre-built batch."""
+
     batch: int
     runs: int
     p50_ms: float
@@ -106,18 +109,62 @@ class LatencyStats(_Record):
     stdev_ms: float
 
 
+class Timing(_Record):
+    """One batch size at one intra-op thread count, with what the p50 implies."""
+
+    threads: int
+    latency: LatencyStats
+    throughput_ips: float = Field(description="Images per second at the p50: batch / p50.")
+    gmac_per_s: float | None = Field(None, description="Achieved GMAC/s at the p50: macs × batch / p50.")
+
+
+class Parity(_Record):
+    """A converted artifact against the runtime it was made for, on the same test images."""
+
+    reference: str = Field(description="The artifact and runtime the logits are compared with.")
+    top1_agreement: float = Field(description="Percent of test images with the same top-1 class.")
+    max_abs_diff: float = Field(description="Largest absolute difference of a dequantized logit.")
+
+
 class Measurement(_Record):
-    """Accuracy and speed of one artifact on one runtime, on the test split."""
+    """Accuracy, speed and footprint of one artifact on one runtime; accuracy on the test split."""
 
     artifact: str
     runtime: str
     provider: str
-    threads: int
     accuracy: float
-    agreement: float = Field(description="Top-1 agreement with the teacher, percent.")
-    latency: LatencyStats
-    throughput: LatencyStats
-    throughput_ips: float
+    agreement: float | None = Field(None, description="Top-1 agreement with the teacher, percent.")
+    file_bytes: int | None = Field(None, description="Size of the file the runtime loads (PyTorch: state dict).")
+    params: int | None = Field(None, description="Parameters stored in the model (ONNX files: onnx-tool's count).")
+    macs: int | None = Field(
+        None, description="Multiply-accumulates per image of Conv, Gemm and MatMul ops (any precision)."
+    )
+    peak_rss_mib: float | None = Field(
+        None, description="Peak resident memory of a fresh process that loads the model and runs one batch."
+    )
+    runtime_rss_mib: float | None = Field(
+        None, description="Resident memory of that process after importing the runtime, before loading the model."
+    )
+    parity: Parity | None = Field(None, description="Runs of a converted artifact: agreement with its own runtime.")
+    timings: list[Timing] = Field(description="Every configured batch size × thread count.")
+
+    def timing(self, batch: int, threads: int | None = None) -> Timing | None:
+        """The timing at ``batch`` and ``threads`` (the most threads measured when None)."""
+        rows = [t for t in self.timings if t.latency.batch == batch and threads in (None, t.threads)]
+        return max(rows, key=lambda t: t.threads, default=None)
+
+    @property
+    def headline(self) -> Timing:
+        """Batch 1 at the most threads measured: the latency the tables and plots compare."""
+        return self.timing(1) or self.timings[0]
+
+    @property
+    def latency(self) -> LatencyStats:
+        return self.headline.latency
+
+    @property
+    def threads(self) -> int:
+        return self.headline.threads
 
 
 class Skipped(_Record):
@@ -160,3 +207,12 @@ class Manifest(_Record):
         if not path.is_file() or sha256_file(path) != record.sha256:
             return None
         return record
+
+
+def manifest_json_schema() -> dict:
+    """The JSON schema of manifest.json, as published in ``pipeline/schemas/manifest.schema.json``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://edgepipe.dev/schemas/manifest-v{SCHEMA_VERSION}.json",
+        **Manifest.model_json_schema(),
+    }

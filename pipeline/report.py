@@ -6,32 +6,39 @@ from pipeline.io import write_text_atomic
 from pipeline.manifest import Manifest
 from pipeline.report_html import render_html
 from pipeline.report_sections import (
+    FOOTPRINT_CAPTION,
+    FOOTPRINT_HEADER,
     INT8_HEADER,
     MAIN_HEADER,
+    TIMING_CAPTION,
+    TIMING_HEADER,
+    footprint_rows,
     int8_table,
     main_caption,
     main_cells,
     model_bullets,
+    parity_bullets,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
+    timing_rows,
 )
 from pipeline.rundir import RunDir
 
 
-def _md_row(cells: list[str]) -> str:
+def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [_md_row(header), "|" + "---|" * len(header), *(_md_row(row) for row in rows)]
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [md_row(header), "|" + "---|" * len(header), *(md_row(row) for row in rows)]
 
 
 def _md_int8_section(manifest: Manifest) -> list[str]:
     table = int8_table(manifest)
     if table is None:
         return []
-    lines = ["## int8", "", table.intro, "", *_md_table(INT8_HEADER, table.rows)]
+    lines = ["## int8", "", table.intro, "", *md_table(INT8_HEADER, table.rows)]
     if table.reference:
         lines += ["", table.reference]
     return lines + [""]
@@ -46,9 +53,21 @@ def render_report(manifest: Manifest) -> str:
     teacher, student = teacher_and_student(manifest)
     if teacher is None:
         return "\n".join(lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""])
-    rows = [main_cells(manifest, m, teacher, student) for m in manifest.measurements]
-    lines += [main_caption(manifest), "", *_md_table(MAIN_HEADER, rows), ""]
+    rows = [main_cells(m, teacher, student) for m in manifest.measurements]
+    lines += [main_caption(manifest), "", *md_table(MAIN_HEADER, rows), ""]
+    parity = parity_bullets(manifest)
+    if parity:
+        lines += ["Converted artifacts against their own runtime:", ""] + [f"- {b}" for b in parity] + [""]
     lines += _md_int8_section(manifest)
+    lines += ["## Latency", "", TIMING_CAPTION, "", *md_table(TIMING_HEADER, timing_rows(manifest.measurements)), ""]
+    lines += [
+        "## Footprint",
+        "",
+        FOOTPRINT_CAPTION,
+        "",
+        *md_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements)),
+        "",
+    ]
     if manifest.skipped:
         lines += ["Not measured:", ""] + [f"- {b}" for b in skipped_bullets(manifest)] + [""]
     return "\n".join(lines)

@@ -8,15 +8,22 @@ import re
 from pipeline import plots
 from pipeline.manifest import Manifest, Measurement
 from pipeline.report_sections import (
+    FOOTPRINT_CAPTION,
+    FOOTPRINT_HEADER,
     INT8_HEADER,
     MAIN_HEADER,
+    TIMING_CAPTION,
+    TIMING_HEADER,
+    footprint_rows,
     int8_table,
     main_caption,
     main_cells,
     model_bullets,
+    parity_bullets,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
+    timing_rows,
 )
 
 _STYLE = """
@@ -31,7 +38,6 @@ figure { margin: 1.5em 0; }
 figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 13px; max-width: 60em; }
 """
-_COMPRESSION = "compression"
 
 
 def _inline(text: str) -> str:
@@ -51,22 +57,9 @@ def _table(header: list[str], rows: list[list[str]], css_class: str) -> str:
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _compression(manifest: Manifest, name: str) -> str:
-    """Teacher checkpoint bytes / the artifact's bytes, or — when either size is unknown."""
-    teacher, record = manifest.artifacts.get("teacher"), manifest.artifacts.get(name)
-    return f"{teacher.bytes / record.bytes:.2f}×" if teacher and record else "—"
-
-
 def _main_table(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> str:
-    """The report.md main table with a compression column after the size."""
-    at = MAIN_HEADER.index("size") + 1
-    header = MAIN_HEADER[:at] + [_COMPRESSION] + MAIN_HEADER[at:]
-    rows = []
-    for m in manifest.measurements:
-        cells = main_cells(manifest, m, teacher, student)
-        rows.append(cells[:at] + [_compression(manifest, m.artifact)] + cells[at:])
-    caption = main_caption(manifest) + " Compression: teacher checkpoint bytes / row file bytes."
-    return f"<p>{_inline(caption)}</p>" + _table(header, rows, "figures")
+    rows = [main_cells(m, teacher, student) for m in manifest.measurements]
+    return f"<p>{_inline(main_caption(manifest))}</p>" + _table(MAIN_HEADER, rows, "figures")
 
 
 def _figure(svg: str, caption: str, figure_id: str) -> str:
@@ -75,7 +68,7 @@ def _figure(svg: str, caption: str, figure_id: str) -> str:
 
 def _figures(manifest: Manifest) -> str:
     measurements = manifest.measurements
-    sizes = {m.artifact: manifest.artifacts[m.artifact].bytes for m in measurements if m.artifact in manifest.artifacts}
+    sizes = {m.artifact: m.file_bytes for m in measurements if m.file_bytes}
     return "".join(
         [
             _figure(
@@ -119,7 +112,14 @@ def render_html(manifest: Manifest) -> str:
         parts.append(f"<p>{_inline('No measurements yet: run `edgepipe bench RUN_DIR`.')}</p>")
     else:
         parts += ["<h2>Measurements</h2>", _main_table(manifest, teacher, student), _figures(manifest)]
+        parity = parity_bullets(manifest)
+        if parity:
+            parts += [f"<p>{_inline('Converted artifacts against their own runtime:')}</p>", _list(parity)]
         parts.append(_int8_section(manifest))
+        parts += ["<h2>Latency</h2>", f"<p>{_inline(TIMING_CAPTION)}</p>"]
+        parts.append(_table(TIMING_HEADER, timing_rows(manifest.measurements), "figures"))
+        parts += ["<h2>Footprint</h2>", f"<p>{_inline(FOOTPRINT_CAPTION)}</p>"]
+        parts.append(_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements), "figures"))
         if manifest.skipped:
             parts += ["<h2>Not measured</h2>", _list(skipped_bullets(manifest))]
     title = html.escape(f"edgepipe report — {manifest.data.source}" if manifest.data else "edgepipe report")

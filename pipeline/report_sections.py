@@ -13,6 +13,7 @@ MAIN_HEADER = [
     "artifact",
     "runtime",
     "size",
+    "size ×",
     "top-1 %",
     "Δ vs teacher",
     "Δ vs student",
@@ -22,6 +23,20 @@ MAIN_HEADER = [
     "speed-up",
     "img/s",
 ]
+TIMING_HEADER = [
+    "artifact",
+    "runtime",
+    "batch",
+    "threads",
+    "runs",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ± sd ms",
+    "img/s",
+    "GMAC/s",
+]
+FOOTPRINT_HEADER = ["artifact", "runtime", "file", "parameters", "MMAC / image", "peak RSS MiB", "runtime RSS MiB"]
 INT8_HEADER = [
     "artifact",
     "calibration",
@@ -55,9 +70,8 @@ def summary_bullets(manifest: Manifest) -> list[str]:
     ]
 
 
-def _size(manifest: Manifest, name: str) -> str:
-    record = manifest.artifacts.get(name)
-    return f"{record.bytes / 1024:.1f} KiB" if record else "—"
+def _size(size: int | None) -> str:
+    return f"{size / 1024:.1f} KiB" if size else "—"
 
 
 def teacher_and_student(manifest: Manifest) -> tuple[Measurement | None, Measurement | None]:
@@ -67,30 +81,105 @@ def teacher_and_student(manifest: Manifest) -> tuple[Measurement | None, Measure
     return teacher, student
 
 
+def row_runtime(m: Measurement) -> str:
+    return f"{m.runtime} ({m.provider}, {m.threads} thr)"
+
+
+def _largest_batch(m: Measurement):
+    return max(m.timings, key=lambda t: (t.latency.batch, t.threads))
+
+
 def main_caption(manifest: Manifest) -> str:
-    batch = next(m.throughput.batch for m in manifest.measurements)
+    first = manifest.measurements[0]
     return (
-        f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1, after warm-up. "
-        f"Speed-up: teacher p50 / row p50. Throughput: images/s at batch {batch}."
+        f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1 at the most threads measured "
+        f"({first.threads}), after warm-up; every batch size and thread count is in the latency table. "
+        f"Size ×: teacher file bytes / row file bytes. Speed-up: teacher p50 / row p50. "
+        f"Throughput: images/s at batch {_largest_batch(first).latency.batch}."
     )
 
 
-def main_cells(manifest: Manifest, m: Measurement, teacher: Measurement, student: Measurement | None) -> list[str]:
+def main_cells(m: Measurement, teacher: Measurement, student: Measurement | None) -> list[str]:
     """One main-table row (columns of ``MAIN_HEADER``)."""
     speedup = teacher.latency.p50_ms / m.latency.p50_ms
     vs_student = f"{m.accuracy - student.accuracy:+.2f}" if student else "—"
+    size, teacher_size = m.file_bytes, teacher.file_bytes
     return [
         m.artifact,
-        f"{m.runtime} ({m.provider}, {m.threads} thr)",
-        _size(manifest, m.artifact),
+        row_runtime(m),
+        _size(size),
+        f"{teacher_size / size:.2f}×" if size and teacher_size else "—",
         f"{m.accuracy:.2f}",
         f"{m.accuracy - teacher.accuracy:+.2f}",
         vs_student,
-        f"{m.agreement:.2f}",
+        f"{m.agreement:.2f}" if m.agreement is not None else "—",
         f"{m.latency.p50_ms:.3f}",
         f"{m.latency.p90_ms:.3f}",
         f"{speedup:.2f}×",
-        f"{m.throughput_ips:,.0f}",
+        f"{_largest_batch(m).throughput_ips:,.0f}",
+    ]
+
+
+def timing_rows(measurements: list[Measurement]) -> list[list[str]]:
+    """Every batch size × thread count of every row (columns of ``TIMING_HEADER``)."""
+    rows = []
+    for m in measurements:
+        for t in m.timings:
+            stats = t.latency
+            rows.append(
+                [
+                    m.artifact,
+                    f"{m.runtime} ({m.provider})",
+                    str(stats.batch),
+                    str(t.threads),
+                    str(stats.runs),
+                    f"{stats.p50_ms:.3f}",
+                    f"{stats.p90_ms:.3f}",
+                    f"{stats.p99_ms:.3f}",
+                    f"{stats.mean_ms:.3f} ± {stats.stdev_ms:.3f}",
+                    f"{t.throughput_ips:,.0f}",
+                    f"{t.gmac_per_s:.2f}" if t.gmac_per_s is not None else "—",
+                ]
+            )
+    return rows
+
+
+def footprint_rows(measurements: list[Measurement]) -> list[list[str]]:
+    """File size, parameters, MACs and memory of every row (columns of ``FOOTPRINT_HEADER``)."""
+    return [
+        [
+            m.artifact,
+            f"{m.runtime} ({m.provider})",
+            _size(m.file_bytes),
+            f"{m.params:,}" if m.params is not None else "—",
+            f"{m.macs / 1e6:.3f}" if m.macs is not None else "—",
+            f"{m.peak_rss_mib:.1f}" if m.peak_rss_mib is not None else "—",
+            f"{m.runtime_rss_mib:.1f}" if m.runtime_rss_mib is not None else "—",
+        ]
+        for m in measurements
+    ]
+
+
+FOOTPRINT_CAPTION = (
+    "Parameters: PyTorch modules count their parameters (BatchNorm included); ONNX files onnx-tool's count of "
+    "stored weights (BatchNorm folded; int8 scales and zero points included); TFLite files that of their tf2onnx "
+    "conversion. MACs: multiply-accumulates of convolutions and matrix products per image. Peak RSS: a fresh "
+    "process that imports the runtime, loads the model and runs one image; runtime RSS: the same process after "
+    "the import, before loading."
+)
+TIMING_CAPTION = (
+    "Milliseconds per call of one pre-built batch: warm-up, then timed calls until both the minimum count and "
+    "time are met. GMAC/s: MACs × batch / p50."
+)
+
+
+def parity_bullets(manifest: Manifest) -> list[str]:
+    """Converted artifacts (TFLite through tf2onnx) against the runtime they were made for."""
+    return [
+        f"{m.artifact} on {m.runtime}: top-1 agreement {m.parity.top1_agreement:.2f} % with {m.parity.reference}, "
+        f"largest logit difference {m.parity.max_abs_diff:.4g}"
+        for m in manifest.measurements
+        if m.parity is not None
     ]
 
 

@@ -7,7 +7,6 @@ quantized ops), so onnxruntime runs the same model the LiteRT interpreter runs.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,24 +14,19 @@ import numpy as np
 
 from pipeline.errors import ExportError
 from pipeline.io import atomic_path
-from pipeline.manifest import TensorSpec
-from pipeline.runtimes import Runner, cpu_threads, dequantize_output, quantize_input
+from pipeline.manifest import Parity, TensorSpec
+from pipeline.runtimes import Runner, cpu_threads, dequantize_output, quantize_input, session_options
 
 
-@dataclass(frozen=True)
-class Parity:
-    """How closely a candidate runtime's logits follow a reference's on the same inputs."""
-
-    top1_agreement: float
-    max_abs_diff: float
-
-
-def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+def parity(reference: np.ndarray, candidate: np.ndarray, reference_label: str = "") -> Parity:
     """Top-1 agreement (percent) and largest absolute logit difference of ``candidate`` against ``reference``."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logits shapes differ: reference {reference.shape}, candidate {candidate.shape}")
-    agreement = float((reference.argmax(1) == candidate.argmax(1)).mean() * 100)
-    return Parity(top1_agreement=agreement, max_abs_diff=float(np.abs(candidate - reference).max()))
+    return Parity(
+        reference=reference_label,
+        top1_agreement=round(float((reference.argmax(1) == candidate.argmax(1)).mean() * 100), 2),
+        max_abs_diff=round(float(np.abs(candidate - reference).max()), 6),
+    )
 
 
 def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
@@ -62,11 +56,7 @@ def tf2onnx_runner(onnx_path: Path, inputs: list[TensorSpec], outputs: list[Tens
     import onnxruntime as ort
 
     threads = cpu_threads(threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
 

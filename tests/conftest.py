@@ -23,7 +23,7 @@ TINY_CONFIG: dict = {
     "distill": {"epochs": 2, "batch_size": 64},
     "calibration": {"size": 64},
     "export": {"targets": list(ALL_TARGETS)},
-    "bench": {"warmup": 1, "min_runs": 5, "min_seconds": 0, "eval_batch": 128, "throughput_batch": 16},
+    "bench": {"warmup": 1, "min_runs": 5, "min_seconds": 0, "eval_batch": 128, "batch_sizes": [1, 16]},
 }
 
 
@@ -187,3 +187,13 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     ensure_teacher(RunDir.create(root, parse_config(config)))
     return root / TEACHER_PATH
+
+
+def with_p50(measurement, p50_ms: float):
+    """A copy of ``measurement`` whose headline latency (batch 1, most threads) has p50 ``p50_ms``."""
+    headline = measurement.headline
+    timings = [
+        t.model_copy(update={"latency": t.latency.model_copy(update={"p50_ms": p50_ms})}) if t is headline else t
+        for t in measurement.timings
+    ]
+    return measurement.model_copy(update={"timings": timings})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from pipeline.config import BenchConfig
 from pipeline.manifest import Manifest
 from pipeline.report import render_report
 from pipeline.runtimes import onnxruntime_providers
@@ -28,7 +30,7 @@ def expected_pairs() -> set[tuple[str, str, str]]:
         if TARGETS.get(name).format == "onnx":
             pairs |= {(name, "onnxruntime", p.removesuffix("ExecutionProvider")) for p in onnxruntime_providers()}
         else:
-            pairs.add((name, "tflite", "XNNPACK"))
+            pairs |= {(name, "tflite", "XNNPACK"), (name, "onnxruntime via tf2onnx", "CPU")}
     return pairs
 
 
@@ -41,17 +43,50 @@ def test_one_measurement_per_artifact_and_runtime(manifest: Manifest) -> None:
     assert unexpected == []
 
 
-def test_measurement_figures_are_sane(manifest: Manifest) -> None:
-    """Accuracy and agreement lie in [0, 100], percentiles are ordered, runs meet the configured minimum."""
-    bench = manifest.config["bench"]
+def test_every_batch_and_thread_count_is_timed(manifest: Manifest) -> None:
+    """Each row holds one timing per configured batch size × thread count, percentiles ordered, runs at the
+    configured minimum, throughput and GMAC/s derived from the p50."""
+    bench = BenchConfig(**manifest.config["bench"])
+    grid = {(b, t) for b in bench.batches() for t in bench.thread_counts()}
+    assert bench.thread_counts() == sorted({1, os.cpu_count()})
     for m in manifest.measurements:
         assert 0 <= m.accuracy <= 100 and 0 <= m.agreement <= 100
-        for stats in (m.latency, m.throughput):
+        assert {(t.latency.batch, t.threads) for t in m.timings} == grid and len(m.timings) == len(grid)
+        for t in m.timings:
+            stats = t.latency
             assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
-            assert stats.mean_ms > 0 and stats.stdev_ms >= 0
-        assert m.latency.batch == 1 and m.latency.runs >= bench["min_runs"]
-        assert m.throughput.batch == bench["throughput_batch"]
-        assert m.throughput_ips > 0 and m.threads >= 1
+            assert stats.mean_ms > 0 and stats.stdev_ms >= 0 and stats.runs >= bench.min_runs
+            assert t.throughput_ips == pytest.approx(stats.batch * 1000 / stats.p50_ms, rel=1e-3)
+            assert t.gmac_per_s == pytest.approx(m.macs * stats.batch / stats.p50_ms / 1e6, rel=1e-2)
+        assert m.latency.batch == 1 and m.threads == max(bench.thread_counts())
+
+
+def test_footprint(manifest: Manifest) -> None:
+    """File size, parameters, MACs and memory of a fresh process are recorded for every row; the MACs of one
+    network agree across its forms (PyTorch counts no bias adds, so within 2 %)."""
+    rows = {(m.artifact, m.runtime): m for m in manifest.measurements}
+    for m in manifest.measurements:
+        assert m.file_bytes > 0 and m.params > 0 and m.macs > 0
+        if m.runtime != "onnxruntime via tf2onnx":
+            assert m.peak_rss_mib > m.runtime_rss_mib > 10
+    fp32 = rows["onnx-fp32", "onnxruntime"]
+    assert fp32.file_bytes == manifest.artifacts["onnx-fp32"].bytes
+    for artifact, runtime in rows:
+        if artifact != "teacher":
+            assert rows[artifact, runtime].macs == pytest.approx(fp32.macs, rel=0.02), (artifact, runtime)
+    assert rows["onnx-int8", "onnxruntime"].macs == fp32.macs
+    assert rows["teacher", "pytorch"].macs > 2 * rows["student", "pytorch"].macs
+
+
+def test_tflite_on_onnxruntime_matches_the_interpreter(manifest: Manifest) -> None:
+    """Each TFLite file converted by tf2onnx runs on onnxruntime with the interpreter's predictions."""
+    converted = [m for m in manifest.measurements if m.runtime == "onnxruntime via tf2onnx"]
+    assert {m.artifact for m in converted} == {n for n in TARGETS if TARGETS.get(n).format == "tflite"}
+    for m in converted:
+        assert "TFLite interpreter" in m.parity.reference
+        assert m.parity.top1_agreement >= 99.0, m.artifact
+        if TARGETS.get(m.artifact).precision != "int8":
+            assert m.parity.max_abs_diff < 1e-3, m.artifact
 
 
 def test_teacher_agrees_with_itself(manifest: Manifest) -> None:
@@ -88,7 +123,7 @@ def test_report_int8_section(finished_run: Path, manifest: Manifest) -> None:
     """Each int8 artifact has a row naming its calibration method, its drop vs the fp32 student and its worst
     layers; the onnxruntime-defaults reference is compared with onnx-int8."""
     text = (finished_run / "report.md").read_text()
-    section = text[text.index("## int8") :]
+    section = text[text.index("## int8") : text.index("## Latency")]
     int8 = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info["precision"] == "int8"]
     assert {"onnx-int8", "tflite-int8", "onnx-int8-ort-defaults"} <= {r.name for r in int8}
     for record in int8:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import with_p50
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -26,14 +27,13 @@ def altered(a: Manifest) -> Manifest:
         if m.artifact == "student":
             m = m.model_copy(update={"accuracy": m.accuracy - 1})
         elif m.artifact == "onnx-int8":
-            m = m.model_copy(update={"latency": m.latency.model_copy(update={"p50_ms": m.latency.p50_ms * 1.5})})
+            m = with_p50(m, m.latency.p50_ms * 1.5)
+        elif m.artifact == "tflite-fp16":
+            m = m.model_copy(update={"file_bytes": round(m.file_bytes * 1.06)})
         if m.artifact != "tflite-int8":
             measurements.append(m)
     measurements.append(measurements[0].model_copy(update={"artifact": "extra"}))
-    artifacts = dict(a.artifacts)
-    fp16 = artifacts["tflite-fp16"]
-    artifacts["tflite-fp16"] = fp16.model_copy(update={"bytes": round(fp16.bytes * 1.06)})
-    return a.model_copy(update={"measurements": measurements, "artifacts": artifacts})
+    return a.model_copy(update={"measurements": measurements})
 
 
 def save(manifest: Manifest, root: Path) -> Path:
@@ -50,7 +50,7 @@ def test_deltas_and_rows_in_one_run(run_a: Manifest) -> None:
     assert rows["onnx-int8"].p50_change_pct == pytest.approx(50)
     assert rows["tflite-fp16"].size_change_pct == pytest.approx(6, abs=0.01)
     assert rows["teacher"].accuracy_points == 0 and rows["teacher"].p50_change_pct == 0
-    assert comparison.only_a == ["tflite-int8 on tflite (XNNPACK)"]
+    assert comparison.only_a == ["tflite-int8 on tflite (XNNPACK)", "tflite-int8 on onnxruntime via tf2onnx (CPU)"]
     assert comparison.only_b == ["extra on pytorch (CPU)"]
     text = render_comparison(comparison)
     assert "| student | pytorch (CPU) |" in text and "| -1.00 |" in text and "| +50.0 % |" in text
@@ -70,6 +70,7 @@ def test_regressions_follow_thresholds(run_a: Manifest) -> None:
         ("student on pytorch (CPU)", "top-1"),
         ("onnx-int8 on onnxruntime (CPU)", "p50 latency"),
         ("tflite-fp16 on tflite (XNNPACK)", "size"),
+        ("tflite-fp16 on onnxruntime via tf2onnx (CPU)", "size"),
     }
     assert regressions(comparison, Thresholds(max_accuracy_drop=1, max_latency_increase=51, max_size_increase=7)) == []
 
@@ -85,6 +86,7 @@ def test_cli_exit_codes(run_a: Manifest, tmp_path: Path) -> None:
         "edgepipe: regression: student on pytorch (CPU): top-1 -1.00 points (limit -0.50 points)",
         "edgepipe: regression: onnx-int8 on onnxruntime (CPU): p50 latency +50.00 % (limit +10.00 %)",
         "edgepipe: regression: tflite-fp16 on tflite (XNNPACK): size +6.00 % (limit +5.00 %)",
+        "edgepipe: regression: tflite-fp16 on onnxruntime via tf2onnx (CPU): size +6.00 % (limit +5.00 %)",
     ]
     assert "Only in A: tflite-int8 on tflite (XNNPACK)" in result.stdout
     assert cli.invoke(app, ["report", str(a), "--compare", str(a)]).exit_code == 0
@@ -108,3 +110,35 @@ def test_help_states_the_defaults() -> None:
     defaults = Thresholds()
     for value in (defaults.max_accuracy_drop, defaults.max_latency_increase, defaults.max_size_increase):
         assert f"(default {value:g})" in text
+
+
+def test_two_real_runs_of_different_configs(finished_run: Path, run_copy: Path) -> None:
+    """Run A quantizes onnx-int8 per tensor, run B (the finished run) per channel: both really exported and
+    benched. The comparison prints B − A for every shared row, and the exit code follows the size threshold
+    on onnx-int8 (per-channel scales make its file larger)."""
+    import yaml
+
+    from pipeline.bench import run_bench
+    from pipeline.export import run_export
+    from pipeline.rundir import RunDir
+
+    raw = yaml.safe_load((run_copy / "config.yaml").read_text())
+    raw["export"]["onnx_int8"]["per_channel"] = False
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_a = RunDir.open(run_copy)
+    run_export(run_a, ["onnx-int8"])
+    run_bench(run_a)
+    a, b = Manifest.load(run_copy / "manifest.json"), Manifest.load(finished_run / "manifest.json")
+    assert a.artifacts["onnx-int8"].sha256 != b.artifacts["onnx-int8"].sha256
+    growth = (b.artifacts["onnx-int8"].bytes / a.artifacts["onnx-int8"].bytes - 1) * 100
+    assert growth > 0.5
+
+    cli = CliRunner()
+    loose = ["--max-accuracy-drop", "100", "--max-latency-increase", "100000"]
+    args = ["report", str(run_copy), "--compare", str(finished_run), *loose]
+    strict = cli.invoke(app, [*args, "--max-size-increase", f"{growth / 2:.3f}"])
+    assert strict.exit_code == 7
+    assert "onnx-int8 on onnxruntime (CPU): size" in strict.stderr
+    assert "| onnx-int8 | onnxruntime (CPU) |" in strict.stdout
+    assert all(f"| {name} |" in strict.stdout for name in ("teacher", "student", "tflite-int8"))
+    assert cli.invoke(app, [*args, "--max-size-increase", f"{growth * 2:.3f}"]).exit_code == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import RunStateError
-from pipeline.manifest import SCHEMA_VERSION, Manifest
+from pipeline.manifest import SCHEMA_PATH, SCHEMA_VERSION, Manifest, manifest_json_schema
 
 
 def test_load_save_round_trip(finished_run: Path, tmp_path: Path) -> None:
@@ -77,3 +77,30 @@ def test_reusable_same_size_edit_and_deletion(run_copy: Path) -> None:
     student = manifest.artifacts["student"]
     (run_copy / student.path).unlink()
     assert manifest.reusable("student", student.id, run_copy) is None
+
+
+def test_published_schema_is_current() -> None:
+    """The schema file shipped in the package is the Manifest model's schema (regenerate it when this fails:
+    `python -c "import json; from pipeline.manifest import *; SCHEMA_PATH.write_text(json.dumps(
+    manifest_json_schema(), indent=2, ensure_ascii=False) + '\\n')"`)."""
+    assert json.loads(SCHEMA_PATH.read_text()) == manifest_json_schema()
+
+
+def test_run_manifest_validates_against_published_schema(finished_run: Path) -> None:
+    """An independent validator (jsonschema) accepts a real run's manifest and rejects a broken one."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    document = json.loads((finished_run / "manifest.json").read_text())
+    jsonschema.validate(document, schema)
+    document["measurements"][0]["timings"][0]["latency"]["p50_ms"] = "fast"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+
+
+def test_schema_command_prints_the_file() -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == manifest_json_schema()

@@ -8,6 +8,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from conftest import with_p50
 
 from pipeline.manifest import Manifest
 from pipeline.plots import pareto_front
@@ -97,26 +98,41 @@ def test_svg_ids_are_unique(page: str) -> None:
 
 
 def test_main_table_figures_match_manifest(page: str, manifest: Manifest) -> None:
-    """One row per measurement with its accuracy, agreement and p50/p90 formatted as in the table, and the
-    teacher-size compression from the artifact records."""
+    """One row per measurement with its accuracy, agreement, p50/p90, size and comparisons with the teacher
+    (speed-up and size ×), formatted from the manifest's figures."""
     header, *rows = tables(page)[0]
     assert len(rows) == len(manifest.measurements)
-    teacher_bytes = manifest.artifacts["teacher"].bytes
+    (teacher,) = [m for m in manifest.measurements if m.artifact == "teacher"]
     for cells, m in zip(rows, manifest.measurements):
         row = dict(zip(header, cells))
         assert row["artifact"] == m.artifact
         assert row["top-1 %"] == f"{m.accuracy:.2f}" and row["agreement %"] == f"{m.agreement:.2f}"
+        assert row["Δ vs teacher"] == f"{m.accuracy - teacher.accuracy:+.2f}"
         assert row["p50 ms"] == f"{m.latency.p50_ms:.3f}" and row["p90 ms"] == f"{m.latency.p90_ms:.3f}"
-        assert row["compression"] == f"{teacher_bytes / manifest.artifacts[m.artifact].bytes:.2f}×"
+        assert row["speed-up"] == f"{teacher.latency.p50_ms / m.latency.p50_ms:.2f}×"
+        assert row["size ×"] == f"{teacher.file_bytes / m.file_bytes:.2f}×"
+
+
+def test_latency_table_has_every_timing(page: str, manifest: Manifest) -> None:
+    """The latency table holds each measurement's every batch × threads timing with its manifest figures."""
+    header, *rows = tables(page)[2]
+    timings = [(m, t) for m in manifest.measurements for t in m.timings]
+    assert len(rows) == len(timings)
+    for cells, (m, t) in zip(rows, timings):
+        row = dict(zip(header, cells))
+        assert (row["artifact"], row["batch"], row["threads"]) == (m.artifact, str(t.latency.batch), str(t.threads))
+        assert row["p50 ms"] == f"{t.latency.p50_ms:.3f}" and row["p99 ms"] == f"{t.latency.p99_ms:.3f}"
+        assert row["GMAC/s"] == f"{t.gmac_per_s:.2f}"
 
 
 def test_tables_are_report_md_tables(page: str, finished_run: Path) -> None:
-    """The main and int8 tables hold report.md's cells (plus the compression column), markup aside."""
+    """Every table of the page holds report.md's cells, markup aside."""
     text = (finished_run / "report.md").read_text()
-    main, int8 = tables(page)
-    html_main = [[cell for i, cell in enumerate(row) if i != main[0].index("compression")] for row in main]
-    assert html_main == markdown_table(text, "| artifact | runtime")
+    main, int8, latency, footprint = tables(page)
+    assert main == markdown_table(text, "| artifact | runtime | size")
     assert int8 == [[cell.replace("`", "") for cell in row] for row in markdown_table(text, "| artifact | calib")]
+    assert latency == markdown_table(text, "| artifact | runtime | batch")
+    assert footprint == markdown_table(text, "| artifact | runtime | file")
 
 
 def test_text_is_escaped(manifest: Manifest) -> None:
@@ -140,9 +156,7 @@ def test_pareto_front(manifest: Manifest) -> None:
     base = manifest.measurements[0]
 
     def row(name: str, accuracy: float, p50: float):
-        return base.model_copy(
-            update={"artifact": name, "accuracy": accuracy, "latency": base.latency.model_copy(update={"p50_ms": p50})}
-        )
+        return with_p50(base, p50).model_copy(update={"artifact": name, "accuracy": accuracy})
 
     rows = [row("slow-best", 99, 5), row("dominated", 90, 2), row("fast", 95, 1), row("tie-worse", 94, 1)]
     rows += [row("mid", 97, 3), row("same-as-mid", 97, 3)]

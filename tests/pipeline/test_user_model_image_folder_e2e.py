@@ -52,7 +52,7 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
         },
         "calibration": {"size": 64},
         "export": {"targets": ["onnx-fp32", "onnx-int8", "tflite-int8"]},
-        "bench": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "throughput_batch": 8},
+        "bench": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "batch_sizes": [1, 8]},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -73,4 +73,4 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
     assert set(accuracy) >= {"teacher", "student", "onnx-fp32", "onnx-int8", "tflite-int8"}
     assert accuracy["student"] > 60  # 4 classes: chance is 25 %
     assert abs(accuracy["onnx-fp32"] - accuracy["student"]) < 0.01
-    assert (out / "report.md").read_text().count("| tflite-int8 | tflite (") == 1
+    assert (out / "report.md").read_text().count("| tflite-int8 | tflite (XNNPACK, ") == 1  # main table: one row

@@ -1,0 +1,91 @@
+"""One model on one runtime, measured: accuracy over a labelled set, latency at every configured batch size ×
+thread count, and footprint (file size, parameters, MACs, peak memory of a fresh process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pipeline.config import BenchConfig
+from pipeline.manifest import Measurement, Timing
+from pipeline.memory_probe import ProbeSpec, probe_memory
+from pipeline.model_profile import ModelProfile
+from pipeline.runtimes import Runner
+from pipeline.timing import measure_latency
+
+
+@dataclass
+class Plan:
+    """How to measure one artifact on one runtime. ``make_runner`` builds a runner for a thread count."""
+
+    artifact: str
+    runtime: str
+    make_runner: Callable[[int], Runner]
+    file_bytes: Callable[[], int] | None = None
+    profile: Callable[[], ModelProfile] | None = None
+    probe: ProbeSpec | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.artifact} on {self.runtime}"
+
+
+def predict_all(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
+    """Logits of every sample, ``batch`` at a time."""
+    return np.concatenate([runner.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def batch_of(x: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` samples, repeated when there are fewer."""
+    return np.resize(x, (size, *x.shape[1:])) if len(x) < size else x[:size]
+
+
+def time_runner(runner: Runner, x: np.ndarray, cfg: BenchConfig, macs: int | None) -> list[Timing]:
+    """Latency of ``runner`` at every configured batch size (inputs built before timing)."""
+    timings = []
+    for batch in cfg.batches():
+        stats = measure_latency(runner.timed_call(batch_of(x, batch)), batch, cfg.warmup, cfg.min_runs, cfg.min_seconds)
+        seconds = stats.p50_ms / 1000
+        timings.append(
+            Timing(
+                threads=runner.threads,
+                latency=stats,
+                throughput_ips=round(batch / seconds, 1),
+                gmac_per_s=float(f"{macs * batch / seconds / 1e9:.4g}") if macs else None,
+            )
+        )
+    return timings
+
+
+def measure_plan(
+    plan: Plan, x: np.ndarray, y: np.ndarray, reference_top1: np.ndarray | None, cfg: BenchConfig
+) -> tuple[Measurement, np.ndarray]:
+    """Measure ``plan``: accuracy (most threads), then timings at every thread count; returns the logits too."""
+    profile = plan.profile() if plan.profile else None
+    macs = profile.macs if profile else None
+    logits, timings = None, []
+    for threads in reversed(cfg.thread_counts()):
+        runner = plan.make_runner(threads)
+        if logits is None:
+            logits = predict_all(runner, x, cfg.eval_batch)
+        timings += time_runner(runner, x, cfg, macs)
+    memory = None
+    if cfg.memory and plan.probe is not None:
+        memory = probe_memory(plan.probe.model_copy(update={"threads": max(cfg.thread_counts())}))
+    top1 = logits.argmax(1)
+    measurement = Measurement(
+        artifact=plan.artifact,
+        runtime=runner.runtime,
+        provider=runner.provider,
+        accuracy=round(float((top1 == y).mean() * 100), 2),
+        agreement=round(float((top1 == reference_top1).mean() * 100), 2) if reference_top1 is not None else None,
+        file_bytes=plan.file_bytes() if plan.file_bytes else None,
+        params=profile.params if profile else None,
+        macs=macs,
+        peak_rss_mib=memory.peak_mib if memory else None,
+        runtime_rss_mib=memory.runtime_mib if memory else None,
+        timings=sorted(timings, key=lambda t: (t.latency.batch, t.threads)),
+    )
+    return measurement, logits
