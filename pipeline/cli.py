@@ -250,9 +250,12 @@ def report(
     if limits:
         option = "--" + next(iter(limits)).replace("_", "-")
         raise ConfigError(f"{option} only applies with --compare RUN_B", f"add --compare RUN_B or drop {option}")
+    from pipeline.gate import raise_if_failed
     from pipeline.report import run_report
 
-    typer.echo(run_report(_open(run_dir)))
+    run = _open(run_dir)
+    typer.echo(run_report(run))
+    raise_if_failed(run.manifest.gate)
 
 
 @app.command("targets")

@@ -280,6 +280,39 @@ class BenchConfig(_Section):
         return sorted({1, *self.batch_sizes})
 
 
+class GateLimits(_Section):
+    """Release limits for an exported artifact on its own runtime; an empty limit is not checked."""
+
+    max_drop_vs_teacher: float | None = Field(None, ge=0, description="Points of test top-1 below the teacher.")
+    max_int8_drop: float | None = Field(
+        None, ge=0, description="int8 artifacts: points of test top-1 below the fp32 student."
+    )
+    min_agreement: float | None = Field(None, ge=0, le=100, description="Percent top-1 agreement with the teacher.")
+    max_p50_ms: float | None = Field(None, gt=0, description="p50 latency at batch 1, most threads measured (ms).")
+    max_bytes: int | None = Field(None, gt=0, description="File size in bytes.")
+
+
+class GateConfig(GateLimits):
+    """The accuracy gate of a release build: limits for every exported artifact, overridden per target.
+
+    `run`, `report` and `release` exit 8 when an artifact breaks a limit (the report still written, marked
+    FAILED; no bundle written)."""
+
+    targets: dict[str, GateLimits] = Field(
+        {},
+        description="Per artifact (a target name, or <target>-qat for a QAT-KD one): limits that replace the ones "
+        "above where set.",
+    )
+
+    def limits_for(self, artifact: str) -> GateLimits:
+        """The limits of ``artifact``: its own where set, else the general ones."""
+        own = self.targets.get(artifact)
+        general = GateLimits(**self.model_dump(exclude={"targets"}))
+        if own is None:
+            return general
+        return general.model_copy(update=own.model_dump(exclude_none=True))
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed of every random choice (splits, init, shuffling, calibration draw).")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -289,6 +322,7 @@ class RunConfig(_Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "RunConfig":
@@ -296,6 +330,8 @@ class RunConfig(_Section):
 
         for name in self.export.targets:
             TARGETS.get(name)
+        for name in self.gate.targets:
+            TARGETS.get(name.removesuffix("-qat"))
         return self
 
 

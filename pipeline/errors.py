@@ -52,3 +52,9 @@ class RegressionError(EdgepipeError):
     """`report A --compare B`: run B is worse than run A beyond a threshold."""
 
     exit_code = 7
+
+
+class GateError(EdgepipeError):
+    """The accuracy gate (config `gate:`) failed: an artifact broke a release limit."""
+
+    exit_code = 8

@@ -173,6 +173,33 @@ class Skipped(_Record):
     reason: str
 
 
+class GateCheck(_Record):
+    """One limit of the accuracy gate applied to one artifact × runtime."""
+
+    artifact: str
+    runtime: str
+    limit: str = Field(
+        description="The `gate:` key: max_drop_vs_teacher, max_int8_drop, min_agreement, max_p50_ms, max_bytes."
+    )
+    value: float
+    threshold: float
+    passed: bool
+
+    @property
+    def excess(self) -> float:
+        """How far past the threshold the value lies (positive when broken)."""
+        return self.threshold - self.value if self.limit.startswith("min_") else self.value - self.threshold
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.passed else f"broken by {self.excess:g}"
+        return f"{self.artifact} on {self.runtime}: {self.limit} {self.value:g} vs {self.threshold:g} ({verdict})"
+
+
+class GateResult(_Record):
+    passed: bool
+    checks: list[GateCheck] = []
+
+
 class Manifest(_Record):
     schema_version: int = SCHEMA_VERSION
     edgepipe_version: str
@@ -183,6 +210,7 @@ class Manifest(_Record):
     artifacts: dict[str, ArtifactRecord] = {}
     measurements: list[Measurement] = []
     skipped: list[Skipped] = []
+    gate: GateResult | None = Field(None, description="The accuracy gate, evaluated by the report stage.")
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.gate import evaluate_gate
 from pipeline.io import write_text_atomic
 from pipeline.manifest import Manifest
 from pipeline.report_html import render_html
@@ -13,6 +14,7 @@ from pipeline.report_sections import (
     TIMING_CAPTION,
     TIMING_HEADER,
     footprint_rows,
+    gate_lines,
     int8_table,
     main_caption,
     main_cells,
@@ -46,7 +48,11 @@ def _md_int8_section(manifest: Manifest) -> list[str]:
 
 def render_report(manifest: Manifest) -> str:
     """Markdown: what was run on what, one row per artifact × runtime, and what could not be measured."""
-    lines = ["# edgepipe report", "", *(f"- {b}" for b in summary_bullets(manifest)), ""]
+    lines = ["# edgepipe report", ""]
+    gate = gate_lines(manifest)
+    if gate:
+        lines += [gate[0], "", *(f"- {b}" for b in gate[1:]), ""]
+    lines += [*(f"- {b}" for b in summary_bullets(manifest)), ""]
     models = model_bullets(manifest)
     if models:
         lines += [f"- {b}" for b in models] + [""]
@@ -74,7 +80,10 @@ def render_report(manifest: Manifest) -> str:
 
 
 def run_report(run: RunDir) -> str:
-    """Write ``report.md`` and ``report.html`` beside the manifest and return the markdown."""
+    """Evaluate the accuracy gate, then write ``report.md`` and ``report.html`` beside the manifest and return the
+    markdown (a failed gate is raised by the caller after this, so the report is always written)."""
+    run.manifest.gate = evaluate_gate(run.manifest, run.config.gate)
+    run.save()
     text = render_report(run.manifest)
     write_text_atomic(run.path("report.md"), text)
     write_text_atomic(run.path("report.html"), render_html(run.manifest))

@@ -15,6 +15,7 @@ from pipeline.report_sections import (
     TIMING_CAPTION,
     TIMING_HEADER,
     footprint_rows,
+    gate_lines,
     int8_table,
     main_caption,
     main_cells,
@@ -37,6 +38,8 @@ code { font-size: 0.92em; background: #f5f5f5; padding: 0 0.2em; }
 figure { margin: 1.5em 0; }
 figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 13px; max-width: 60em; }
+.gate-failed { color: #fff; background: #b00020; padding: 0.5em 1em; font-size: 16px; }
+.gate-passed { color: #fff; background: #1b5e20; padding: 0.5em 1em; }
 """
 
 
@@ -103,7 +106,12 @@ def _int8_section(manifest: Manifest) -> str:
 
 def render_html(manifest: Manifest) -> str:
     """The whole report as one HTML page: report.md's text and tables plus three figures."""
-    parts = ["<h1>edgepipe report</h1>", _list(summary_bullets(manifest))]
+    parts = ["<h1>edgepipe report</h1>"]
+    gate = gate_lines(manifest)
+    if gate:
+        css = "gate-failed" if not manifest.gate.passed else "gate-passed"
+        parts += [f'<p class="{css}">{_inline(gate[0])}</p>', _list(gate[1:])]
+    parts.append(_list(summary_bullets(manifest)))
     models = model_bullets(manifest)
     if models:
         parts += ["<h2>Models</h2>", _list(models)]

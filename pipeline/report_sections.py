@@ -263,3 +263,17 @@ def int8_table(manifest: Manifest) -> Int8Table | None:
 
 def skipped_bullets(manifest: Manifest) -> list[str]:
     return [f"{s.artifact} on {s.runtime}: {s.reason}" for s in manifest.skipped]
+
+
+def gate_lines(manifest: Manifest) -> list[str]:
+    """The gate's verdict, then one line per check (broken ones first); empty when no gate is configured."""
+    gate = manifest.gate
+    if gate is None:
+        return []
+    broken = [c for c in gate.checks if not c.passed]
+    verdict = (
+        f"**FAILED: accuracy gate** — {len(broken)} of {len(gate.checks)} limits broken"
+        if broken
+        else f"**Accuracy gate passed** — {len(gate.checks)} limits checked"
+    )
+    return [verdict, *(str(c) for c in broken), *(str(c) for c in gate.checks if c.passed)]

@@ -9,13 +9,15 @@ from pipeline.calibrate import run_calibrate
 from pipeline.config import RunConfig
 from pipeline.distill import run_distill
 from pipeline.export import run_export
+from pipeline.gate import raise_if_failed
 from pipeline.report import run_report
 from pipeline.rundir import RunDir
 from targets import TARGETS
 
 
 def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
-    """distill → calibrate → export → bench → report into ``out``; ``force`` names stages to redo."""
+    """distill → calibrate → export → bench → report into ``out``; ``force`` names stages to redo. A failed
+    accuracy gate raises GateError after the report is written."""
     run = RunDir.create(out, config)
     run_distill(run, force="distill" in force)
     if any(TARGETS.get(name).needs_calibration for name in config.export.targets):
@@ -23,4 +25,5 @@ def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
     run_export(run, force=set(config.export.targets) if "export" in force else set())
     run_bench(run)
     run_report(run)
+    raise_if_failed(run.manifest.gate)
     return out
