@@ -258,6 +258,24 @@ def report(
     raise_if_failed(run.manifest.gate)
 
 
+@app.command()
+@reports_errors
+def release(
+    run_dir: Path = RunDirArg,
+    target: list[str] = typer.Option([], "--target", "-t", help="Exported artifact to ship (repeat)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle directory to write."),
+    force: bool = typer.Option(False, help="Replace an existing non-empty --out."),
+) -> None:
+    """Bundle benched artifacts with labels.txt, a manifest saying how to feed each, and a README."""
+    from pipeline.release import build_release
+
+    if out is None:
+        raise ConfigError("release needs --out BUNDLE", "e.g. --out bundles/v1")
+    bundle = build_release(_open(run_dir), target, out, force)
+    for entry in bundle.artifacts.values():
+        typer.echo(f"{entry.name}: {out / entry.file} ({entry.bytes} bytes, sha256 {entry.sha256[:12]})")
+
+
 @app.command("targets")
 def list_targets() -> None:
     """List the export targets, one line each."""

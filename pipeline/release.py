@@ -1,0 +1,238 @@
+"""`edgepipe release`: chosen artifacts of a benched run as a bundle that says how to feed each file.
+
+The bundle holds each model file with its bundle entry embedded (ONNX ``metadata_props``, TFLite metadata:
+keys ``edgepipe`` and ``labels``), ``labels.txt``, ``manifest.json`` (a ``ReleaseManifest``) and ``README.md``.
+It is built in a temporary directory beside ``--out`` and renamed into place, so a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline import __version__
+from pipeline.errors import ConfigError, RunStateError
+from pipeline.gate import NATIVE_RUNTIMES
+from pipeline.io import sha256_file
+from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
+from pipeline.model_metadata import embed_metadata
+from pipeline.release_readme import render_readme
+from pipeline.rundir import RunDir
+from targets import TARGETS
+
+RELEASE_SCHEMA_VERSION = 1
+LABELS_FILE = "labels.txt"
+EMBEDDED_KEY = "edgepipe"
+EMBEDDED_LABELS_KEY = "labels"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutputMeaning(_Record):
+    """What the output tensor holds."""
+
+    kind: Literal["logits"] = "logits"
+    labels_file: str = Field(LABELS_FILE, description="Output index i is the class on line i + 1 of this file.")
+    softmax_applied: bool = False
+    formula: str
+
+
+class SourceRun(_Record):
+    """The run the files and figures come from."""
+
+    created: str
+    data_source: str
+    seed: int
+    test_images: int = Field(description="Size of the test split every accuracy was measured on.")
+
+
+class BundledArtifact(_Record):
+    """One model file of the bundle; the copy embedded in the file itself leaves out ``bytes`` and ``sha256``
+    (they describe the file holding it)."""
+
+    name: str = Field(description="The artifact's name in the run (a target, or <target>-qat).")
+    file: str = Field(description="Path inside the bundle.")
+    format: Literal["onnx", "tflite"]
+    precision: str
+    bytes: int
+    sha256: str = Field(description="Of the bundled file, metadata embedded.")
+    source_sha256: str = Field(description="Of the run's artifact; the bundled file computes the same outputs.")
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: Preprocessing
+    output_meaning: OutputMeaning
+    measurements: list[Measurement] = Field(
+        description="Test-split accuracy, latency and footprint of the run's artifact on its own runtime."
+    )
+    versions: dict[str, str] = Field(description="edgepipe, Python and every converter and runtime of the run.")
+
+    def embedded_json(self) -> str:
+        return self.model_dump_json(exclude={"bytes", "sha256"})
+
+
+class ReleaseManifest(_Record):
+    schema_version: int = RELEASE_SCHEMA_VERSION
+    edgepipe_version: str = __version__
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    source_run: SourceRun
+    labels: list[str] = Field(description="Class names in output order (also labels.txt, one per line).")
+    labels_file: str = LABELS_FILE
+    artifacts: dict[str, BundledArtifact]
+
+
+def build_release(run: RunDir, names: list[str], out: Path, force: bool = False) -> ReleaseManifest:
+    """Write the bundle of artifacts ``names`` of ``run`` to ``out`` (a non-empty ``out`` only with ``force``)."""
+    if not names:
+        raise ConfigError("release needs at least one --target", f"exported: {', '.join(_exported(run))}")
+    records = [_shippable(run, name) for name in dict.fromkeys(names)]
+    _check_out(run, out, force)
+    # ACCURACY GATE HOOK: the gate check (pipeline/gate.py) goes here, before anything is written.
+    measured = {record.name: _measurements(run, record) for record in records}
+    labels = run.manifest.data.classes
+    with _staged_dir(out) as stage:
+        artifacts = {record.name: _bundle_file(run, record, measured[record.name], labels, stage) for record in records}
+        manifest = ReleaseManifest(source_run=_source_run(run), labels=labels, artifacts=artifacts)
+        (stage / LABELS_FILE).write_text(_labels_text(labels))
+        (stage / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+        (stage / "README.md").write_text(render_readme(manifest))
+    return manifest
+
+
+def _exported(run: RunDir) -> list[str]:
+    """The run's exported artifacts, reference builds left out."""
+    return [
+        name
+        for name, record in run.manifest.artifacts.items()
+        if record.stage == "export" and not (name in TARGETS and TARGETS.get(name).reference)
+    ]
+
+
+def _shippable(run: RunDir, name: str) -> ArtifactRecord:
+    """The export record of ``name``, its file intact; unknown names list the exported ones."""
+    record = run.manifest.artifacts.get(name)
+    if record is None or record.stage != "export":
+        if name not in TARGETS:
+            exported = _exported(run)
+            close = difflib.get_close_matches(name, exported, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "`edgepipe targets` lists the targets"
+            raise ConfigError(f"unknown artifact {name!r}; exported in {run.root}: {', '.join(exported)}", hint)
+        raise RunStateError(f"{run.root} has no exported {name}", f"run `edgepipe export {run.root} --target {name}`")
+    if name in TARGETS and TARGETS.get(name).reference:
+        raise ConfigError(f"{name} is a reference build for the report, not for shipping", "pick another --target")
+    path = run.path(record.path)
+    if not path.is_file() or sha256_file(path) != record.sha256:
+        raise RunStateError(
+            f"{path} is missing or changed since it was exported", f"run `edgepipe export {run.root} --target {name}`"
+        )
+    if len(record.inputs) != 1 or len(record.outputs) != 1:
+        raise RunStateError(
+            f"{name} records {len(record.inputs)} inputs and {len(record.outputs)} outputs; need 1 each"
+        )
+    return record
+
+
+def _measurements(run: RunDir, record: ArtifactRecord) -> list[Measurement]:
+    """The bench rows of ``record`` on its own runtime (not the tf2onnx conversion of a TFLite file)."""
+    hint = f"run `edgepipe bench {run.root}` first"
+    if not run.manifest.measurements:
+        raise RunStateError(f"{run.root} has no measurements: the bench stage has not run", hint)
+    runtime = NATIVE_RUNTIMES[record.info["format"]]
+    rows = [m for m in run.manifest.measurements if m.artifact == record.name and m.runtime == runtime]
+    if not rows:
+        reasons = [s.reason for s in run.manifest.skipped if s.artifact == record.name and s.runtime == runtime]
+        why = f" (skipped: {reasons[0]})" if reasons else ""
+        raise RunStateError(f"{record.name} was not measured on {runtime} in {run.root}{why}", hint)
+    return rows
+
+
+def _check_out(run: RunDir, out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory", "choose another --out")
+    resolved, run_root = out.resolve(), run.root.resolve()
+    if resolved == run_root or resolved in run_root.parents or run_root in resolved.parents:
+        raise ConfigError(f"--out {out} overlaps the run directory {run.root}", "write the bundle outside the run")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} exists and is not empty", "pass --force to replace it, or choose another --out")
+
+
+@contextlib.contextmanager
+def _staged_dir(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out``, renamed onto it when the block succeeds (an old ``out`` is replaced)
+    and removed, with everything in it, when the block fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    stage.mkdir()
+    try:
+        yield stage
+        _replace_dir(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Rename ``new`` onto ``out``; a non-empty ``out`` is moved aside first and restored if that fails."""
+    if not out.is_dir() or not any(out.iterdir()):
+        os.replace(new, out)  # rename(2) replaces a missing or empty directory in one step
+        return
+    old = out.parent / f".{out.name}.{secrets.token_hex(4)}.old"
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _bundle_file(
+    run: RunDir, record: ArtifactRecord, measurements: list[Measurement], labels: list[str], stage: Path
+) -> BundledArtifact:
+    """Write ``record``'s file into ``stage`` with its entry embedded; return the entry."""
+    source = run.path(record.path)
+    output = record.outputs[0]
+    int8_out = output.scale is not None
+    entry = BundledArtifact(
+        name=record.name,
+        file=source.name,
+        format=record.info["format"],
+        precision=record.info["precision"],
+        bytes=0,
+        sha256="",
+        source_sha256=record.sha256,
+        input=record.inputs[0],
+        output=output,
+        preprocessing=run.manifest.data.preprocessing,
+        output_meaning=OutputMeaning(
+            formula=("logits = scale * (q - zero_point); " if int8_out else "")
+            + f"class = labels[argmax(logits)] over the {len(labels)} lines of {LABELS_FILE}"
+        ),
+        measurements=measurements,
+        versions=_versions(run.manifest.environment),
+    )
+    dest = stage / entry.file
+    embed_metadata(source, dest, {EMBEDDED_KEY: entry.embedded_json(), EMBEDDED_LABELS_KEY: _labels_text(labels)})
+    return entry.model_copy(update={"bytes": dest.stat().st_size, "sha256": sha256_file(dest)})
+
+
+def _versions(environment: dict) -> dict[str, str]:
+    versions = {key: environment[key] for key in ("edgepipe", "python") if key in environment}
+    return {**versions, **environment.get("packages", {})}
+
+
+def _source_run(run: RunDir) -> SourceRun:
+    data = run.manifest.data
+    return SourceRun(created=run.manifest.created, data_source=data.source, seed=data.seed, test_images=data.test)
+
+
+def _labels_text(labels: list[str]) -> str:
+    return "".join(f"{label}\n" for label in labels)

@@ -1,0 +1,113 @@
+"""README.md of a release bundle: what each file is, what it measured, and runnable code to feed it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.release import ReleaseManifest
+
+PREPARE = '''\
+import json
+
+import numpy as np
+
+bundle = json.load(open("manifest.json"))
+name = "{name}"  # any artifact of this bundle
+entry = bundle["artifacts"][name]
+pre, inp, out = entry["preprocessing"], entry["input"], entry["output"]
+
+
+def model_input(pixels):
+    """uint8 pixels (N, H, W, C), in pre["channel_order"] and resized to pre["resize"] → the model's input."""
+    mean, std = np.float32(pre["mean"]), np.float32(pre["std"])
+    x = (pixels.astype(np.float32) / np.float32(1 / pre["pixel_scale"]) - mean) / std  # float32, as measured
+    if inp["layout"] == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    if inp["scale"] is not None:  # int8 input
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / inp["scale"]) + inp["zero_point"], info.min, info.max)
+    return np.ascontiguousarray(x, dtype=inp["dtype"])
+
+
+def logits(y):
+    """The raw output → float logits (softmax not applied)."""
+    if out["scale"] is not None:  # int8 output
+        return (y.astype(np.float32) - out["zero_point"]) * out["scale"]
+    return y
+'''
+
+ONNXRUNTIME = """\
+import onnxruntime as ort
+
+session = ort.InferenceSession(entry["file"], providers=["CPUExecutionProvider"])
+scores = logits(session.run(None, {inp["name"]: model_input(pixels)})[0])
+classes = [bundle["labels"][i] for i in scores.argmax(1)]
+"""
+
+TFLITE = """\
+from ai_edge_litert.interpreter import Interpreter
+
+feed = model_input(pixels)
+interpreter = Interpreter(model_path=entry["file"])
+detail = interpreter.get_input_details()[0]
+interpreter.resize_tensor_input(detail["index"], list(feed.shape))
+interpreter.allocate_tensors()
+interpreter.set_tensor(detail["index"], feed)
+interpreter.invoke()
+scores = logits(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+classes = [bundle["labels"][i] for i in scores.argmax(1)]
+"""
+
+
+def render_readme(manifest: "ReleaseManifest") -> str:
+    """The bundle's README: a table of its files, then the code that feeds them."""
+    run = manifest.source_run
+    lines = [
+        "# edgepipe release bundle",
+        "",
+        f"{len(manifest.artifacts)} model(s) from an edgepipe {manifest.edgepipe_version} run ({run.created}, data "
+        f"`{run.data_source}`, seed {run.seed}). `manifest.json` says how to feed each file and what it measured; "
+        f"`{manifest.labels_file}` names the {len(manifest.labels)} classes in output order.",
+        "",
+        "| artifact | file | runtime | input | output | top-1 (test) | p50 batch 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in manifest.artifacts.values():
+        lines += [
+            f"| {entry.name} | `{entry.file}` | {m.runtime} ({m.provider}) | {_tensor(entry.input)} | "
+            f"{_tensor(entry.output)} | {m.accuracy:.2f} % | {m.latency.p50_ms:.3f} ms ({m.threads} threads) |"
+            for m in entry.measurements
+        ]
+    lines += [
+        "",
+        f"Top-1 is measured on the {run.test_images} test images. Each file also carries its manifest entry (key "
+        "`edgepipe`, JSON without `bytes`/`sha256`) and the labels (key `labels`): ONNX in `metadata_props`, TFLite "
+        "as metadata entries of the flatbuffer. `sha256` is that of the bundled file, `source_sha256` that of the "
+        "run's artifact; both compute the same outputs.",
+        "",
+        "## Feeding a model",
+        "",
+        "Convert an image to `preprocessing.channel_order`, resize it to `preprocessing.resize` when set (Pillow "
+        "bilinear) and stack the pixels as a uint8 array `pixels` of shape (N, H, W, C). Then, from the bundle "
+        "directory:",
+        "",
+        *_code(PREPARE.format(name=next(iter(manifest.artifacts)))),
+    ]
+    formats = {entry.format for entry in manifest.artifacts.values()}
+    if "onnx" in formats:
+        lines += ["", "### ONNX files on onnxruntime", "", *_code(ONNXRUNTIME)]
+    if "tflite" in formats:
+        lines += ["", "### TFLite files on the LiteRT interpreter", "", *_code(TFLITE)]
+    return "\n".join(lines) + "\n"
+
+
+def _tensor(spec) -> str:
+    shape = "×".join(str(d) for d in spec.shape)
+    quantized = f", scale {spec.scale:.6g}, zero point {spec.zero_point}" if spec.scale is not None else ""
+    layout = f" {spec.layout}" if spec.layout else ""
+    return f"`{spec.name}` {spec.dtype}{layout} {shape}{quantized}"
+
+
+def _code(text: str) -> list[str]:
+    return ["```python", text.rstrip("\n"), "```"]
