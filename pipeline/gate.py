@@ -55,9 +55,9 @@ def gate_configured(gate: GateConfig) -> bool:
     )
 
 
-def evaluate_gate(manifest: Manifest, gate: GateConfig) -> GateResult | None:
-    """Check each exported artifact's measurement on its own runtime (CPU and, when measured, CUDA); None when
-    no limit is configured."""
+def evaluate_gate(manifest: Manifest, gate: GateConfig, artifacts: set[str] | None = None) -> GateResult | None:
+    """Check each exported artifact's measurement (only ``artifacts`` when given) on its own runtime (CPU and, when
+    measured, CUDA); None when no limit is configured."""
     if not gate_configured(gate):
         return None
     teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
@@ -66,6 +66,8 @@ def evaluate_gate(manifest: Manifest, gate: GateConfig) -> GateResult | None:
     for m in manifest.measurements:
         record = manifest.artifacts.get(m.artifact)
         if teacher is None or record is None or record.stage != "export":
+            continue
+        if artifacts is not None and m.artifact not in artifacts:
             continue
         if m.runtime != NATIVE_RUNTIMES[record.info["format"]]:
             continue  # a converted run (tf2onnx) is informative, not what ships

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, RunStateError
-from pipeline.gate import NATIVE_RUNTIMES
+from pipeline.gate import NATIVE_RUNTIMES, evaluate_gate, raise_if_failed
 from pipeline.io import sha256_file
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
 from pipeline.model_metadata import embed_metadata
@@ -96,7 +96,7 @@ def build_release(run: RunDir, names: list[str], out: Path, force: bool = False)
         raise ConfigError("release needs at least one --target", f"exported: {', '.join(_exported(run))}")
     records = [_shippable(run, name) for name in dict.fromkeys(names)]
     _check_out(run, out, force)
-    # ACCURACY GATE HOOK: the gate check (pipeline/gate.py) goes here, before anything is written.
+    raise_if_failed(evaluate_gate(run.manifest, run.config.gate, {record.name for record in records}))
     measured = {record.name: _measurements(run, record) for record in records}
     labels = run.manifest.data.classes
     with _staged_dir(out) as stage:

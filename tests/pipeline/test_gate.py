@@ -104,3 +104,17 @@ def test_run_exits_8_after_writing_everything(run_copy: Path, tmp_path: Path) ->
     assert result.exit_code == 8, result.output
     assert {p.name: p.stat().st_mtime_ns for p in (run_copy / "artifacts").iterdir()} == before
     assert "**FAILED: accuracy gate**" in (run_copy / "report.md").read_text()
+
+
+def test_release_checks_the_shipped_artifacts_only(run_copy: Path, tmp_path: Path) -> None:
+    """`release` exits 8 and writes no bundle when a shipped artifact breaks the gate; an artifact that is not
+    shipped does not block it."""
+    set_gate(run_copy, {"targets": {"onnx-int8": {"max_bytes": 1}}})
+    bundle = tmp_path / "bundle"
+    cli = CliRunner()
+    blocked = cli.invoke(app, ["release", str(run_copy), "--target", "onnx-int8", "--out", str(bundle)])
+    assert blocked.exit_code == 8 and "onnx-int8" in blocked.stderr and not bundle.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no bundle, no temp dir beside it
+    shipped = cli.invoke(app, ["release", str(run_copy), "--target", "tflite-int8", "--out", str(bundle)])
+    assert shipped.exit_code == 0, shipped.output
+    assert (bundle / "manifest.json").is_file()
