@@ -1,8 +1,17 @@
 # edgepipe: distil, quantize, export and benchmark, all on CPU.
 #
 #   docker build -t edgepipe .
-#   docker run --rm -v "$PWD/runs:/runs" edgepipe                       # Fashion-MNIST default -> runs/default
+#   docker run --rm -v "$PWD/runs:/runs" edgepipe                       # the embedded default (Fashion-MNIST) -> runs/default
+#   docker run --rm -v "$PWD/runs:/runs" edgepipe edgepipe release /runs/default --target tflite-int8 --out /runs/bundle
 #   docker run --rm -v "$PWD/runs:/runs" edgepipe edgepipe run --data digits --out /runs/digits
+#   docker run --rm edgepipe edgepipe doctor                            # tool versions, data, GPU
+#
+# The install is the README's first command, step for step and in the same order (tests/test_dockerfile.py keeps
+# them in step): apt-get update && apt-get install -y dataset-fashion-mnist, python3 -m venv .venv,
+# .venv/bin/pip install -r requirements.txt, .venv/bin/pip install --no-deps -r requirements-converters.txt,
+# .venv/bin/pip install --no-deps -e . ; the README's last step, `edgepipe run --out runs/default`, is the default
+# command (writing to the /runs volume). Two additions: libgomp1 (the OpenMP runtime a slim image lacks) and the
+# optional torch-first step below. `edgepipe doctor` checks the result at build time.
 #
 # torch: requirements.txt pins torch==2.13.0. On a plain PyPI index that is the CUDA build (~0.5 GB wheel plus
 # ~2.2 GB of nvidia-* packages, ~2.7 GB in all). For a CPU-only image (about 2.5 GB smaller) pass PyTorch's CPU
@@ -12,36 +21,36 @@
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_INDEX_URL=""
+ARG DEBIAN_FRONTEND=noninteractive
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_INPUT=1
-
-# dataset-fashion-mnist: the full Fashion-MNIST as IDX files under /usr/share/datasets/fashion-mnist/ (the
-# default data source; nothing is downloaded at run time). libgomp1: OpenMP runtime for the CPU kernels.
-# Not version-pinned: bookworm's point releases replace libgomp1's version; the Python stack is what is pinned.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist libgomp1 \
-    && rm -rf /var/lib/apt/lists/*
+    PIP_NO_INPUT=1 \
+    PATH="/work/.venv/bin:$PATH"
 
 WORKDIR /work
 
+# dataset-fashion-mnist: the full Fashion-MNIST as IDX files under /usr/share/datasets/fashion-mnist/ (the
+# embedded default's data; nothing is downloaded at run time). Not version-pinned: the Python stack is.
+# hadolint ignore=DL3008,DL3015
+RUN apt-get update && apt-get install -y dataset-fashion-mnist \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, so that editing the source does not reinstall ~3 GB of wheels.
-# Same steps as the README: requirements.txt with dependency resolution, the converters with --no-deps
-# (onnx2tf pins exact older numpy/onnx/onnxruntime/tensorflow; it works with the newer stack).
 COPY requirements.txt requirements-converters.txt ./
-RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --no-deps --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
+RUN python3 -m venv .venv \
+    && if [ -n "$TORCH_INDEX_URL" ]; then \
+        .venv/bin/pip install --no-deps --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
     fi \
-    && pip install -r requirements.txt \
-    && pip install --no-deps -r requirements-converters.txt
+    && .venv/bin/pip install -r requirements.txt \
+    && .venv/bin/pip install --no-deps -r requirements-converters.txt
 
 COPY . .
-RUN pip install --no-deps . \
-    && edgepipe targets
+RUN .venv/bin/pip install --no-deps -e . \
+    && edgepipe doctor
 
 VOLUME /runs
 CMD ["edgepipe", "run", "--out", "/runs/default"]

@@ -11,13 +11,21 @@ from typing import Callable
 import numpy as np
 
 from pipeline.distill import load_model
+from pipeline.environment import TF2ONNX_TOOLS, tool_versions
 from pipeline.harness import Plan, measure_plan
+from pipeline.io import hash_json
 from pipeline.manifest import ArtifactRecord, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, torch_profile
 from pipeline.progress import progress_bar
 from pipeline.rundir import RunDir
-from pipeline.runtimes import onnxruntime_providers, onnxruntime_runner, tflite_runner, torch_runner
+from pipeline.runtimes import (
+    onnxruntime_providers,
+    onnxruntime_runner,
+    tflite_runner,
+    torch_runner,
+    torch_threads_kept,
+)
 from pipeline.tflite_onnx import parity as tflite_parity
 from pipeline.tflite_onnx import tf2onnx_runner, tflite_to_onnx
 
@@ -54,7 +62,9 @@ def _onnx_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[P
 
 
 def converted_path(run: RunDir, record: ArtifactRecord) -> Path:
-    return run.path(f"work/tf2onnx/{record.name}-{record.sha256[:12]}.onnx")
+    """Where the tf2onnx conversion of a TFLite artifact is cached: keyed by its content and tf2onnx's versions."""
+    key = hash_json({"tflite": record.sha256, "tools": tool_versions(TF2ONNX_TOOLS)})
+    return run.path(f"work/tf2onnx/{record.name}-{key}.onnx")
 
 
 def converted_tflite(run: RunDir, record: ArtifactRecord) -> Path:
@@ -120,6 +130,7 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+@torch_threads_kept()  # a training later in this process keeps the thread count it had (its bytes depend on it)
 def run_bench(run: RunDir) -> list[Measurement]:
     """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason."""
     cfg = run.config.bench

@@ -294,6 +294,27 @@ def schema() -> None:
     typer.echo(SCHEMA_PATH.read_text(), nl=False)
 
 
+@app.command()
+@reports_errors
+def doctor() -> None:
+    """Check the installation: tool versions, onnxruntime providers, the default data, any GPU (exit 9 and one
+    fix line per missing thing; a missing GPU is only reported)."""
+    from pipeline.doctor import diagnose, render
+    from pipeline.errors import SetupError
+
+    _quiet_frameworks()
+    checks, gpu = diagnose()
+    typer.echo(render(checks, gpu))
+    failed = [check for check in checks if not check.ok]
+    for check in failed:
+        typer.echo(f"edgepipe: fix: {check.fix}", err=True)
+    if failed:
+        raise SetupError(
+            f"{len(failed)} of {len(checks)} checks failed: {', '.join(check.label for check in failed)}",
+            "run the fix lines above",
+        )
+
+
 def main() -> None:
     app(prog_name="edgepipe")
 

@@ -27,6 +27,72 @@ PACKAGES = [
 ]
 
 
+# The tools whose version changes what a stage writes, by the stage that runs them. A stage's artifact id includes
+# these versions (RunDir.artifact_id), so an upgraded trainer or converter rebuilds what it shapes, and only that.
+# A tool is one name with the distributions that can provide it (tensorflow-cpu and tensorflow are one module).
+TOOL_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "numpy": ("numpy",),
+    "onnx": ("onnx",),
+    "onnxsim": ("onnxsim",),
+    "onnxscript": ("onnxscript",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "tf-keras": ("tf-keras",),
+    "onnx2tf": ("onnx2tf",),
+    "ai-edge-litert": ("ai-edge-litert",),
+    "tf2onnx": ("tf2onnx",),
+}
+TRAINING_TOOLS = ("torch", "numpy")  # every trained student and teacher: weights, splits and shuffles
+CALIBRATION_TOOLS = ("numpy",)  # the sample draw
+# every export: torch.onnx (+ onnxscript for dynamo), onnxsim, onnx serialization, onnxruntime's quantizer and the
+# int8 search's scoring, onnx2tf (on tf-keras) + TensorFlow's TFLite converter, the LiteRT interpreter that scores
+# TFLite int8 attempts
+EXPORT_TOOLS = (
+    "torch",
+    "onnx",
+    "onnxsim",
+    "onnxscript",
+    "onnxruntime",
+    "tensorflow",
+    "tf-keras",
+    "onnx2tf",
+    "ai-edge-litert",
+)
+TFLITE_CONVERTER_TOOLS = ("onnx2tf", "tf-keras", "tensorflow")  # the SavedModel cached per ONNX file
+TF2ONNX_TOOLS = ("tf2onnx", "onnx", "tensorflow")  # bench's TFLite → ONNX conversion, cached per TFLite file
+STAGE_TOOLS = {
+    "teacher": TRAINING_TOOLS,
+    "student": TRAINING_TOOLS,
+    "baseline": TRAINING_TOOLS,
+    "student-qat": TRAINING_TOOLS,
+    "student-pruned": TRAINING_TOOLS,
+    "calibration": CALIBRATION_TOOLS,
+    "export": EXPORT_TOOLS,
+}
+
+
+def tool_version(tool: str) -> str | None:
+    """Installed version of one tool of ``TOOL_DISTRIBUTIONS`` (None when none of its distributions is)."""
+    for distribution in TOOL_DISTRIBUTIONS[tool]:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tool_versions(tools: tuple[str, ...]) -> dict[str, str | None]:
+    """``{tool: version}`` for ``tools`` (None for an absent one), for cache keys."""
+    return {tool: tool_version(tool) for tool in tools}
+
+
+def stage_tool_versions(stage: str) -> dict[str, str | None]:
+    """Versions of the tools that shape a stage's output (``export:<target>`` is an export; an unknown stage
+    gets every tool, so a new stage rebuilds too eagerly rather than never)."""
+    return tool_versions(STAGE_TOOLS.get(stage.split(":", 1)[0], tuple(TOOL_DISTRIBUTIONS)))
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages edgepipe runs (absent ones are left out)."""
     versions = {}

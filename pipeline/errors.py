@@ -58,3 +58,9 @@ class GateError(EdgepipeError):
     """The accuracy gate (config `gate:`) failed: an artifact broke a release limit."""
 
     exit_code = 8
+
+
+class SetupError(EdgepipeError):
+    """`edgepipe doctor`: a package or the default data the pipeline needs is missing or does not import."""
+
+    exit_code = 9

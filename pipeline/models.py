@@ -158,9 +158,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
-    """Write ``{state_dict, meta}`` atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    """Write ``{state_dict, meta}`` atomically (temp file, then rename); the same weights give the same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # A file object, not the path: torch.save names the zip's root folder after the file (here a random
+        # temp name), so the same weights would give different bytes; a file object gets the fixed "archive".
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, f)
 
 
 def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:

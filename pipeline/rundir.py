@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline import __version__, distributed
 from pipeline.config import RunConfig, dump_config, load_config
 from pipeline.data import Splits, load_splits
-from pipeline.environment import environment
+from pipeline.environment import environment, stage_tool_versions
 from pipeline.errors import RunStateError
 from pipeline.io import hash_json, sha256_file, write_text_atomic
 from pipeline.manifest import ArtifactRecord, DataRecord, Manifest, Preprocessing
@@ -93,8 +93,19 @@ class RunDir:
         return self.root / relative
 
     def artifact_id(self, stage: str, config_part: object, parents: list[str]) -> str:
-        """Cache key of a stage output: its stage, the config it depends on and its parents' ids."""
-        return hash_json({"stage": stage, "config": config_part, "parents": parents, "edgepipe": __version__})
+        """Cache key of a stage output: its stage, the config it depends on, its parents (id and recorded sha256: a
+        parent redone to other bytes, e.g. by ``--force``, rebuilds its children; redone to the same bytes, it does
+        not) and the versions of the tools that shape it (``environment.STAGE_TOOLS``: an upgrade rebuilds)."""
+        contents = {record.id: record.sha256 for record in self.manifest.artifacts.values()}
+        return hash_json(
+            {
+                "stage": stage,
+                "config": config_part,
+                "parents": [[parent, contents.get(parent)] for parent in parents],
+                "edgepipe": __version__,
+                "tools": stage_tool_versions(stage),
+            }
+        )
 
     def require(self, name: str) -> ArtifactRecord:
         record = self.manifest.artifacts.get(name)

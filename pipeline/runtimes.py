@@ -6,10 +6,11 @@ manifest describes, so that accuracy measured here is what an outside consumer g
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,19 +43,40 @@ def dequantize_output(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return (q.astype(np.float32) - spec.zero_point) * spec.scale
 
 
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Give torch's process-wide thread count back after a block (or a decorated function) that times runners."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def torch_runner(model, threads: int | None) -> Runner:
-    """A PyTorch module in eval mode (the teacher and the float student)."""
+    """A PyTorch module in eval mode (the teacher and the float student).
+
+    torch's thread count is process-wide: ``predict`` sets it for its own call only (a training later in the same
+    process must not inherit it: its float sums, hence its weights, depend on the thread count), ``timed_call``
+    sets it when the timed callable is built and leaves it for the timing loop."""
     import torch
 
     threads = cpu_threads(threads)
-    torch.set_num_threads(threads)
     model.eval()
 
     def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        finally:
+            torch.set_num_threads(previous)
 
     def timed_call(x: np.ndarray) -> Callable[[], object]:
+        torch.set_num_threads(threads)
         tensor = torch.from_numpy(np.ascontiguousarray(x))
 
         def call() -> object:

@@ -13,7 +13,9 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.environment import TFLITE_CONVERTER_TOOLS, tool_versions
 from pipeline.errors import ExportError
+from pipeline.io import hash_json
 from pipeline.manifest import TensorSpec
 from targets.base import ExportInputs, ExportResult
 
@@ -22,8 +24,9 @@ ONNX2TF_VERSION_NOTE = "onnx2tf 1.29.24 (installed with --no-deps; see requireme
 
 @contextlib.contextmanager
 def _onnx2tf_environment(calibration_nhwc: np.ndarray | None) -> Iterator[None]:
-    """Run onnx2tf offline: our interpreter's bin first on PATH (it shells out to onnxsim), and its
-    test-image download replaced by our own calibration samples (it fetches them for static RGB inputs)."""
+    """Run onnx2tf offline and reproducibly: our interpreter's bin first on PATH (it shells out to onnxsim), its
+    test-image download replaced by our own calibration samples (it fetches them for static RGB inputs), and
+    Keras's layer-name counters reset (the names are written into the TFLite files)."""
     import onnx2tf.onnx2tf as onnx2tf_module
 
     def offline_test_data() -> np.ndarray:
@@ -34,6 +37,9 @@ def _onnx2tf_environment(calibration_nhwc: np.ndarray | None) -> Iterator[None]:
     saved_path, saved_download = os.environ.get("PATH", ""), onnx2tf_module.download_test_image_data
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved_path}"
     onnx2tf_module.download_test_image_data = offline_test_data
+    # Keras numbers layers process-wide (model_5, tf.nn.convolution_3, …) and those names end up in every TFLite
+    # file: without a reset, a second conversion in one process writes different bytes for the same model.
+    onnx2tf_module.tf_keras.backend.clear_session()
     try:
         yield
     finally:
@@ -42,8 +48,10 @@ def _onnx2tf_environment(calibration_nhwc: np.ndarray | None) -> Iterator[None]:
 
 
 def saved_model_for(inputs: ExportInputs) -> Path:
-    """The SavedModel converted from the parent ONNX, shared by every TFLite target (keyed by its sha256)."""
-    final = inputs.work_dir / f"saved_model-{inputs.parent_sha256[:16]}"
+    """The SavedModel converted from the parent ONNX, shared by every TFLite target (keyed by its sha256 and the
+    converter's versions: an upgraded onnx2tf converts again)."""
+    key = hash_json({"onnx": inputs.parent_sha256, "tools": tool_versions(TFLITE_CONVERTER_TOOLS)})
+    final = inputs.work_dir / f"saved_model-{key}"
     if (final / "saved_model.pb").is_file():
         return final
     try:

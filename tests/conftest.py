@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from targets import TARGETS  # noqa: E402 (after the TF log settings)
 
 ALL_TARGETS = list(TARGETS)
+BUILD_FACTS = "finished_run_build.json"
 
 TINY_CONFIG: dict = {
     "seed": 0,
@@ -61,6 +64,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Treat it as read-only; tests that change a run use ``run_copy``.
     """
+    import torch
+
     from pipeline.bench import run_bench
     from pipeline.calibrate import run_calibrate
     from pipeline.config import parse_config
@@ -71,12 +76,27 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("session") / "run"
     run = RunDir.create(root, parse_config(copy.deepcopy(TINY_CONFIG)))
-    run_distill(run)
-    run_calibrate(run)
-    run_export(run, list(ALL_TARGETS))
-    run_bench(run)
-    run_report(run)
+    seconds, threads = {}, torch.get_num_threads()
+    for stage, build_stage in [
+        ("distill", lambda: run_distill(run)),
+        ("calibrate", lambda: run_calibrate(run)),
+        ("export", lambda: run_export(run, list(ALL_TARGETS))),
+        ("bench", lambda: run_bench(run)),
+        ("report", lambda: run_report(run)),
+    ]:
+        start = time.perf_counter()
+        build_stage()
+        seconds[stage] = time.perf_counter() - start
+    facts = {"seconds": seconds, "torch_threads": threads}
+    (root.parent / BUILD_FACTS).write_text(json.dumps(facts))  # beside the run, so run_copy leaves it out
     return root
+
+
+@pytest.fixture(scope="session")
+def finished_run_build(finished_run: Path) -> dict:
+    """How ``finished_run`` was built: ``seconds`` per stage from nothing (a cache test compares a re-run) and
+    ``torch_threads`` it trained with (a retraining gives the same bytes only with the same thread count)."""
+    return json.loads((finished_run.parent / BUILD_FACTS).read_text())
 
 
 @pytest.fixture
