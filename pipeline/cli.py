@@ -9,10 +9,36 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from pipeline.errors import ConfigError, EdgepipeError
 
+try:  # typer vendors click from 0.2x on
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (unknown option, missing argument, invalid value) as one `edgepipe: error:` line, exit 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # typer has printed the help already
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            command = e.ctx.command_path if getattr(e, "ctx", None) else "edgepipe"
+            message = " ".join(e.format_message().split())
+            typer.echo(f"edgepipe: error: {message} (hint: see `{command} --help`)", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

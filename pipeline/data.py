@@ -174,6 +174,8 @@ def read_npz(path: Path) -> Images:
     if x.size == 0:
         raise DataError(f"{path} holds no samples")
     if x.dtype != np.uint8:
+        if not np.isfinite(x).all():  # NaN slips past the range check below and casts to 0
+            raise DataError(f"{path}: x holds NaN or infinite values", "give finite pixels: uint8, or floats in [0, 1]")
         if x.min() < 0 or x.max() > 1:
             raise DataError(f"{path}: float images must lie in [0, 1]; found [{x.min():.3g}, {x.max():.3g}]")
         x = np.round(x * 255).astype(np.uint8)
@@ -494,8 +496,8 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         test = conform(test, config.channels, config.image_size, config.test or config.source)
     rng = np.random.default_rng(seed)
     if test is None:
-        train, test = _split(train, config.test_fraction, rng)
-    train, val = _split(train, config.val_fraction, rng)
+        train, test = _split(train, config.test_fraction, rng, config.source)
+    train, val = _split(train, config.val_fraction, rng, config.source)
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     classes = source.classes or [str(c) for c in range(num_classes)]
     if test.x.shape[1:] != train.x.shape[1:]:
@@ -529,7 +531,12 @@ def _stratified_val(labels: np.ndarray, fraction: float, rng: np.random.Generato
     return np.sort(np.concatenate(picked))
 
 
-def _split(images: Images, fraction: float, rng: np.random.Generator) -> tuple[Images, Images]:
+def _split(images: Images, fraction: float, rng: np.random.Generator, where: str) -> tuple[Images, Images]:
     held = _stratified_val(images.y, fraction, rng)
     kept = np.setdiff1d(np.arange(len(images)), held)
+    if len(kept) == 0:
+        raise DataError(
+            f"{where}: {len(images)} samples are too few to split into train, validation and test",
+            "give several samples per class (each split takes at least one of every class)",
+        )
     return images.take(kept), images.take(held)

@@ -92,7 +92,11 @@ def _teacher_id(run: RunDir) -> str:
     if checkpoint:
         if not checkpoint.is_file():
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
-        cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": sha256_file(checkpoint)}
+        try:
+            digest = sha256_file(checkpoint)
+        except OSError as e:
+            raise ModelError(f"cannot read teacher checkpoint {checkpoint}: {e.strerror}", "check its mode") from e
+        cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": digest}
     key = {
         "teacher": cfg,
         "model": arch_fingerprint(run.config.teacher.arch),
@@ -161,7 +165,9 @@ def _train(
     )
     if distributed.is_main():
         progress_path.unlink(missing_ok=True)
-    return model.cpu()
+    # Contiguous, as when loaded from its checkpoint: channels-last weights (from fit) give other float rounding,
+    # so a student distilled from a just-trained teacher would differ from one distilled after a resume.
+    return model.cpu().to(memory_format=torch.contiguous_format)
 
 
 def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,20 +11,45 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import RunStateError
+
+# A write that fails for these reasons fails for the destination, whatever the block was doing.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A directory that cannot be written or a full disk is a RunStateError naming ``path``; nothing is left behind.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise cannot_write(path, e) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in WRITE_ERRNOS:
+                raise cannot_write(path, e) from e
+            raise
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise cannot_write(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def cannot_write(path: Path, error: OSError) -> RunStateError:
+    """The error for a write to ``path`` that failed with ``error`` (no space, read-only, no permission)."""
+    reason = error.strerror or str(error)
+    return RunStateError(f"cannot write {path}: {reason}", "free disk space or make the directory writable")
 
 
 def _umask() -> int:

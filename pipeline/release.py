@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline import __version__
 from pipeline.errors import ConfigError, RunStateError
 from pipeline.gate import NATIVE_RUNTIMES, evaluate_gate, raise_if_failed
-from pipeline.io import sha256_file
+from pipeline.io import WRITE_ERRNOS, cannot_write, sha256_file
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
 from pipeline.model_metadata import embed_metadata
 from pipeline.release_readme import render_readme
@@ -169,11 +169,19 @@ def _check_out(run: RunDir, out: Path, force: bool) -> None:
 def _staged_dir(out: Path) -> Iterator[Path]:
     """A fresh directory beside ``out``, renamed onto it when the block succeeds (an old ``out`` is replaced)
     and removed, with everything in it, when the block fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    stage.mkdir()
     try:
-        yield stage
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
+    except OSError as e:
+        raise cannot_write(out, e) from e
+    try:
+        try:
+            yield stage
+        except OSError as e:
+            if e.errno in WRITE_ERRNOS:
+                raise cannot_write(out, e) from e
+            raise
         _replace_dir(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -38,8 +38,7 @@ class RunDir:
         )
         run = cls(root, config, manifest)
         _ = run.splits
-        if distributed.is_main():
-            root.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():  # write_text_atomic makes ``root``; one it cannot make is a RunStateError
             write_text_atomic(root / "config.yaml", dump_config(config))
         run.save()
         distributed.barrier()
