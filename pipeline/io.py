@@ -31,12 +31,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        try:
+        with write_errors_name(path):
             yield tmp
-        except OSError as e:
-            if e.errno in WRITE_ERRNOS:
-                raise cannot_write(path, e) from e
-            raise
         try:
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
@@ -44,6 +40,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise cannot_write(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def write_errors_name(path: Path) -> Iterator[None]:
+    """A full disk or read-only file system inside the block becomes a one-line error naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise cannot_write(path, e) from e
+        raise
 
 
 def cannot_write(path: Path, error: OSError) -> RunStateError:

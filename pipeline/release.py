@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline import __version__
 from pipeline.errors import ConfigError, RunStateError
 from pipeline.gate import NATIVE_RUNTIMES, evaluate_gate, raise_if_failed
-from pipeline.io import WRITE_ERRNOS, cannot_write, sha256_file
+from pipeline.io import cannot_write, sha256_file, write_errors_name
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
 from pipeline.model_metadata import embed_metadata
 from pipeline.release_readme import render_readme
@@ -176,12 +176,8 @@ def _staged_dir(out: Path) -> Iterator[Path]:
     except OSError as e:
         raise cannot_write(out, e) from e
     try:
-        try:
+        with write_errors_name(out):
             yield stage
-        except OSError as e:
-            if e.errno in WRITE_ERRNOS:
-                raise cannot_write(out, e) from e
-            raise
         _replace_dir(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
