@@ -18,6 +18,7 @@ from pipeline.manifest import ArtifactRecord, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, torch_profile
 from pipeline.progress import progress_bar
+from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
 from pipeline.runtimes import (
     onnxruntime_providers,
@@ -30,6 +31,7 @@ from pipeline.tflite_onnx import parity as tflite_parity
 from pipeline.tflite_onnx import tf2onnx_runner, tflite_to_onnx
 
 TF2ONNX_RUNTIME = "onnxruntime via tf2onnx"
+SHIPPED_SOURCES = ("student", PRUNED_STUDENT)  # students whose float files ship (a QAT-KD student's do not)
 
 
 def _torch_plan(run: RunDir, name: str) -> Plan:
@@ -106,10 +108,12 @@ def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
     """(artifact, runtime, plan factory) for the teacher, the students and every exported artifact."""
     shape = list(run.splits.test.x.shape[1:])
     names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
+    if shipped_student(run) == PRUNED_STUDENT:
+        names.insert(2, PRUNED_STUDENT)  # beside the unpruned student it came from
     plans = [(name, "pytorch", lambda n=name: [_torch_plan(run, n)]) for name in names]
     for record in run.manifest.artifacts.values():
         if record.stage != "export" or (
-            record.info.get("source", "student") != "student" and record.info["precision"] != "int8"
+            record.info.get("source", "student") not in SHIPPED_SOURCES and record.info["precision"] != "int8"
         ):
             continue  # a QAT-KD student's float files are only steps towards its int8 ones
         if record.info["format"] == "onnx":

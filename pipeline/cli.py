@@ -45,7 +45,7 @@ app = typer.Typer(
     help="Distill a PyTorch teacher into small, verified ONNX and TFLite artifacts.",
 )
 
-STAGES = ["distill", "calibrate", "export", "bench", "report"]
+STAGES = ["distill", "prune", "calibrate", "export", "bench", "report"]
 INTERRUPTED_EXIT = 130
 
 
@@ -130,6 +130,21 @@ def distill(
         run_distill(run, force, baseline or None)
     finally:
         distributed.teardown()
+
+
+@app.command()
+@reports_errors
+def prune(
+    run_dir: Path = RunDirArg,
+    force: bool = typer.Option(False, help="Prune again even if cached."),
+) -> None:
+    """Prune the distilled student as the run's `prune:` section says and KD fine-tune it from the teacher."""
+    from pipeline.prune import run_prune
+    from pipeline.report_prune import prune_summary_lines
+
+    record = run_prune(_open(run_dir), force)
+    for line in prune_summary_lines(record):
+        typer.echo(line)
 
 
 @app.command()

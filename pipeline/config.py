@@ -313,6 +313,107 @@ class GateConfig(GateLimits):
         return general.model_copy(update=own.model_dump(exclude_none=True))
 
 
+class PruneFinetuneConfig(_Section):
+    """The KD fine-tune that recovers accuracy after pruning (teacher, losses and batch size of `distill`)."""
+
+    epochs: int = Field(3, ge=0, description="Epochs of KD fine-tuning of the pruned student; 0: none.")
+    lr: float = Field(0.001, gt=0, description="Peak learning rate of AdamW (one-cycle schedule).")
+
+
+class PruneMeasureConfig(_Section):
+    """Where every student variant's p50 is measured, and the latency budget applies."""
+
+    target: str = Field("onnx-int8", description="Export target the student is built into to be timed.")
+    batch: int = Field(1, ge=1, description="Batch size of the timed calls.")
+    threads: int = Field(1, ge=1, description="Intra-op threads of the runtime (onnxruntime CPU or TFLite).")
+    warmup: int = Field(10, ge=0, description="Untimed calls before timing.")
+    min_runs: int = Field(100, ge=1, description="Minimum timed calls per round.")
+    min_seconds: float = Field(0.5, ge=0, description="Minimum timed seconds per round.")
+    rounds: int = Field(5, ge=1, description="Rounds (variants alternate); the p50 is the median of the rounds' p50s.")
+
+
+class PruneConfig(_Section):
+    """Pruning of the distilled student between distill and quantize (the `prune:` section; absent: off)."""
+
+    method: Literal["magnitude", "structured"] = Field(
+        description="magnitude: zero the smallest weights (unstructured; smaller gzip, NOT faster on dense runtimes); "
+        "structured: remove whole channels/filters with torch-pruning (fewer MACs, faster)."
+    )
+    sparsity: float | None = Field(None, description="magnitude: share of weights set to zero, in [0, 1).")
+    scope: Literal["global", "layer"] = Field(
+        "global", description="magnitude: one threshold over all layers (global) or each layer to `sparsity` (layer)."
+    )
+    channel_ratio: float | None = Field(
+        None, description="structured: share of each layer's channels removed, in [0, 1)."
+    )
+    macs_ratio: float | None = Field(
+        None, description="structured: keep about this share of the student's MACs per image, in (0, 1)."
+    )
+    latency_budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="structured: prune step by step (KD fine-tune, export, time) until the p50 on `measure` meets "
+        "this budget; the most accurate student that meets it is kept.",
+    )
+    layers: dict[str, float] = Field(
+        {},
+        description="Per-layer amount (magnitude: sparsity; structured: channel ratio) by `named_modules()` name; "
+        "overrides the global one for that layer.",
+    )
+    ignore: list[str] = Field([], description="Layers never pruned (the classifier layer is never pruned).")
+    round_to: int | None = Field(None, ge=1, description="structured: keep channel counts a multiple of this.")
+    step: float = Field(0.1, gt=0, lt=1, description="latency budget: channel ratio removed per search step.")
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="latency budget: the search stops at this channel ratio.")
+    search_epochs: int = Field(1, ge=0, description="latency budget: KD fine-tune epochs after each search step.")
+    finetune: PruneFinetuneConfig = Field(default_factory=PruneFinetuneConfig)
+    measure: PruneMeasureConfig = Field(default_factory=PruneMeasureConfig)
+
+    @field_validator("sparsity", "channel_ratio")
+    @classmethod
+    def _share(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"prune.{info.field_name} must lie in [0, 1); got {value}")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_shares(cls, layers: dict[str, float]) -> dict[str, float]:
+        for name, value in layers.items():
+            if not 0 <= value < 1:
+                raise ValueError(f"prune.layers[{name!r}] must lie in [0, 1); got {value}")
+        return layers
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> "PruneConfig":
+        if self.macs_ratio is not None and not 0 < self.macs_ratio < 1:
+            raise ValueError(f"prune.macs_ratio must lie in (0, 1); got {self.macs_ratio}")
+        structured = {
+            "channel_ratio": self.channel_ratio,
+            "macs_ratio": self.macs_ratio,
+            "latency_budget_ms": self.latency_budget_ms,
+        }
+        given = [key for key, value in structured.items() if value is not None]
+        if self.method == "magnitude":
+            if given:
+                raise ValueError(f"prune.{given[0]} is for method: structured; magnitude pruning takes sparsity")
+            if self.sparsity is None:
+                raise ValueError("prune.method magnitude needs prune.sparsity (share of weights zeroed, in [0, 1))")
+            return self
+        if self.sparsity is not None:
+            raise ValueError(
+                "prune.sparsity is for method: magnitude; structured pruning takes channel_ratio, macs_ratio or "
+                "latency_budget_ms"
+            )
+        if len(given) != 1:
+            raise ValueError(
+                "prune.method structured needs exactly one of channel_ratio, macs_ratio, latency_budget_ms; "
+                f"got {', '.join(given) or 'none'}"
+            )
+        if self.layers and given[0] != "channel_ratio":
+            raise ValueError(f"prune.layers only combines with channel_ratio, not {given[0]}")
+        return self
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed of every random choice (splits, init, shuffling, calibration draw).")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -323,6 +424,7 @@ class RunConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    prune: PruneConfig | None = Field(None, description="Pruning between distill and quantize; absent or null: off.")
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "RunConfig":
@@ -330,6 +432,8 @@ class RunConfig(_Section):
 
         for name in self.export.targets:
             TARGETS.get(name)
+        if self.prune is not None:
+            TARGETS.get(self.prune.measure.target)
         for name in self.gate.targets:
             TARGETS.get(name.removesuffix("-qat"))
         return self

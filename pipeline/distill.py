@@ -66,6 +66,10 @@ def load_model(run: RunDir, name: str) -> nn.Module:
     if record.info.get("kind") == "program":
         return load_program(path)
     channels, classes = _shape(run)
+    if record.info.get("kind") == "pruned":  # smaller layers than the arch builds: rebuilt from meta.structure
+        from pipeline.prune_ops import load_pruned_checkpoint
+
+        return load_pruned_checkpoint(path, record.info["arch"], channels, classes, record.info.get("arch_kwargs"))
     return load_checkpoint(path, record.info["arch"], channels, classes, record.info.get("arch_kwargs"))
 
 

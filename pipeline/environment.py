@@ -10,6 +10,7 @@ import pipeline
 
 PACKAGES = [
     "torch",
+    "torch-pruning",
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",

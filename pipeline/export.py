@@ -16,6 +16,8 @@ from pipeline.errors import ExportError
 from pipeline.io import atomic_path
 from pipeline.manifest import ArtifactRecord
 from pipeline.progress import progress_bar
+from pipeline.prune import PRUNED_STUDENT, shipped_student
+from pipeline.prune_measure import gzip_bytes
 from pipeline.qat_stage import QAT_STUDENT, ensure_qat_student, qat_targets
 from pipeline.rundir import RunDir
 from pipeline.runtimes import onnxruntime_runner, tflite_runner, torch_runner
@@ -39,7 +41,7 @@ class Exporter:
         self.run = run
         self.force = force
         self.source = source
-        self.suffix = source.removeprefix("student")
+        self.suffix = "" if source == PRUNED_STUDENT else source.removeprefix("student")
 
     @cached_property
     def student(self):
@@ -114,6 +116,7 @@ class Exporter:
                 "precision": target.precision,
                 "source": self.source,
                 "verification": verification,
+                "gzip_bytes": gzip_bytes(path),  # what an app download of the file costs
                 **result.info,
             },
         )
@@ -156,7 +159,7 @@ def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | 
     """Export ``targets`` (default: the config's), rebuilding those in ``force``; then the QAT-KD variants of the
     int8 targets that need one (``quantize.qat``)."""
     force = force or set()
-    records = _build_all(Exporter(run, force), targets or run.config.export.targets)
+    records = _build_all(Exporter(run, force, shipped_student(run)), targets or run.config.export.targets)
     qat_names, reduce_range, left_out = qat_targets(run, records)
     if qat_names:
         ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from pipeline.config import GateConfig
 from pipeline.errors import GateError
 from pipeline.manifest import GateCheck, GateResult, Manifest, Measurement
+from pipeline.report_prune import exported_student
 
 NATIVE_RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 
@@ -61,7 +62,8 @@ def evaluate_gate(manifest: Manifest, gate: GateConfig, artifacts: set[str] | No
     if not gate_configured(gate):
         return None
     teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
-    student = next((m for m in manifest.measurements if m.artifact == "student"), None)
+    fp32_student = exported_student(manifest)  # student-pruned when the run prunes: int8 drops are against it
+    student = next((m for m in manifest.measurements if m.artifact == fp32_student), None)
     checks = []
     for m in manifest.measurements:
         record = manifest.artifacts.get(m.artifact)

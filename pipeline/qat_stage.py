@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from pipeline import distributed
-from pipeline.distill import load_student, load_teacher
+from pipeline.distill import load_model, load_teacher
 from pipeline.manifest import ArtifactRecord
 from pipeline.models import count_parameters, save_checkpoint
+from pipeline.prune import shipped_student
 from pipeline.qat import qat_distill
 from pipeline.rundir import RunDir
 from targets import TARGETS
@@ -46,7 +47,8 @@ def ensure_qat_student(
 ) -> ArtifactRecord:
     """Fine-tune the student under int8 fake quantization on the given weight grid while the teacher distils into
     it (reused when unchanged)."""
-    cfg, student_record = run.config.quantize.qat, run.require("student")
+    source = shipped_student(run)  # the pruned student when the run prunes
+    cfg, student_record = run.config.quantize.qat, run.require(source)
     per_channel = run.config.export.onnx_int8.per_channel
     key = {
         "qat": cfg.model_dump(exclude={"when"}),
@@ -58,7 +60,7 @@ def ensure_qat_student(
     if reused:
         return reused
     model, summary = qat_distill(
-        load_student(run),
+        load_model(run, source),
         load_teacher(run),
         run.config.distill.losses,
         run.splits,
@@ -70,6 +72,8 @@ def ensure_qat_student(
         reduce_range=reduce_range,
     )
     meta = {key: student_record.info[key] for key in ("arch", "arch_kwargs", "in_channels", "num_classes", "kind")}
+    if "structure" in student_record.info:
+        meta["structure"] = student_record.info["structure"]
     path = run.path(QAT_STUDENT_PATH)
     if distributed.is_main():
         save_checkpoint(model, path, meta)
@@ -79,7 +83,7 @@ def ensure_qat_student(
         "qat",
         qat_id,
         path,
-        parent="student",
+        parent=source,
         info={
             **meta,
             "parameters": count_parameters(model),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline import report_prune
 from pipeline.gate import evaluate_gate
 from pipeline.io import write_text_atomic
 from pipeline.manifest import Manifest
@@ -65,6 +66,7 @@ def render_report(manifest: Manifest) -> str:
     if parity:
         lines += ["Converted artifacts against their own runtime:", ""] + [f"- {b}" for b in parity] + [""]
     lines += _md_int8_section(manifest)
+    lines += report_prune.md_lines(manifest, md_table)
     lines += ["## Latency", "", TIMING_CAPTION, "", *md_table(TIMING_HEADER, timing_rows(manifest.measurements)), ""]
     lines += [
         "## Footprint",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from pipeline import plots
+from pipeline import plots, report_prune
 from pipeline.manifest import Manifest, Measurement
 from pipeline.report_sections import (
     FOOTPRINT_CAPTION,
@@ -127,6 +127,7 @@ def render_html(manifest: Manifest) -> str:
         if parity:
             parts += [f"<p>{_inline('Converted artifacts against their own runtime:')}</p>", _list(parity)]
         parts.append(_int8_section(manifest))
+        parts += report_prune.html_parts(manifest, _inline, _table)
         parts += ["<h2>Latency</h2>", f"<p>{_inline(TIMING_CAPTION)}</p>"]
         parts.append(_table(TIMING_HEADER, timing_rows(manifest.measurements), "figures"))
         parts += ["<h2>Footprint</h2>", f"<p>{_inline(FOOTPRINT_CAPTION)}</p>"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from pipeline.manifest import Manifest, Measurement
+from pipeline.report_prune import exported_student
 
 MAIN_HEADER = [
     "artifact",
@@ -227,7 +228,7 @@ def _worst_layers(info: dict, count: int = 5) -> str:
 def int8_table(manifest: Manifest) -> Int8Table | None:
     """Per int8 artifact: calibration method, test accuracy and drop vs the fp32 student, float layers and the
     worst layers by SQNR (int8 vs float activations on the calibration set); None without int8 measurements."""
-    student = _cpu_accuracy(manifest, "student")
+    student = _cpu_accuracy(manifest, exported_student(manifest))  # the student the int8 files were made from
     records = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info.get("precision") == "int8"]
     if not records or student is None:
         return None

@@ -10,16 +10,19 @@ from pipeline.config import RunConfig
 from pipeline.distill import run_distill
 from pipeline.export import run_export
 from pipeline.gate import raise_if_failed
+from pipeline.prune import run_prune
 from pipeline.report import run_report
 from pipeline.rundir import RunDir
 from targets import TARGETS
 
 
 def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
-    """distill → calibrate → export → bench → report into ``out``; ``force`` names stages to redo. A failed
-    accuracy gate raises GateError after the report is written."""
+    """distill → (prune) → calibrate → export → bench → report into ``out``; ``force`` names stages to redo.
+    A failed accuracy gate raises GateError after the report is written."""
     run = RunDir.create(out, config)
     run_distill(run, force="distill" in force)
+    if config.prune is not None:
+        run_prune(run, force="prune" in force)
     if any(TARGETS.get(name).needs_calibration for name in config.export.targets):
         run_calibrate(run, force="calibrate" in force)
     run_export(run, force=set(config.export.targets) if "export" in force else set())

@@ -108,7 +108,7 @@ def test_unknown_force_stage(cli: CliRunner, tmp_path: Path) -> None:
     """`run --force` with an unknown stage exits 2 naming the valid stages."""
     result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), "--force", "distil"])
     assert result.exit_code == 2
-    assert "distill, calibrate, export, bench, report" in assert_one_error_line(result.stderr, result.stdout)
+    assert "distill, prune, calibrate, export, bench, report" in assert_one_error_line(result.stderr, result.stdout)
 
 
 def test_subprocess_errors_are_one_line(tmp_path: Path) -> None:
