@@ -148,7 +148,7 @@ def snapshot_artifacts():
     return snapshot
 
 
-def _tflite_invoke(path: Path, feed):
+def run_tflite(path: Path, feed):
     """Run a TFLite file on one batch with the LiteRT interpreter (batch resized to the feed's)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -164,7 +164,7 @@ def _tflite_invoke(path: Path, feed):
 @pytest.fixture(scope="session")
 def tflite_invoke():
     """``tflite_invoke(path, feed) -> raw output``: LiteRT directly, no edgepipe runner."""
-    return _tflite_invoke
+    return run_tflite
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_tflite
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -53,15 +54,7 @@ def run_file(path: Path, feed: np.ndarray) -> np.ndarray:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: feed})[0]
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(feed.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], feed)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return run_tflite(path, feed)
 
 
 def feed_from_manifest(entry: dict, pixels: np.ndarray) -> np.ndarray:
