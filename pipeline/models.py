@@ -41,18 +41,21 @@ def teacher_cnn(in_channels: int, num_classes: int) -> nn.Module:
 
 
 @ARCHITECTURES.register("student-cnn")
-def student_cnn(in_channels: int, num_classes: int) -> nn.Module:
-    """Three-conv CNN, ~39k parameters (6× fewer than the teacher): ReLU and 2×2 pools only, so int8 keeps
-    its accuracy."""
+def student_cnn(in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    """Three-conv CNN, ~39k parameters at width 1 (6× fewer than the teacher): ReLU and 2×2 pools only, so int8
+    keeps its accuracy. ``width`` scales every layer's channels (24/48/64 at 1)."""
+    if width <= 0:
+        raise ModelError(f"student-cnn width must be > 0, got {width}")
+    c1, c2, c3 = (max(1, round(channels * width)) for channels in (24, 48, 64))
     return nn.Sequential(
-        *_conv(in_channels, 24),
+        *_conv(in_channels, c1),
         nn.MaxPool2d(2),
-        *_conv(24, 48),
+        *_conv(c1, c2),
         nn.MaxPool2d(2),
-        *_conv(48, 64),
+        *_conv(c2, c3),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(64, num_classes),
+        nn.Linear(c3, num_classes),
     )
 
 

@@ -223,9 +223,9 @@ def _step_entry(session: _Session, model: nn.Module, step: int, ratio: float) ->
 
 def _budget_search(session: _Session, student: nn.Module) -> tuple[nn.Module, dict]:
     """Prune ``step`` more of the channels at a time (brief KD fine-tune after each), export and time each
-    candidate on the measure target; stop at the first that meets the budget (timed twice) or at ``max_ratio``. The most accurate
-    candidate that meets the budget is kept (fine-tuned again with the full budget); when none does, the fastest is
-    kept for inspection but not shipped."""
+    candidate on the measure target; stop at the first that meets the budget (timed twice) or at ``max_ratio``.
+    The most accurate candidate that meets the budget is kept (fine-tuned again with the full budget); when none
+    does, the fastest is kept for inspection but not shipped."""
     cfg = session.cfg
     current, ratio, step = copy.deepcopy(student), 0.0, 0
     path = [_step_entry(session, current, step, ratio)]

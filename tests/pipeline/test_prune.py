@@ -43,12 +43,11 @@ def _config(**prune) -> dict:
     return raw
 
 
-@pytest.fixture(scope="module")
-def unpruned_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Path) -> Path:
+def _unpruned(root: Path, teacher_checkpoint: Path, **distill) -> Path:
     """A tiny digits run with its distilled student exported to onnx-fp32 and onnx-int8, no prune section."""
     raw = _config()
     raw["teacher"] = {"checkpoint": str(teacher_checkpoint)}
-    root = tmp_path_factory.mktemp("prune") / "run"
+    raw["distill"] |= distill
     run = RunDir.create(root, parse_config(raw))
     run_distill(run)
     run_calibrate(run)
@@ -56,18 +55,31 @@ def unpruned_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: P
     return root
 
 
+@pytest.fixture(scope="module")
+def unpruned_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Path) -> Path:
+    """The tiny digits run with the default student-cnn."""
+    return _unpruned(tmp_path_factory.mktemp("prune") / "run", teacher_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def wide_unpruned_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Path) -> Path:
+    """The same with a 4× wider student: ~4 MMAC an image, so at batch 32 its convolutions, not onnxruntime's
+    per-call overhead (~0.1 ms), dominate the p50 and cutting channels can cut the time."""
+    return _unpruned(tmp_path_factory.mktemp("prune-wide") / "run", teacher_checkpoint, arch_kwargs={"width": 4})
+
+
+def _continued(unpruned: Path, root: Path, prune: dict) -> RunDir:
+    """A private copy of ``unpruned`` continued with ``prune:`` added to its config."""
+    shutil.copytree(unpruned, root)
+    raw = yaml.safe_load((root / "config.yaml").read_text())
+    raw["prune"] = _config(**prune)["prune"]
+    return RunDir.create(root, parse_config(raw))  # as `edgepipe run CONFIG --out DIR` continues a run
+
+
 @pytest.fixture
 def pruning_run(unpruned_run: Path, tmp_path: Path):
-    """``make(**prune)``: a private copy of the unpruned run continued with ``prune:`` added to its config."""
-
-    def make(**prune) -> RunDir:
-        root = tmp_path / "run"
-        shutil.copytree(unpruned_run, root)
-        raw = yaml.safe_load((root / "config.yaml").read_text())
-        raw["prune"] = _config(**prune)["prune"]
-        return RunDir.create(root, parse_config(raw))  # as `edgepipe run CONFIG --out DIR` continues a run
-
-    return make
+    """``make(**prune)``: the unpruned run continued with ``prune:``."""
+    return lambda **prune: _continued(unpruned_run, tmp_path / "run", prune)
 
 
 def _onnx(run: RunDir, name: str) -> Path:
@@ -124,17 +136,17 @@ def test_magnitude_80_halves_gzip(pruning_run) -> None:
     assert "## Pruning" in text and "no faster" in text
 
 
-@pytest.mark.slow  # timing-dependent: missed the budget in CI at 0.1871 vs 0.1616 ms (see the session-3 note)
-def test_latency_budget_is_met(pruning_run, unpruned_run: Path) -> None:
+def test_latency_budget_is_met(wide_unpruned_run: Path, tmp_path: Path) -> None:
     """A budget of 0.7× the unpruned onnx-int8 p50 (batch 32, one thread), measured here, ends with a student that
     meets it; the report shows the search path (a table, and a figure in the HTML)."""
     measure = {"target": "onnx-int8", "batch": 32, "threads": 1, "warmup": 5, "min_runs": 30, "min_seconds": 0.2}
-    unpruned = RunDir.open(unpruned_run)
+    unpruned = RunDir.open(wide_unpruned_run)
     record = unpruned.manifest.artifacts["onnx-int8"]
     built = BuiltFile("onnx-int8", unpruned.path(record.path), "onnx", record.inputs, record.outputs)
     x = unpruned.splits.normalize(unpruned.splits.val.x)
     budget = 0.7 * p50_ms({"unpruned": built.runner(1)}, x, PruneMeasureConfig(**measure))["unpruned"]
-    run = pruning_run(method="structured", latency_budget_ms=round(budget, 4), step=0.2, measure=measure)
+    prune = {"method": "structured", "latency_budget_ms": round(budget, 4), "step": 0.2, "measure": measure}
+    run = _continued(wide_unpruned_run, tmp_path / "run", prune)
     info = run_prune(run).info
     search = info["search"]
     assert search["met"] and info["shipped"]
