@@ -16,7 +16,7 @@ from pipeline.harness import Plan, measure_plan
 from pipeline.io import hash_json
 from pipeline.manifest import ArtifactRecord, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
-from pipeline.model_profile import onnx_profile, torch_profile
+from pipeline.model_profile import onnx_profile, tflite_profile, torch_profile
 from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
@@ -45,6 +45,29 @@ def _torch_plan(run: RunDir, name: str) -> Plan:
         file_bytes=lambda: record.bytes,
         profile=lambda: torch_profile(model, shape),
         probe=ProbeSpec(kind="torch", input_shape=list(shape), run_dir=str(run.root.resolve()), name=name),
+    )
+
+
+def _teacher_file_plan(run: RunDir, shape: list[int]) -> Plan:
+    """An ONNX, TFLite or Keras teacher on its own runtime, fed the run's test split through its own normalization."""
+    teacher, record = load_model(run, "teacher"), run.require("teacher")
+    interface, path = teacher.interface, run.path(record.path)
+    probe, profile = None, None
+    if interface.format == "ONNX":
+        profile = lambda: onnx_profile(path)  # noqa: E731
+        if interface.layout == "NCHW":
+            probe = ProbeSpec(kind="onnx", path=str(path), input_shape=shape)
+    elif interface.format == "TFLite":
+        profile = lambda: tflite_profile(path)  # noqa: E731
+        specs = {"inputs": [interface.input], "outputs": [interface.output]}
+        probe = ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs)
+    return Plan(
+        artifact="teacher",
+        runtime=interface.runtime,
+        make_runner=teacher.runner,
+        file_bytes=lambda: record.bytes,
+        profile=profile,
+        probe=probe,
     )
 
 
@@ -111,6 +134,10 @@ def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
     if shipped_student(run) == PRUNED_STUDENT:
         names.insert(2, PRUNED_STUDENT)  # beside the unpruned student it came from
     plans = [(name, "pytorch", lambda n=name: [_torch_plan(run, n)]) for name in names]
+    teacher = run.manifest.artifacts.get("teacher")
+    if teacher is not None and teacher.info.get("kind") == "file":
+        runtime = teacher.info["interface"]["runtime"]
+        plans[0] = ("teacher", runtime, lambda: [_teacher_file_plan(run, shape)])
     for record in run.manifest.artifacts.values():
         if record.stage != "export" or (
             record.info.get("source", "student") not in SHIPPED_SOURCES and record.info["precision"] != "int8"

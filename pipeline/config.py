@@ -150,6 +150,34 @@ class LossSpec(BaseModel):
         return self
 
 
+class TeacherInput(_Section):
+    """How a teacher file (ONNX, TFLite, Keras) is fed, where the file itself does not say.
+
+    The file's own input shape gives layout and size, its outputs the class count; a file edgepipe released (or
+    exported in a run whose manifest.json is beside it) also gives its normalization. These keys fill the gaps.
+    """
+
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        None, description="Input layout; empty: read from the file's input shape (the axis of 1 or 3 is C)."
+    )
+    pixel_scale: float = Field(1 / 255, gt=0, description="x = (pixel * pixel_scale - mean[c]) / std[c].")
+    mean: list[float] | None = Field(None, description="Per-channel mean of that formula; give with std.")
+    std: list[float] | None = Field(None, description="Per-channel std of that formula; give with mean.")
+    outputs: Literal["auto", "logits", "probabilities"] = Field(
+        "auto",
+        description="What the teacher outputs: probabilities (a softmax inside the model) are turned into logits "
+        "by log; auto: probabilities when every row of a first batch is ≥ 0 and sums to 1.",
+    )
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> "TeacherInput":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("teacher.input.mean and teacher.input.std go together; give both or neither")
+        if self.std is not None and (len(self.std) != len(self.mean) or min(self.std) <= 0):
+            raise ValueError("teacher.input.std must be positive and as long as teacher.input.mean")
+        return self
+
+
 class TeacherConfig(TrainConfig):
     arch: str = Field(
         "teacher-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
@@ -157,9 +185,13 @@ class TeacherConfig(TrainConfig):
     arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
     checkpoint: str | None = Field(
         "auto",
-        description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2. "
-        "auto: the teacher bundled with edgepipe when the data is fashion-mnist and arch is teacher-cnn, else "
-        "train one; empty: always train one.",
+        description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2; "
+        "or a model of another framework run in its own runtime: .onnx (onnxruntime), .tflite (TFLite "
+        "interpreter), .keras or a SavedModel directory (TensorFlow). auto: the teacher bundled with edgepipe when "
+        "the data is fashion-mnist and arch is teacher-cnn, else train one; empty: always train one.",
+    )
+    input: TeacherInput = Field(
+        default_factory=TeacherInput, description="ONNX/TFLite/Keras teachers: what their file does not say."
     )
 
 
@@ -436,6 +468,20 @@ class RunConfig(_Section):
             TARGETS.get(self.prune.measure.target)
         for name in self.gate.targets:
             TARGETS.get(name.removesuffix("-qat"))
+        return self
+
+    @model_validator(mode="after")
+    def _logit_losses_for_file_teachers(self) -> "RunConfig":
+        from pipeline.losses import reads_teacher_features
+        from pipeline.teacher_files import file_format
+
+        fmt = file_format(Path(self.teacher.checkpoint)) if self.teacher.checkpoint not in (None, "", "auto") else None
+        feature_losses = [spec.name for spec in self.distill.losses if reads_teacher_features(spec.name)]
+        if fmt and feature_losses:
+            raise ValueError(
+                f"loss {feature_losses[0]!r} reads the teacher's inner layers, but the teacher is a {fmt} file run in "
+                "its own runtime, whose layers PyTorch cannot tap; use logit losses (hinton, mse) with it"
+            )
         return self
 
 

@@ -24,6 +24,7 @@ from pipeline.models import (
     save_checkpoint,
 )
 from pipeline.rundir import RunDir
+from pipeline.teacher_files import adopt_teacher_file, file_format, file_parameters, load_file_teacher, source_digest
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 
 CE_ONLY = [LossSpec(name="ce")]
@@ -65,6 +66,8 @@ def load_model(run: RunDir, name: str) -> nn.Module:
     path = run.path(record.path)
     if record.info.get("kind") == "program":
         return load_program(path)
+    if record.info.get("kind") == "file":
+        return load_file_teacher(path, record.info["interface"], run.splits.mean, run.splits.std)
     channels, classes = _shape(run)
     if record.info.get("kind") == "pruned":  # smaller layers than the arch builds: rebuilt from meta.structure
         from pipeline.prune_ops import load_pruned_checkpoint
@@ -94,13 +97,17 @@ def _teacher_id(run: RunDir) -> str:
     cfg = run.config.teacher.model_dump()
     checkpoint = teacher_source(run)
     if checkpoint:
-        if not checkpoint.is_file():
+        foreign = file_format(checkpoint)
+        if not (checkpoint.is_file() or (foreign and checkpoint.is_dir())):
             raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
         try:
-            digest = sha256_file(checkpoint)
+            digest = source_digest(checkpoint)
         except OSError as e:
             raise ModelError(f"cannot read teacher checkpoint {checkpoint}: {e.strerror}", "check its mode") from e
-        cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": digest}
+        if foreign:
+            cfg = {"format": foreign, "input": cfg["input"], "checkpoint_sha256": digest}
+        else:
+            cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": digest}
     key = {
         "teacher": cfg,
         "model": arch_fingerprint(run.config.teacher.arch),
@@ -184,6 +191,8 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
     if source is None:
         return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id)
     channels, classes = _shape(run)
+    if file_format(source):
+        return _adopt_file_teacher(run, source, teacher_id)
     if is_program(source):
         teacher, kind, path = load_program(source), "program", run.path(f"checkpoints/teacher{source.suffix or '.pt'}")
     else:
@@ -214,6 +223,33 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
             "parameters": count_parameters(teacher),
             "source": BUNDLED_TEACHER_NOTE if source == BUNDLED_TEACHER else str(source),
             "source_sha256": sha256_file(source),
+        },
+    )
+    return teacher
+
+
+def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module:
+    """An ONNX, TFLite or Keras teacher: checked against the data, copied into the run, run in its own runtime."""
+    channels, classes = _shape(run)
+    folder = run.path("checkpoints")
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher = adopt_teacher_file(source, run.config.teacher.input, run.splits, run.config.data.source, folder)
+    _check_outputs(teacher, run, "teacher")
+    interface = teacher.interface
+    run.record(
+        "teacher",
+        "distill",
+        teacher_id,
+        teacher.path,
+        info={
+            "arch": f"{interface.format} file {source.name}",
+            "in_channels": channels,
+            "num_classes": classes,
+            "kind": "file",
+            "interface": interface.model_dump(),
+            "parameters": file_parameters(teacher.path, interface),
+            "source": str(source),
+            "source_sha256": source_digest(source),
         },
     )
     return teacher

@@ -70,6 +70,8 @@ def measure_plan(
         runner = plan.make_runner(threads)
         if logits is None:
             logits = predict_all(runner, x, cfg.eval_batch)
+        if any(t.threads == runner.threads for t in timings):
+            continue  # a runtime that fixes its thread pool at start-up (TensorFlow) ran this count already
         timings += time_runner(runner, x, cfg, macs)
     memory = None
     if cfg.memory and plan.probe is not None:

@@ -196,4 +196,9 @@ def check_loss_params(name: str, params: dict) -> None:
             )
 
 
+def reads_teacher_features(name: str) -> bool:
+    """Whether loss ``name`` taps the teacher's inner layers (its factory takes a ``teacher_layer``)."""
+    return "teacher_layer" in inspect.signature(LOSSES.get(name)).parameters
+
+
 _PARAM_TYPES = {"float": (int, float), "int": (int,), "str": (str,)}

@@ -7,6 +7,7 @@ manifest describes, so that accuracy measured here is what an outside consumer g
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +163,71 @@ def tflite_runner(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec
         return loaded(x).invoke  # the input tensor is set once, outside the timed region
 
     return Runner("tflite", "XNNPACK", threads, predict, timed_call)
+
+
+@functools.lru_cache(maxsize=4)
+def _tensorflow_model(path: str) -> tuple[Callable, list[TensorSpec], list[TensorSpec], int]:
+    """A Keras file or SavedModel directory as (function of one float batch, input specs, output specs,
+    parameter count)."""
+    import tensorflow as tf
+
+    def spec(name: str, shape, dtype) -> TensorSpec:
+        dims = list(shape)
+        return TensorSpec(name=name, shape=[d if d is not None else "batch" for d in dims], dtype=str(dtype))
+
+    if Path(path).is_file():
+        import keras
+
+        model = keras.saving.load_model(path, compile=False)
+        inputs = [spec(t.name, t.shape, t.dtype) for t in model.inputs]
+        outputs = [spec(t.name, t.shape, t.dtype) for t in model.outputs]
+        signature = [tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)]
+        call = tf.function(lambda t: model(t, training=False), input_signature=signature)
+        return call, inputs, outputs, int(model.count_params())
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_default"]
+    in_specs = signature.structured_input_signature[1]
+    out_name = sorted(signature.structured_outputs)[0]
+    inputs = [spec(name, s.shape, s.dtype.name) for name, s in sorted(in_specs.items())]
+    outputs = [spec(out_name, s.shape, s.dtype.name) for s in [signature.structured_outputs[out_name]]]
+    in_name = inputs[0].name
+    params = sum(int(np.prod(v.shape)) for v in loaded.variables)
+    return (lambda t: signature(**{in_name: t})[out_name]), inputs, outputs, params
+
+
+def tensorflow_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of a Keras file or SavedModel directory."""
+    _, inputs, outputs, _ = _tensorflow_model(str(path))
+    return inputs, outputs
+
+
+def tensorflow_parameters(path: Path) -> int:
+    """Parameter count of a Keras file or SavedModel directory."""
+    return _tensorflow_model(str(path))[3]
+
+
+def tensorflow_runner(path: Path, layout: str, threads: int | None) -> Runner:
+    """A Keras file or SavedModel on TensorFlow (CPU), fed float NCHW (laid out as ``layout``).
+
+    TensorFlow fixes its thread pool when it first runs an op; ``threads`` is applied when it can still be, and
+    the runner reports the thread count TensorFlow really uses."""
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError):  # raised once TensorFlow's context exists
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    actual = tf.config.threading.get_intra_op_parallelism_threads() or cpu_threads(None)
+    call = _tensorflow_model(str(path))[0]
+
+    def to_feed(x: np.ndarray):
+        x = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+        return tf.constant(np.ascontiguousarray(x, np.float32))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return call(to_feed(x)).numpy()
+
+    def timed_call(x: np.ndarray) -> Callable[[], object]:
+        feed = to_feed(x)
+        return lambda: call(feed).numpy()  # .numpy(): wait for the result, as the other runtimes do
+
+    return Runner("tensorflow", "CPU", actual, predict, timed_call)
