@@ -188,6 +188,20 @@ def _losses(info: dict) -> str:
     return " + ".join(f"{spec['weight']:g}·{spec['name']}" for spec in info["losses"])
 
 
+def _file_teacher_note(info: dict) -> str:
+    """How a teacher of another framework ran: its runtime, layout, normalization and outputs."""
+    if info.get("kind") != "file":
+        return ""
+    face = info["interface"]
+    quantized = ", int8 input and output dequantized" if face["input"].get("scale") is not None else ""
+    outputs = ", softmax probabilities taken as log-probabilities" if face["outputs"] == "probabilities" else ""
+    return (
+        f"; run on **{face['runtime']}**, fed {face['input']['layout']} {face['input']['shape']} as "
+        f"(pixel × {face['pixel_scale']:.6g} − {face['mean']}) / {face['std']} "
+        f"(normalization from {face['normalization_from']}){quantized}{outputs}"
+    )
+
+
 def model_bullets(manifest: Manifest) -> list[str]:
     """Teacher, student, baseline and KD gain; empty until both teacher and student exist."""
     teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
@@ -196,7 +210,7 @@ def model_bullets(manifest: Manifest) -> list[str]:
     ratio = teacher.info["parameters"] / student.info["parameters"]
     bullets = [
         f"teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters "
-        f"({teacher.info.get('source', 'trained by edgepipe')})",
+        f"({teacher.info.get('source', 'trained by edgepipe')}){_file_teacher_note(teacher.info)}",
         f"student: `{student.info['arch']}`, {student.info['parameters']:,} parameters ({ratio:.1f}× fewer), "
         f"loss {_losses(student.info)}, {student.info['epochs_run']} epochs, best val epoch "
         f"{student.info['best_epoch']} ({student.info['val_accuracy']:.2f} % val)",
