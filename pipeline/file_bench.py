@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.config import BenchConfig, DataConfig
 from pipeline.data import Splits, load_splits
 from pipeline.errors import DataError, ModelError
@@ -18,7 +16,7 @@ from pipeline.harness import Plan, measure_plan
 from pipeline.manifest import Measurement, TensorSpec
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, tflite_profile
-from pipeline.runtimes import Runner, onnxruntime_runner, tflite_runner
+from pipeline.runtimes import Runner, fed, onnxruntime_runner, tflite_runner, to_nhwc
 
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
@@ -68,16 +66,7 @@ def describe_file(path: Path) -> tuple[str, list[TensorSpec], list[TensorSpec]]:
 
 def _onnx_runner(path: Path, layout: str, threads: int) -> Runner:
     runner = onnxruntime_runner(path, "CPUExecutionProvider", threads)
-    if layout == "NCHW":
-        return runner
-    nhwc = lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # noqa: E731
-    return Runner(
-        runner.runtime,
-        runner.provider,
-        runner.threads,
-        lambda x: runner.predict(nhwc(x)),
-        lambda x: runner.timed_call(nhwc(x)),
-    )
+    return runner if layout == "NCHW" else fed(runner, to_nhwc)
 
 
 def _fit_data(data: DataConfig, spec: TensorSpec) -> DataConfig:

@@ -34,6 +34,21 @@ class Runner:
     timed_call: Callable[[np.ndarray], Callable[[], object]]
 
 
+def fed(runner: Runner, convert: Callable[[np.ndarray], np.ndarray], outputs=lambda y: y) -> Runner:
+    """``runner`` with each input converted first (outside any timed region) and its outputs after."""
+    return Runner(
+        runner.runtime,
+        runner.provider,
+        runner.threads,
+        lambda x: outputs(runner.predict(convert(x))),
+        lambda x: runner.timed_call(convert(x)),
+    )
+
+
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
 def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """float → int8 with the tensor's scale and zero point (the formula in the manifest)."""
     info = np.iinfo(spec.dtype)

@@ -27,7 +27,7 @@ from pipeline.data import Splits
 from pipeline.errors import DataError, ModelError
 from pipeline.io import atomic_path, hash_json, sha256_file
 from pipeline.manifest import TensorSpec
-from pipeline.runtimes import Runner, onnxruntime_runner, tensorflow_runner, tflite_runner
+from pipeline.runtimes import Runner, fed, onnxruntime_runner, tensorflow_runner, tflite_runner, to_nhwc
 
 FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".keras": "Keras"}
 SAVED_MODEL = "SavedModel"
@@ -270,25 +270,10 @@ def file_runner(path: Path, interface: TeacherInterface, threads: int | None) ->
         runner = onnxruntime_runner(path, "CPUExecutionProvider", threads)
         if interface.layout == "NCHW":
             return runner
-        return _fed(runner, _nhwc)
+        return fed(runner, to_nhwc)
     if interface.format == "TFLite":
         return tflite_runner(path, [interface.input], [interface.output], threads)
     return tensorflow_runner(loadable_path(path), interface.layout, threads)
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-
-
-def _fed(runner: Runner, convert, outputs=lambda y: y) -> Runner:
-    """``runner`` with its input converted before (outside any timed region) and its outputs after."""
-    return Runner(
-        runner.runtime,
-        runner.provider,
-        runner.threads,
-        lambda x: outputs(runner.predict(convert(x))),
-        lambda x: runner.timed_call(convert(x)),
-    )
 
 
 def looks_like_probabilities(outputs: np.ndarray) -> bool:
@@ -325,7 +310,7 @@ class FileTeacher(nn.Module):
         """A runner fed the run's normalized NCHW batches (as every artifact of the run is), giving logits."""
         if threads not in self._runners:
             inner = file_runner(self.path, self.interface, threads)
-            self._runners[threads] = _fed(inner, self.teacher_input, self.to_logits)
+            self._runners[threads] = fed(inner, self.teacher_input, self.to_logits)
         return self._runners[threads]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
