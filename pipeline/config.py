@@ -477,6 +477,11 @@ class RunConfig(_Section):
 
         fmt = file_format(Path(self.teacher.checkpoint)) if self.teacher.checkpoint not in (None, "", "auto") else None
         feature_losses = [spec.name for spec in self.distill.losses if reads_teacher_features(spec.name)]
+        if not fmt and self.teacher.input != TeacherInput():
+            raise ValueError(
+                "teacher.input describes an ONNX, TFLite or Keras teacher file; "
+                f"teacher.checkpoint {self.teacher.checkpoint!r} is not one (drop teacher.input)"
+            )
         if fmt and feature_losses:
             raise ValueError(
                 f"loss {feature_losses[0]!r} reads the teacher's inner layers, but the teacher is a {fmt} file run in "

@@ -282,6 +282,12 @@ def test_feature_loss_with_a_file_teacher_is_a_config_error() -> None:
     assert "loss 'hint' reads the teacher's inner layers, but the teacher is a ONNX file" in line and "\n" not in line
 
 
+def test_teacher_input_without_a_file_teacher_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_config({"checkpoint": "teacher.pt", "input": PIXELS}))
+    assert "teacher.input describes an ONNX, TFLite or Keras teacher file" in caught.value.one_line()
+
+
 @pytest.mark.parametrize(
     ("teacher", "error", "message"),
     [
