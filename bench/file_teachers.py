@@ -73,26 +73,27 @@ def keras_teacher(run: RunDir, path: Path, epochs: int) -> Path:
     return path
 
 
+class NHWCPixels(torch.nn.Module):
+    """``model`` behind an NHWC input of pixel / 255, the normalization it was trained with inside the graph."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x.permute(0, 3, 1, 2) - self.mean) / self.std)
+
+
 def onnx_teacher(run: RunDir, path: Path) -> Path:
     """The bundled teacher as ONNX taking NHWC pixels / 255, the run's normalization inside the graph."""
     c, _, _ = run.splits.input_shape
     teacher = load_checkpoint(BUNDLED_TEACHER, "teacher-cnn", c, len(run.splits.classes), {})
-    mean = torch.tensor(run.splits.mean).view(1, -1, 1, 1)
-    std = torch.tensor(run.splits.std).view(1, -1, 1, 1)
-
-    class NHWCTeacher(torch.nn.Module):
-        def forward(self, x):
-            return teacher((x.permute(0, 3, 1, 2) - mean) / std)
-
+    wrapped = NHWCPixels(teacher, run.splits.mean, run.splits.std).eval()
     example = torch.from_numpy(run.splits.test.x[:2].transpose(0, 2, 3, 1).astype(np.float32) / 255)
-    torch.onnx.export(
-        NHWCTeacher().eval(),
-        (example,),
-        str(path),
-        input_names=["pixels"],
-        dynamic_axes={"pixels": {0: "batch"}},
-        dynamo=False,
-    )
+    names = {"input_names": ["pixels"], "dynamic_axes": {"pixels": {0: "batch"}}}
+    torch.onnx.export(wrapped, (example,), str(path), dynamo=False, **names)
     return path
 
 

@@ -161,7 +161,8 @@ def _normalization(path: Path, fmt: str, given: TeacherInput) -> tuple[float, li
             found, source = beside[0], f"{beside[1]} (lists the file's sha256)"
     if found is not None:
         said = (found.get("pixel_scale", 1 / 255), found["mean"], found["std"])
-        if given.mean is not None and not np.allclose(said, (given.pixel_scale, given.mean, given.std)):
+        stated = (given.pixel_scale, given.mean, given.std)
+        if given.mean is not None and not all(np.allclose(a, b) for a, b in zip(said, stated)):
             raise ModelError(
                 f"the teacher {path.name} normalizes with pixel_scale {said[0]:.6g}, mean {said[1]}, std {said[2]} "
                 f"({source}); teacher.input says {given.pixel_scale:.6g}, {given.mean}, {given.std}",

@@ -196,6 +196,17 @@ def test_saved_model_teacher(keras_teacher: Path, tmp_path: Path) -> None:
     assert ensure_teacher(RunDir.open(run.root)) is not None  # cached: same source, same id
 
 
+def test_config_contradicting_the_file_is_an_error(finished_run: Path, tmp_path: Path) -> None:
+    """teacher.input.mean/std other than what the run manifest beside the file says: one line with both."""
+    exported = finished_run / RunDir.open(finished_run).require("tflite-fp32").path
+    run = RunDir.create(tmp_path / "run", parse_config(_config({"checkpoint": str(exported), "input": PIXELS})))
+    with pytest.raises(ModelError) as caught:
+        ensure_teacher(run)
+    line = caught.value.one_line()
+    assert "the teacher student-tflite-fp32.tflite normalizes with pixel_scale 0.00392157, mean [0." in line
+    assert "teacher.input says 0.00392157, [0.0], [1.0]" in line and "manifest.json" in line
+
+
 def _count_calls(monkeypatch) -> list[int]:
     calls = []
     forward = FileTeacher.forward
