@@ -1,11 +1,11 @@
 """Students distilled from teachers of other frameworks, on the embedded default (Fashion-MNIST), against a baseline.
 
-    python bench/file_teachers.py [--out runs/file-teachers] [--keras-epochs 5]
+    python bench/file_teachers.py [--out runs/file-teachers] [--keras-epochs 10]
 
 1. A base run of the default config (bundled PyTorch teacher) with ``distill.baseline: true`` and exports
    onnx-fp32, tflite-fp32 and tflite-int8: the baseline student (labels only, same budget) and the TFLite files.
 2. Teachers, each given to ``edgepipe run`` as ``teacher.checkpoint`` with the default student and budget:
-   - keras: a Keras CNN trained here on the training split (softmax output; fed pixels / 255);
+   - keras: a Keras CNN trained here on the training split (softmax output, best val epoch; fed pixels / 255);
    - onnx: the bundled teacher exported by ``torch.onnx`` with NHWC input of pixels / 255 (normalization inside);
    - tflite-fp32 and tflite-int8: the base run's student as edgepipe exported it (normalization read from the
      run's manifest.json beside the file), against pytorch: the same student's PyTorch checkpoint.
@@ -44,32 +44,31 @@ def _top1(run: RunDir, artifact: str) -> tuple[float, str]:
 
 
 def keras_teacher(run: RunDir, path: Path, epochs: int) -> Path:
-    """A small Keras CNN trained on the run's training split (pixels / 255, NHWC), softmax output."""
+    """A Keras CNN (conv-BN-ReLU ×3, global pool, softmax) trained on the run's training split (NHWC pixels / 255),
+    the best validation epoch kept."""
     import keras
 
     keras.utils.set_random_seed(0)
     splits = run.splits
     c, h, w = splits.input_shape
-    model = keras.Sequential(
-        [
-            keras.Input((h, w, c)),
-            *[
-                layer
-                for filters in (32, 64)
-                for layer in (
-                    keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-                    keras.layers.MaxPool2D(),
-                )
-            ],
-            keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(len(splits.classes), activation="softmax"),
-        ]
-    )
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    layers = [keras.Input((h, w, c))]
+    for filters, pool in ((32, True), (64, True), (128, False)):
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False), keras.layers.BatchNormalization()]
+        layers += [keras.layers.ReLU()] + ([keras.layers.MaxPool2D()] if pool else [])
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(splits.classes), activation="softmax")]
+    model = keras.Sequential(layers)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     nhwc = lambda images: images.x.transpose(0, 2, 3, 1).astype("float32") / 255  # noqa: E731
-    model.fit(nhwc(splits.train), splits.train.y, epochs=epochs, batch_size=128, verbose=2)
-    model.save(path)
+    best = keras.callbacks.ModelCheckpoint(str(path), monitor="val_accuracy", save_best_only=True)
+    model.fit(
+        nhwc(splits.train),
+        splits.train.y,
+        validation_data=(nhwc(splits.val), splits.val.y),
+        epochs=epochs,
+        batch_size=128,
+        callbacks=[best],
+        verbose=2,
+    )
     return path
 
 
@@ -100,7 +99,7 @@ def onnx_teacher(run: RunDir, path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/file-teachers"))
-    parser.add_argument("--keras-epochs", type=int, default=5)
+    parser.add_argument("--keras-epochs", type=int, default=10)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     base = _run(args.out / "base", {}, ["onnx-fp32", "tflite-fp32", "tflite-int8"], baseline=True)
