@@ -193,6 +193,7 @@ def run_bench(run: RunDir) -> list[Measurement]:
                     measurement = measurement.model_copy(update={"agreement": 100.0})
                 if plan.runtime == TF2ONNX_RUNTIME:
                     measurement = _converted(measurement, logits_of.get("tflite"), logits)
+                measurement = measurement.model_copy(update={"sha256": run.manifest.artifacts[name].sha256})
                 logits_of[plan.runtime] = logits
                 measurements.append(measurement)
             bar.advance(task)

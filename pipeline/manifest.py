@@ -147,6 +147,9 @@ class Measurement(_Record):
     )
     parity: Parity | None = Field(None, description="Runs of a converted artifact: agreement with its own runtime.")
     timings: list[Timing] = Field(description="Every configured batch size × thread count.")
+    sha256: str | None = Field(
+        None, description="sha256 of the artifact measured (its record's): a figure belongs to exactly that file."
+    )
 
     def timing(self, batch: int, threads: int | None = None) -> Timing | None:
         """The timing at ``batch`` and ``threads`` (the most threads measured when None)."""

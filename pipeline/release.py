@@ -152,6 +152,13 @@ def _measurements(run: RunDir, record: ArtifactRecord) -> list[Measurement]:
         reasons = [s.reason for s in run.manifest.skipped if s.artifact == record.name and s.runtime == runtime]
         why = f" (skipped: {reasons[0]})" if reasons else ""
         raise RunStateError(f"{record.name} was not measured on {runtime} in {run.root}{why}", hint)
+    stale = [m for m in rows if m.sha256 not in (None, record.sha256)]
+    if stale:
+        raise RunStateError(
+            f"the figures of {record.name} were measured on another file (sha256 {stale[0].sha256[:12]}…, the "
+            f"artifact is now {record.sha256[:12]}…): it was rebuilt after bench",
+            hint,
+        )
     return rows
 
 

@@ -205,6 +205,24 @@ def test_run_without_bench(run_copy: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_figures_of_another_file_are_refused(run_copy: Path, tmp_path: Path) -> None:
+    """Every measurement names the sha256 of the file it measured; figures of another file than the artifact's
+    (bench ran before the artifact was rebuilt) are not shipped with it."""
+    manifest = Manifest.load(run_copy / "manifest.json")
+    sha256 = manifest.artifacts["onnx-int8"].sha256
+    rows = [m for m in manifest.measurements if m.artifact == "onnx-int8"]
+    assert rows and all(m.sha256 == sha256 for m in rows)
+    manifest.measurements = [
+        m.model_copy(update={"sha256": "f" * 64}) if m.artifact == "onnx-int8" else m for m in manifest.measurements
+    ]
+    manifest.save(run_copy / "manifest.json")
+    result = CliRunner().invoke(app, release_args(run_copy, tmp_path / "out", "onnx-int8"))
+    assert result.exit_code == 6
+    line = one_error_line(result)
+    assert "the figures of onnx-int8 were measured on another file" in line and f"edgepipe bench {run_copy}" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_out_needs_force(finished_run: Path, tmp_path: Path) -> None:
     """A non-empty --out is refused; with --force it is replaced whole, and no temp directory stays."""
     out = tmp_path / "bundle"
