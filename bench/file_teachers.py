@@ -1,11 +1,12 @@
 """Students distilled from teachers of other frameworks, on the embedded default (Fashion-MNIST), against a baseline.
 
-    python bench/file_teachers.py [--out runs/file-teachers] [--keras-epochs 10]
+    python bench/file_teachers.py [--out runs/file-teachers] [--keras-epochs 15]
 
 1. A base run of the default config (bundled PyTorch teacher) with ``distill.baseline: true`` and exports
    onnx-fp32, tflite-fp32 and tflite-int8: the baseline student (labels only, same budget) and the TFLite files.
 2. Teachers, each given to ``edgepipe run`` as ``teacher.checkpoint`` with the default student and budget:
-   - keras: a Keras CNN trained here on the training split (softmax output, best val epoch; fed pixels / 255);
+   - keras: a Keras CNN like teacher-cnn, trained here on the training split with flips and shifts (softmax
+     output, best val epoch; fed pixels / 255);
    - onnx: the bundled teacher exported by ``torch.onnx`` with NHWC input of pixels / 255 (normalization inside);
    - tflite-fp32 and tflite-int8: the base run's student as edgepipe exported it (normalization read from the
      run's manifest.json beside the file), against pytorch: the same student's PyTorch checkpoint.
@@ -44,20 +45,27 @@ def _top1(run: RunDir, artifact: str) -> tuple[float, str]:
 
 
 def keras_teacher(run: RunDir, path: Path, epochs: int) -> Path:
-    """A Keras CNN (conv-BN-ReLU ×3, global pool, softmax) trained on the run's training split (NHWC pixels / 255),
-    the best validation epoch kept."""
+    """A Keras CNN shaped like teacher-cnn (conv-BN-ReLU 32/64/128/128, global pool, dropout, softmax) trained on
+    the run's training split (NHWC pixels / 255) with flips and ±2-pixel shifts, cosine-decayed Adam, the best
+    validation epoch kept."""
     import keras
 
     keras.utils.set_random_seed(0)
     splits = run.splits
     c, h, w = splits.input_shape
-    layers = [keras.Input((h, w, c))]
-    for filters, pool in ((32, True), (64, True), (128, False)):
+    layers = [
+        keras.Input((h, w, c)),
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomTranslation(2 / h, 2 / w, fill_mode="constant"),
+    ]
+    for filters, pool in ((32, True), (64, True), (128, False), (128, False)):
         layers += [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False), keras.layers.BatchNormalization()]
         layers += [keras.layers.ReLU()] + ([keras.layers.MaxPool2D()] if pool else [])
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(splits.classes), activation="softmax")]
-    model = keras.Sequential(layers)
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dropout(0.2)]
+    model = keras.Sequential([*layers, keras.layers.Dense(len(splits.classes), activation="softmax")])
+    steps = epochs * -(-len(splits.train) // 128)
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps))
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     nhwc = lambda images: images.x.transpose(0, 2, 3, 1).astype("float32") / 255  # noqa: E731
     best = keras.callbacks.ModelCheckpoint(str(path), monitor="val_accuracy", save_best_only=True)
     model.fit(
@@ -99,7 +107,7 @@ def onnx_teacher(run: RunDir, path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/file-teachers"))
-    parser.add_argument("--keras-epochs", type=int, default=10)
+    parser.add_argument("--keras-epochs", type=int, default=15)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     base = _run(args.out / "base", {}, ["onnx-fp32", "tflite-fp32", "tflite-int8"], baseline=True)
