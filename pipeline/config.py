@@ -187,8 +187,8 @@ class TeacherConfig(TrainConfig):
         "auto",
         description="A trained teacher: state_dict checkpoint (into `arch`), TorchScript file or torch.export .pt2; "
         "or a model of another framework run in its own runtime: .onnx (onnxruntime), .tflite (TFLite "
-        "interpreter), .keras or a SavedModel directory (TensorFlow). auto: the teacher bundled with edgepipe when "
-        "the data is fashion-mnist and arch is teacher-cnn, else train one; empty: always train one.",
+        "interpreter), .keras / .h5 or a SavedModel directory (TensorFlow). auto: the teacher bundled with edgepipe "
+        "when the data is fashion-mnist and arch is teacher-cnn, else train one; empty: always train one.",
     )
     input: TeacherInput = Field(
         default_factory=TeacherInput, description="ONNX/TFLite/Keras teachers: what their file does not say."

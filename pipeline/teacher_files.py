@@ -29,7 +29,7 @@ from pipeline.io import atomic_path, hash_json, sha256_file
 from pipeline.manifest import TensorSpec
 from pipeline.runtimes import Runner, fed, onnxruntime_runner, tensorflow_runner, tflite_runner, to_nhwc
 
-FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".keras": "Keras"}
+FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".keras": "Keras", ".h5": "Keras"}
 SAVED_MODEL = "SavedModel"
 RUNTIMES = {"ONNX": "onnxruntime", "TFLite": "tflite", "Keras": "tensorflow", SAVED_MODEL: "tensorflow"}
 SAVED_MODEL_ARCHIVE = ".savedmodel.zip"
@@ -41,7 +41,7 @@ def file_format(path: Path) -> str | None:
     """ONNX, TFLite, Keras or SavedModel for a teacher file of another framework; None for PyTorch files."""
     if path.suffix in FORMATS:
         return FORMATS[path.suffix]
-    if path.name.endswith(SAVED_MODEL_ARCHIVE) or (path.is_dir() and (path / "saved_model.pb").is_file()):
+    if path.is_dir() and (path / "saved_model.pb").is_file():
         return SAVED_MODEL
     return None
 
@@ -233,9 +233,8 @@ def check_against_data(interface: TeacherInterface, splits: Splits, name: str, d
 
 def store_teacher_file(source: Path, folder: Path) -> Path:
     """Copy the teacher into the run (atomically); a SavedModel directory becomes a deterministic zip."""
-    fmt = file_format(source)
-    if fmt != SAVED_MODEL or source.is_file():
-        dest = folder / f"teacher{source.suffix if fmt != SAVED_MODEL else SAVED_MODEL_ARCHIVE}"
+    if file_format(source) != SAVED_MODEL:
+        dest = folder / f"teacher{source.suffix}"
         with atomic_path(dest) as tmp:
             shutil.copyfile(source, tmp)
         return dest

@@ -179,21 +179,32 @@ def test_exported_file_teacher_matches_its_pytorch_original(
     assert _measured(run, "teacher").runtime == runtime and _measured(run, "teacher").accuracy == earlier_top1
 
 
-def test_saved_model_teacher(keras_teacher: Path, tmp_path: Path) -> None:
-    """A SavedModel directory is a teacher too: stored in the run as one zip, reloaded with the same logits."""
+@pytest.mark.parametrize(
+    ("form", "stored", "fmt"),
+    [("saved", "teacher.savedmodel.zip", "SavedModel"), ("teacher.h5", "teacher.h5", "Keras")],
+)
+def test_other_keras_forms(keras_teacher: Path, tmp_path: Path, form: str, stored: str, fmt: str) -> None:
+    """A SavedModel directory (stored in the run as one zip) and a legacy .h5 file teach like the .keras file:
+    same logits, and the run's stored copy reloads with them."""
     import keras
 
-    saved = tmp_path / "saved"
-    keras.saving.load_model(keras_teacher).export(str(saved), verbose=False)
-    raw = _config({"checkpoint": str(saved), "input": PIXELS}, epochs=1)
-    run = RunDir.create(tmp_path / "run", parse_config(raw))
-    teacher = ensure_teacher(run)
-    record = run.require("teacher")
-    assert record.path == "checkpoints/teacher.savedmodel.zip" and record.info["interface"]["format"] == "SavedModel"
-    x = torch.from_numpy(run.splits.normalize(run.splits.val.x[:16]))
-    reloaded = load_model(RunDir.open(run.root), "teacher")
-    assert torch.equal(teacher(x), reloaded(x))
-    assert ensure_teacher(RunDir.open(run.root)) is not None  # cached: same source, same id
+    model = keras.saving.load_model(keras_teacher)
+    source = tmp_path / form
+    if form == "saved":
+        model.export(str(source), verbose=False)
+    else:
+        model.save(source)
+    runs = {}
+    for name, checkpoint in (("keras", keras_teacher), ("other", source)):
+        raw = _config({"checkpoint": str(checkpoint), "input": PIXELS}, epochs=1)
+        runs[name] = RunDir.create(tmp_path / name, parse_config(raw))
+    x = torch.from_numpy(runs["keras"].splits.normalize(runs["keras"].splits.val.x[:16]))
+    expected = ensure_teacher(runs["keras"])(x)
+    teacher = ensure_teacher(runs["other"])
+    record = runs["other"].require("teacher")
+    assert record.path == f"checkpoints/{stored}" and record.info["interface"]["format"] == fmt
+    assert torch.allclose(teacher(x), expected, atol=1e-5)
+    assert torch.equal(load_model(RunDir.open(runs["other"].root), "teacher")(x), teacher(x))
 
 
 def test_config_contradicting_the_file_is_an_error(finished_run: Path, tmp_path: Path) -> None:
