@@ -16,7 +16,7 @@ from pipeline.harness import Plan, measure_plan
 from pipeline.io import hash_json
 from pipeline.manifest import ArtifactRecord, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
-from pipeline.model_profile import onnx_profile, tflite_profile, torch_profile
+from pipeline.model_profile import onnx_profile, torch_profile
 from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
@@ -58,7 +58,7 @@ def _teacher_file_plan(run: RunDir, shape: list[int]) -> Plan:
         if interface.layout == "NCHW":
             probe = ProbeSpec(kind="onnx", path=str(path), input_shape=shape)
     elif interface.format == "TFLite":
-        profile = lambda: tflite_profile(path)  # noqa: E731
+        profile = lambda: onnx_profile(converted_tflite(run, record))  # noqa: E731
         specs = {"inputs": [interface.input], "outputs": [interface.output]}
         probe = ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs)
     return Plan(
@@ -127,17 +127,21 @@ def _tflite_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list
     return [interpreter, onnx]
 
 
+def _model_entry(run: RunDir, name: str, shape: list[int]) -> tuple[str, str, Callable[[], list[Plan]]]:
+    """A model of the run on PyTorch, or a teacher file of another framework on its own runtime."""
+    record = run.manifest.artifacts.get(name)
+    if record is not None and record.info.get("kind") == "file":
+        return name, record.info["interface"]["runtime"], lambda: [_teacher_file_plan(run, shape)]
+    return name, "pytorch", lambda: [_torch_plan(run, name)]
+
+
 def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
     """(artifact, runtime, plan factory) for the teacher, the students and every exported artifact."""
     shape = list(run.splits.test.x.shape[1:])
     names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
     if shipped_student(run) == PRUNED_STUDENT:
         names.insert(2, PRUNED_STUDENT)  # beside the unpruned student it came from
-    plans = [(name, "pytorch", lambda n=name: [_torch_plan(run, n)]) for name in names]
-    teacher = run.manifest.artifacts.get("teacher")
-    if teacher is not None and teacher.info.get("kind") == "file":
-        runtime = teacher.info["interface"]["runtime"]
-        plans[0] = ("teacher", runtime, lambda: [_teacher_file_plan(run, shape)])
+    plans = [_model_entry(run, name, shape) for name in names]
     for record in run.manifest.artifacts.values():
         if record.stage != "export" or (
             record.info.get("source", "student") not in SHIPPED_SOURCES and record.info["precision"] != "int8"

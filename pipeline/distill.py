@@ -231,8 +231,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
 def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module:
     """An ONNX, TFLite or Keras teacher: checked against the data, copied into the run, run in its own runtime."""
     channels, classes = _shape(run)
-    folder = run.path("checkpoints")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = run.path("checkpoints")  # store_teacher_file's atomic write makes it
     teacher = adopt_teacher_file(source, run.config.teacher.input, run.splits, run.config.data.source, folder)
     _check_outputs(teacher, run, "teacher")
     interface = teacher.interface

@@ -27,7 +27,16 @@ from pipeline.data import Splits
 from pipeline.errors import DataError, ModelError
 from pipeline.io import atomic_path, hash_json, sha256_file
 from pipeline.manifest import TensorSpec
-from pipeline.runtimes import Runner, fed, onnxruntime_runner, tensorflow_runner, tflite_runner, to_nhwc
+from pipeline.runtimes import (
+    Runner,
+    fed,
+    onnxruntime_runner,
+    tensorflow_parameters,
+    tensorflow_runner,
+    tensorflow_signature,
+    tflite_runner,
+    to_nhwc,
+)
 
 FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".keras": "Keras", ".h5": "Keras"}
 SAVED_MODEL = "SavedModel"
@@ -82,16 +91,12 @@ def _raw_specs(path: Path, fmt: str) -> tuple[TensorSpec, TensorSpec]:
     if fmt == "ONNX":
         from targets.onnx_io import describe_onnx
 
-        described = describe_onnx(path, None, {})
-        inputs, outputs = described.inputs, described.outputs
+        inputs, outputs = (described := describe_onnx(path, None, {})).inputs, described.outputs
     elif fmt == "TFLite":
         from targets.tflite_io import describe_tflite
 
-        described = describe_tflite(path, {})
-        inputs, outputs = described.inputs, described.outputs
+        inputs, outputs = (described := describe_tflite(path, {})).inputs, described.outputs
     else:
-        from pipeline.runtimes import tensorflow_signature
-
         inputs, outputs = tensorflow_signature(path)
     if len(inputs) != 1:
         raise ModelError(f"the teacher {path.name} has {len(inputs)} inputs; a teacher takes one image batch")
@@ -350,7 +355,6 @@ def source_digest(path: Path) -> str:
 def file_parameters(path: Path, interface: TeacherInterface) -> int:
     """Parameters of the teacher file: onnx-tool's count (ONNX, and TFLite through tf2onnx), or TensorFlow's."""
     from pipeline.model_profile import onnx_profile, tflite_profile
-    from pipeline.runtimes import tensorflow_parameters
 
     if interface.format == "ONNX":
         return onnx_profile(path).params

@@ -64,6 +64,11 @@ class Env:
         self.cleanups: list[Callable[[], None]] = []
         self.mounted = False  # full_disk made a real full filesystem
 
+    def fresh_run(self, config: Path, *options: object, unprivileged: bool = False) -> Call:
+        """``edgepipe run CONFIG --out OUT [options]`` into an --out that does not exist yet."""
+        out = self.tmp / "out"
+        return Call(["run", config, "--out", out, *options], fresh=out, unprivileged=unprivileged)
+
     def write_config(self, raw: object = None, name: str = "config.yaml", **sections: dict) -> Path:
         """The tiny config with ``sections`` merged in, or ``raw`` (text or a mapping) as given."""
         if raw is None:
@@ -177,68 +182,57 @@ def case(exit_code: int, *marks: pytest.MarkDecorator) -> Callable:
 
 @case(CONFIG)
 def run_config_missing(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.tmp / "absent.yaml", "--out", out], fresh=out)
+    return env.fresh_run(env.tmp / "absent.yaml")
 
 
 @case(CONFIG)
 def run_config_bad_yaml_syntax(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config("seed: 0\ndata: {source: digits\n"), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config("seed: 0\ndata: {source: digits\n"))
 
 
 @case(CONFIG)
 def run_config_not_a_mapping(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config("- seed\n- data\n"), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config("- seed\n- data\n"))
 
 
 @case(CONFIG)
 def run_config_wrong_type(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(distill={"epochs": "ten"}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(distill={"epochs": "ten"}))
 
 
 @case(CONFIG)
 def run_config_section_not_a_mapping(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(teacher=5), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher=5))
 
 
 @case(CONFIG)
 def run_config_unknown_top_level_key(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(sed=1), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(sed=1))
 
 
 @case(CONFIG)
 def run_config_negative_epochs(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(teacher={"epochs": -3}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher={"epochs": -3}))
 
 
 @case(CONFIG)
 def run_config_calibration_size_zero(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(calibration={"size": 0}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(calibration={"size": 0}))
 
 
 @case(CONFIG)
 def run_config_unknown_target(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(export={"targets": ["onnx-fp32", "tflite-int4"]}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(export={"targets": ["onnx-fp32", "tflite-int4"]}))
 
 
 @case(CONFIG)
 def run_config_unknown_arch(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(teacher={"arch": "teacher-rnn"}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher={"arch": "teacher-rnn"}))
 
 
 @case(CONFIG)
 def run_config_unreadable(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.unreadable(env.write_config()), "--out", out], fresh=out, unprivileged=True)
+    return env.fresh_run(env.unreadable(env.write_config()), unprivileged=True)
 
 
 @case(CONFIG)
@@ -288,8 +282,7 @@ def _nan_images(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
 
 @case(DATA)
 def run_data_all_nan(env: Env) -> Call:
-    out = env.tmp / "out"
-    return Call(["run", env.write_config(), "--out", out, "--data", env.npz("nan.npz", *_nan_images())], fresh=out)
+    return env.fresh_run(env.write_config(), "--data", env.npz("nan.npz", *_nan_images()))
 
 
 @case(DATA)
@@ -308,23 +301,20 @@ def quantize_data_with_infinity(env: Env) -> Call:
 
 @case(DATA)
 def run_data_too_few_samples(env: Env) -> Call:
-    out = env.tmp / "out"
     data = env.npz("three.npz", np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2]))
-    return Call(["run", env.write_config(), "--out", out, "--data", data], fresh=out)
+    return env.fresh_run(env.write_config(), "--data", data)
 
 
 @case(DATA)
 def run_data_npz_without_labels(env: Env) -> Call:
-    out = env.tmp / "out"
     data = env.npz("x-only.npz", np.zeros((50, 8, 8), np.uint8))
-    return Call(["run", env.write_config(), "--out", out, "--data", data], fresh=out)
+    return env.fresh_run(env.write_config(), "--data", data)
 
 
 @case(DATA)
 def run_data_npz_random_bytes(env: Env) -> Call:
-    out = env.tmp / "out"
     data = env.file("noise.npz", np.random.default_rng(1).bytes(3000))
-    return Call(["run", env.write_config(), "--out", out, "--data", data], fresh=out)
+    return env.fresh_run(env.write_config(), "--data", data)
 
 
 @case(DATA)
@@ -384,24 +374,21 @@ def _no_marker(marker: Path) -> Callable[[], None]:
 
 @case(MODEL)
 def run_teacher_checkpoint_missing(env: Env) -> Call:
-    out = env.tmp / "out"
     config = env.write_config(teacher={"checkpoint": str(env.tmp / "absent.pt")})
-    return Call(["run", config, "--out", out], fresh=out)
+    return env.fresh_run(config)
 
 
 @case(MODEL)
 def run_teacher_checkpoint_truncated(env: Env) -> Call:
-    out = env.tmp / "out"
     whole = _teacher_bytes(env)
     checkpoint = env.file("truncated.pt", whole[: len(whole) // 2])
-    return Call(["run", env.write_config(teacher={"checkpoint": str(checkpoint)}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher={"checkpoint": str(checkpoint)}))
 
 
 @case(MODEL)
 def run_teacher_checkpoint_random_bytes(env: Env) -> Call:
-    out = env.tmp / "out"
     checkpoint = env.file("noise.pt", np.random.default_rng(2).bytes(4096))
-    return Call(["run", env.write_config(teacher={"checkpoint": str(checkpoint)}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher={"checkpoint": str(checkpoint)}))
 
 
 @case(MODEL)
@@ -416,10 +403,9 @@ def run_teacher_checkpoint_runs_code_when_unpickled(env: Env) -> Call:
 def run_teacher_checkpoint_wrong_class_count(env: Env) -> Call:
     from pipeline.models import build_model
 
-    out = env.tmp / "out"
     checkpoint = env.tmp / "five-classes.pt"
     torch.save(build_model("teacher-cnn", 1, 5).state_dict(), checkpoint)
-    return Call(["run", env.write_config(teacher={"checkpoint": str(checkpoint)}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher={"checkpoint": str(checkpoint)}))
 
 
 @case(MODEL)
@@ -449,14 +435,13 @@ def distill_teacher_checkpoint_unreadable(env: Env) -> Call:
 
 @case(MODEL)
 def run_teacher_arch_needs_other_input_shape(env: Env) -> Call:
-    out = env.tmp / "out"
     (env.tmp / "fixed_input.py").write_text(
         "from torch import nn\n\n\n"
         "def make(num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))  # 1×8×8 only\n"
     )
     teacher = {"arch": f"{env.tmp / 'fixed_input.py'}:make", "checkpoint": None}
-    return Call(["run", env.write_config(teacher=teacher, data={"image_size": [12, 12]}), "--out", out], fresh=out)
+    return env.fresh_run(env.write_config(teacher=teacher, data={"image_size": [12, 12]}))
 
 
 @case(MODEL)
