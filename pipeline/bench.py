@@ -1,7 +1,9 @@
 """Stage 4: accuracy, agreement with the teacher, latency and footprint of every model on every runtime.
 
 PyTorch runs the teacher and students, onnxruntime every ONNX file (CPU, and CUDA when installed), the TFLite
-interpreter every TFLite file, and onnxruntime each TFLite file again through tf2onnx, with its parity."""
+interpreter every TFLite file, and onnxruntime each TFLite file again through tf2onnx, with its parity. Each row
+stands on its own runtime: a TFLite file's parameters and MACs come from its own graph, so a file that tf2onnx
+cannot convert loses only its tf2onnx row (skipped, with the reason)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import numpy as np
 
 from pipeline.distill import load_model
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
-from pipeline.harness import Plan, measure_plan
+from pipeline.harness import Plan, first_line, measure_plan
 from pipeline.io import hash_json
 from pipeline.manifest import ArtifactRecord, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
-from pipeline.model_profile import onnx_profile, torch_profile
+from pipeline.model_profile import onnx_profile, tflite_profile, torch_profile
 from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
@@ -58,7 +60,7 @@ def _teacher_file_plan(run: RunDir, shape: list[int]) -> Plan:
         if interface.layout == "NCHW":
             probe = ProbeSpec(kind="onnx", path=str(path), input_shape=shape)
     elif interface.format == "TFLite":
-        profile = lambda: onnx_profile(converted_tflite(run, record))  # noqa: E731
+        profile = lambda: tflite_profile(path)  # noqa: E731
         specs = {"inputs": [interface.input], "outputs": [interface.output]}
         probe = ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs)
     return Plan(
@@ -113,7 +115,7 @@ def _tflite_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list
         runtime="tflite",
         make_runner=lambda threads: tflite_runner(path, record.inputs, record.outputs, threads),
         file_bytes=lambda: record.bytes,
-        profile=lambda: onnx_profile(converted()),
+        profile=lambda: tflite_profile(path),
         probe=ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs),
     )
     onnx = Plan(
@@ -161,10 +163,6 @@ def _converted(measurement: Measurement, interpreter_logits: np.ndarray | None, 
     return measurement.model_copy(update={"runtime": TF2ONNX_RUNTIME, "parity": parity})
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 @torch_threads_kept()  # a training later in this process keeps the thread count it had (its bytes depend on it)
 def run_bench(run: RunDir) -> list[Measurement]:
     """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason."""
@@ -181,7 +179,7 @@ def run_bench(run: RunDir) -> list[Measurement]:
             try:
                 plans = make_plans()
             except Exception as e:
-                skipped.append(Skipped(artifact=name, runtime=runtime, reason=_first_line(e)))
+                skipped.append(Skipped(artifact=name, runtime=runtime, reason=first_line(e)))
                 bar.advance(task)
                 continue
             logits_of: dict[str, np.ndarray] = {}
@@ -190,7 +188,7 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 try:
                     measurement, logits = measure_plan(plan, x_test, y_test, teacher_top1, cfg)
                 except Exception as e:
-                    skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=_first_line(e)))
+                    skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=first_line(e)))
                     continue
                 if teacher_top1 is None:
                     teacher_top1 = logits.argmax(1)

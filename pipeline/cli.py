@@ -93,7 +93,10 @@ def run(
     data: Optional[str] = typer.Option(None, help="Override data.source: fashion-mnist, digits, or a path."),
     force: list[str] = typer.Option([], help=f"Redo a stage even if cached: {', '.join(STAGES)}."),
 ) -> None:
-    """Run every stage: distill → calibrate → export → bench → report."""
+    """Run every stage: distill → calibrate → export → bench → report.
+
+    The report is always written; then exit 5 when a target failed to build (the others are built), else 8 when an
+    artifact is over its accuracy budget or the accuracy gate failed."""
     from pipeline.config import load_config
     from pipeline.run import run_pipeline
 
@@ -159,6 +162,14 @@ def quantize(run_dir: Path = RunDirArg, force: bool = typer.Option(False, help="
     run_calibrate(run, force)
     int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
     run_export(run, int8, set(int8) if force else set())
+    _raise_if_export_failed(run)
+
+
+def _raise_if_export_failed(run) -> None:
+    """Exit 5 when a target of the run failed to build (the others were built), else 8 when one is over budget."""
+    from pipeline.gate import raise_if_run_failed
+
+    raise_if_run_failed(run.manifest, run.root, gate=False)  # the gate needs bench figures: `report` checks it
 
 
 @app.command()
@@ -167,7 +178,8 @@ def export(
     run_dir: Path = RunDirArg,
     target: list[str] = typer.Option([], "--target", "-t", help="Target to (re)build; all configured when omitted."),
 ) -> None:
-    """Export targets; a named --target is rebuilt, the others it needs are reused."""
+    """Export targets; a named --target is rebuilt, the others it needs are reused. A target that fails does not
+    stop the others: exit 5 after building them (8 when an artifact is over its accuracy budget)."""
     from pipeline.export import run_export
     from targets import TARGETS
 
@@ -181,6 +193,7 @@ def export(
     records = run_export(run, target or None, set(target))
     for record in records:
         typer.echo(f"{record.name}: {record.path} ({record.bytes} bytes, sha256 {record.sha256[:12]})")
+    _raise_if_export_failed(run)
 
 
 @app.command()
@@ -291,12 +304,12 @@ def report(
     if limits:
         option = "--" + next(iter(limits)).replace("_", "-")
         raise ConfigError(f"{option} only applies with --compare RUN_B", f"add --compare RUN_B or drop {option}")
-    from pipeline.gate import raise_if_failed
+    from pipeline.gate import raise_if_run_failed
     from pipeline.report import run_report
 
     run = _open(run_dir)
     typer.echo(run_report(run))
-    raise_if_failed(run.manifest.gate)
+    raise_if_run_failed(run.manifest, run.root)
 
 
 @app.command()
@@ -306,13 +319,18 @@ def release(
     target: list[str] = typer.Option([], "--target", "-t", help="Exported artifact to ship (repeat)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle directory to write."),
     force: bool = typer.Option(False, help="Replace an existing non-empty --out."),
+    allow_over_budget: bool = typer.Option(
+        False, help="Ship an artifact over its accuracy budget anyway (its bundle entry says so)."
+    ),
 ) -> None:
-    """Bundle benched artifacts with labels.txt, a manifest saying how to feed each, and a README."""
+    """Bundle benched artifacts with labels.txt, a manifest saying how to feed each, and a README.
+
+    An artifact over its accuracy budget is refused (exit 8) unless --allow-over-budget."""
     from pipeline.release import build_release
 
     if out is None:
         raise ConfigError("release needs --out BUNDLE", "e.g. --out bundles/v1")
-    bundle = build_release(_open(run_dir), target, out, force)
+    bundle = build_release(_open(run_dir), target, out, force, allow_over_budget)
     for entry in bundle.artifacts.values():
         typer.echo(f"{entry.name}: {out / entry.file} ({entry.bytes} bytes, sha256 {entry.sha256[:12]})")
 

@@ -178,6 +178,13 @@ class TeacherInput(_Section):
         return self
 
 
+ModelOutput = Annotated[int, Field(ge=0)] | str
+OUTPUT_DESCRIPTION = (
+    "Which output of a model whose forward returns several (a tuple/list: its index; a dict: its key) are the "
+    "logits: trained, evaluated, exported (the only output of the exported files) and benched; 0 = the first."
+)
+
+
 class TeacherConfig(TrainConfig):
     arch: str = Field(
         "teacher-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
@@ -193,6 +200,7 @@ class TeacherConfig(TrainConfig):
     input: TeacherInput = Field(
         default_factory=TeacherInput, description="ONNX/TFLite/Keras teachers: what their file does not say."
     )
+    output: ModelOutput = Field(0, description="PyTorch teachers: " + OUTPUT_DESCRIPTION)
 
 
 class DistillConfig(TrainConfig):
@@ -207,6 +215,7 @@ class DistillConfig(TrainConfig):
         description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
     )
     baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
+    output: ModelOutput = Field(0, description=OUTPUT_DESCRIPTION)
 
 
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -263,18 +272,39 @@ class QatConfig(_Section):
 
 class QuantizeConfig(_Section):
     max_int8_drop: float = Field(
-        0.3, ge=0, description="Accuracy budget: points an int8 artifact may lose against the fp32 student on val."
+        0.3,
+        ge=0,
+        description="Accuracy budget: points an int8 artifact may lose against the fp32 student on val; a drop is "
+        "over budget only when significantly larger (one-sided paired test on per-image correctness, 95 %).",
     )
     max_float_layers: int = Field(
         4, ge=0, description="Fallback cap: at most this many of the most sensitive layers are kept in float."
+    )
+    min_int8_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Least share of the MACs an int8 artifact runs in int8; the fallback never floats below it, and "
+        "a file under it is over budget.",
     )
     qat: QatConfig = Field(default_factory=QatConfig)
 
 
 class OnnxQuantConfig(_Section):
-    per_channel: bool = Field(True, description="Per-channel int8 weights.")
-    reduce_range: bool = Field(True, description="7-bit weights; avoids u8s8 saturation on CPUs without VNNI (AVX2).")
-    activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation int8 type in the QDQ model.")
+    """onnx-int8 settings; ``auto`` lets the int8 search choose on validation, the portable value first (a tie
+    keeps it): the file ships to phones, not to the build host's CPU."""
+
+    per_channel: bool | Literal["auto"] = Field(
+        "auto", description="Per-channel int8 weights; auto: chosen on validation (true first)."
+    )
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="7-bit weights, a workaround for u8s8 saturation on x86 CPUs without VNNI (AVX2); auto: chosen "
+        "on validation (false first).",
+    )
+    activation_type: Literal["auto", "uint8", "int8"] = Field(
+        "auto", description="Activation type in the QDQ model; auto: chosen on validation (uint8 first)."
+    )
 
 
 class ExportConfig(_Section):

@@ -14,6 +14,7 @@ from pipeline.config import LossSpec, TrainConfig
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
+from pipeline.manifest import ArtifactRecord
 from pipeline.models import (
     arch_fingerprint,
     build_model,
@@ -21,7 +22,10 @@ from pipeline.models import (
     is_program,
     load_checkpoint,
     load_program,
+    outputs_record,
+    pick_output,
     save_checkpoint,
+    select_logits,
 )
 from pipeline.rundir import RunDir
 from pipeline.teacher_files import adopt_teacher_file, file_format, file_parameters, load_file_teacher, source_digest
@@ -42,27 +46,44 @@ def _example(run: RunDir) -> torch.Tensor:
     return torch.from_numpy(run.splits.normalize(run.splits.train.x[:2]))
 
 
-def _check_outputs(model: nn.Module, run: RunDir, role: str) -> None:
-    """The model must take the data's input shape and give one logit per class."""
-    channels, classes = _shape(run)
+def _output_key(role: str) -> str:
+    return "teacher.output" if role == "teacher" else "distill.output"
+
+
+def _check_outputs(model: nn.Module, run: RunDir, role: str, output: int | str = 0) -> tuple[nn.Module, dict | None]:
+    """The model must take the data's input shape and give one logit per class, as its only output or as its
+    output ``output``; returns the model answering with that output alone, and the manifest's record of it
+    (None for a model that returns one tensor)."""
+    classes = _shape(run)[1]
     try:
         with torch.no_grad():
-            logits = model.eval()(_example(run))
+            result = model.eval()(_example(run))
     except Exception as e:
         raise ModelError(
             f"the {role} does not accept the data's input {tuple(_example(run).shape)}: "
             f"{str(e).strip().splitlines()[0]}"
         ) from e
+    logits = pick_output(result, output, _output_key(role))
     if logits.ndim != 2 or logits.shape[1] != classes:
         raise ModelError(
             f"the {role} gives outputs of shape {tuple(logits.shape)}, the data has {classes} classes",
-            "check the model's class count or the data source",
+            "check the model's class count or the data source"
+            + ("" if logits is result else f", or {_output_key(role)} (the model returns several outputs)"),
         )
+    record = outputs_record(result, output)
+    return (model if record is None else select_logits(model, output)), record
 
 
 def load_model(run: RunDir, name: str) -> nn.Module:
-    """Load a trained model of this run (teacher, student or baseline) from its checkpoint."""
+    """Load a trained model of this run (teacher, student or baseline) from its checkpoint; a model with several
+    outputs answers with the logits output its record (or that of the model it was made from) selected."""
     record = run.require(name)
+    model = _load_plain(run, record)
+    outputs = _outputs_of(run, record)
+    return select_logits(model, outputs["selected"]) if outputs else model
+
+
+def _load_plain(run: RunDir, record: ArtifactRecord) -> nn.Module:
     path = run.path(record.path)
     if record.info.get("kind") == "program":
         return load_program(path)
@@ -74,6 +95,14 @@ def load_model(run: RunDir, name: str) -> nn.Module:
 
         return load_pruned_checkpoint(path, record.info["arch"], channels, classes, record.info.get("arch_kwargs"))
     return load_checkpoint(path, record.info["arch"], channels, classes, record.info.get("arch_kwargs"))
+
+
+def _outputs_of(run: RunDir, record: ArtifactRecord) -> dict | None:
+    """The ``outputs`` info of a distilled model, or of the one a pruned or QAT student was made from."""
+    artifacts = run.manifest.artifacts
+    while "outputs" not in record.info and record.stage != "distill" and record.parent in artifacts:
+        record = artifacts[record.parent]
+    return record.info.get("outputs")
 
 
 def load_teacher(run: RunDir) -> nn.Module:
@@ -93,8 +122,13 @@ def teacher_source(run: RunDir) -> Path | None:
     return Path(cfg.checkpoint) if cfg.checkpoint else None
 
 
+def _output_only_if_set(cfg: dict, output: int | str) -> dict:
+    """A section's cache key with its ``output`` only when not the default (runs made before it keep their ids)."""
+    return {**cfg, "output": output} if output != 0 else cfg
+
+
 def _teacher_id(run: RunDir) -> str:
-    cfg = run.config.teacher.model_dump()
+    cfg = run.config.teacher.model_dump(exclude={"output"})
     checkpoint = teacher_source(run)
     if checkpoint:
         foreign = file_format(checkpoint)
@@ -109,7 +143,7 @@ def _teacher_id(run: RunDir) -> str:
         else:
             cfg = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "checkpoint_sha256": digest}
     key = {
-        "teacher": cfg,
+        "teacher": _output_only_if_set(cfg, run.config.teacher.output),
         "model": arch_fingerprint(run.config.teacher.arch),
         "data": run.config.data.model_dump(),
         "seed": run.config.seed,
@@ -127,12 +161,12 @@ def _train(
     artifact_id: str,
     teacher: nn.Module | None = None,
     parent: str | None = None,
+    output: int | str = 0,
 ) -> nn.Module:
     """Build, train, save and record one model (resuming from its progress checkpoint when one matches)."""
     channels, classes = _shape(run)
     seed_everything(run.config.seed)
-    model = build_model(arch, channels, classes, arch_kwargs)
-    _check_outputs(model, run, name)
+    model, outputs = _check_outputs(build_model(arch, channels, classes, arch_kwargs), run, name, output)
     objective = Objective(losses, model, teacher, _example(run))
     teacher_logits = None
     if objective.needs_teacher and not objective.teacher_layers and not run.splits.augment.enabled:
@@ -170,6 +204,7 @@ def _train(
         info={
             **meta,
             "parameters": count_parameters(model),
+            **({"outputs": outputs} if outputs else {}),
             "losses": [spec.model_dump() for spec in losses],
             **summary,
         },
@@ -189,7 +224,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         return load_teacher(run)
     source = teacher_source(run)
     if source is None:
-        return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id)
+        return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id, output=cfg.output)
     channels, classes = _shape(run)
     if file_format(source):
         return _adopt_file_teacher(run, source, teacher_id)
@@ -198,7 +233,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
     else:
         teacher = load_checkpoint(source, cfg.arch, channels, classes, cfg.arch_kwargs)
         kind, path = "state_dict", run.path(TEACHER_PATH)
-    _check_outputs(teacher, run, "teacher")
+    teacher, outputs = _check_outputs(teacher, run, "teacher", cfg.output)
     meta = {
         "arch": cfg.arch if kind == "state_dict" else f"program:{source.name}",
         "arch_kwargs": cfg.arch_kwargs,
@@ -221,6 +256,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         info={
             **meta,
             "parameters": count_parameters(teacher),
+            **({"outputs": outputs} if outputs else {}),
             "source": BUNDLED_TEACHER_NOTE if source == BUNDLED_TEACHER else str(source),
             "source_sha256": sha256_file(source),
         },
@@ -233,7 +269,7 @@ def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module
     channels, classes = _shape(run)
     folder = run.path("checkpoints")  # store_teacher_file's atomic write makes it
     teacher = adopt_teacher_file(source, run.config.teacher.input, run.splits, run.config.data.source, folder)
-    _check_outputs(teacher, run, "teacher")
+    _check_outputs(teacher, run, "teacher", run.config.teacher.output)
     interface = teacher.interface
     run.record(
         "teacher",
@@ -256,22 +292,27 @@ def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module
 
 def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) -> nn.Module:
     """Distil the student from the teacher; with ``baseline``, also train it from labels alone."""
-    teacher = ensure_teacher(run, force)
     cfg = run.config.distill
+    channels, classes = _shape(run)
+    _check_outputs(build_model(cfg.arch, channels, classes, cfg.arch_kwargs), run, "student", cfg.output)  # fail fast
+    teacher = ensure_teacher(run, force)
     key = {
-        "distill": cfg.model_dump(exclude={"baseline"}),
+        "distill": _output_only_if_set(cfg.model_dump(exclude={"baseline", "output"}), cfg.output),
         "model": arch_fingerprint(cfg.arch),
         "data": run.config.data.model_dump(),
         "seed": run.config.seed,
     }
     student_id = run.artifact_id("student", key, [run.manifest.artifacts["teacher"].id])
     if force or not run.manifest.reusable("student", student_id, run.root):
-        student = _train(run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher")
+        student = _train(
+            run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher", cfg.output
+        )
     else:
         student = load_student(run)
     if cfg.baseline if baseline is None else baseline:
-        baseline_key = {**key, "distill": cfg.model_dump(exclude={"baseline", "losses"})}
+        baseline_cfg = cfg.model_dump(exclude={"baseline", "losses", "output"})
+        baseline_key = {**key, "distill": _output_only_if_set(baseline_cfg, cfg.output)}
         baseline_id = run.artifact_id("baseline", baseline_key, [])
         if force or not run.manifest.reusable("baseline", baseline_id, run.root):
-            _train(run, "baseline", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, baseline_id)
+            _train(run, "baseline", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, baseline_id, output=cfg.output)
     return student

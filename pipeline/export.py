@@ -1,20 +1,25 @@
 """Stage 3: build export targets from the student, each verified against the float student before it lands.
 
 Int8 targets that still break the accuracy budget are rebuilt from a quantization-aware distilled student
-(``<target>-qat``), beside the post-training ones, so the report shows both."""
+(``<target>-qat``), beside the post-training ones, so the report shows both. A target that fails is recorded in
+``manifest.failures`` with its one-line reason (and the targets converted from it as skipped); every other target
+is still built."""
 
 from __future__ import annotations
 
+import traceback
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from calibration.sampling import CalibrationSet
 from pipeline.calibrate import CALIBRATION_PATH
+from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
-from pipeline.errors import ExportError
+from pipeline.errors import EdgepipeError, ExportError, RunStateError
 from pipeline.io import atomic_path
-from pipeline.manifest import ArtifactRecord
+from pipeline.manifest import ArtifactRecord, TargetFailure
 from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.prune_measure import gzip_bytes
@@ -24,6 +29,9 @@ from pipeline.runtimes import onnxruntime_runner, tflite_runner, torch_runner
 from targets import TARGETS, ExportInputs, ExportResult, Target
 
 VERIFY_SAMPLES = 256
+QAT_SUFFIX = QAT_STUDENT.removeprefix("student")  # <target>-qat: built from the QAT-KD student
+LOGS_DIR = "logs"  # converters write their whole output to RUN/logs/<artifact>.log (ExportInputs.log_path)
+MAX_REASON_CHARS = 300
 
 
 def artifact_runner(path, fmt: str, inputs, outputs, threads: int | None):
@@ -42,6 +50,8 @@ class Exporter:
         self.force = force
         self.source = source
         self.suffix = "" if source == PRUNED_STUDENT else source.removeprefix("student")
+        self.built: dict[str, ArtifactRecord] = {}  # by target name: each target is built (or reused) once
+        self.failures: dict[str, TargetFailure] = {}  # by target name, failed or skipped
 
     @cached_property
     def student(self):
@@ -68,8 +78,40 @@ class Exporter:
             return self.run.require(self.source)
         return self.build(target.parent)
 
+    def attempt(self, name: str) -> ArtifactRecord | None:
+        """``build(name)``, its failure recorded in ``failures`` (and its record dropped) instead of raised; a target
+        whose parent failed is recorded as skipped. RunStateError (an earlier stage's output missing) is raised."""
+        if name in self.failures:
+            return None
+        target = TARGETS.get(name)
+        if target.parent != "student" and self.attempt(target.parent) is None:
+            parent = self.failures[target.parent]
+            failed = parent.depends_on or parent.target
+            skip = {"stage": "skipped", "reason": f"depends on {failed}, which failed", "depends_on": failed}
+            self._fail(name, TargetFailure(target=name + self.suffix, **skip))
+            return None
+        log = log_path(self.run, name + self.suffix)
+        before = _mtime(log)
+        try:
+            return self.build(name)
+        except RunStateError:
+            raise
+        except Exception as e:  # any converter's failure is this target's row, never the run's end
+            self._fail(name, target_failure(self.run, e, name + self.suffix, "export", log, before))
+            return None
+
+    def _fail(self, name: str, failure: TargetFailure) -> None:
+        self.failures[name] = failure
+        self.run.manifest.artifacts.pop(failure.target, None)  # an earlier build's record would be benched as this one
+
     def build(self, name: str) -> ArtifactRecord:
-        """Export target ``name`` (and any parent it needs) unless an identical artifact exists."""
+        """Export target ``name`` (and any parent it needs) unless an identical artifact exists; raises its
+        converter's or verification's error."""
+        if name not in self.built:
+            self.built[name] = self._build(name)
+        return self.built[name]
+
+    def _build(self, name: str) -> ArtifactRecord:
         target = TARGETS.get(name)()
         record_name = name + self.suffix
         parent = self.parent_record(target)
@@ -99,6 +141,7 @@ class Exporter:
                     validation=self.validation if target.needs_calibration else None,
                     reference_path=self.run.path(reference.path) if reference else None,
                     model=self.student if target.parent == "student" else None,
+                    log_path=log_path(self.run, record_name),
                 )
             )
             verification = self.verify(target, tmp, result)
@@ -122,46 +165,127 @@ class Exporter:
         )
 
     def verify(self, target: Target, path, result: ExportResult) -> dict:
-        """Compare the artifact's logits with the float student's on validation samples."""
+        """Compare the artifact's logits with the float student's on validation samples, within the target's
+        tolerance (relative to the logits' magnitude for fp16), recorded with the result."""
         x, reference = self.verify_batch
         try:
-            logits = artifact_runner(path, target.format, result.inputs, result.outputs, None).predict(x)
+            with captured_output(log_path(self.run, target.name + self.suffix)):  # the runtime's first-use banners
+                logits = artifact_runner(path, target.format, result.inputs, result.outputs, None).predict(x)
         except Exception as e:
             raise ExportError(f"{target.name}: the exported file does not run: {str(e).strip().splitlines()[0]}") from e
         if logits.shape != reference.shape:
             raise ExportError(f"{target.name}: output shape {logits.shape}, student gives {reference.shape}")
         max_abs_diff = float(np.abs(logits - reference).max())
         agreement = float((logits.argmax(1) == reference.argmax(1)).mean() * 100)
-        if target.max_abs_diff is not None and max_abs_diff > target.max_abs_diff:
+        tolerance = target.tolerance(reference)
+        if tolerance is not None and max_abs_diff > tolerance:
             raise ExportError(
-                f"{target.name}: logits differ from the student by {max_abs_diff:.3g} "
-                f"(tolerance {target.max_abs_diff}); the conversion is wrong"
+                f"{target.name}: logits differ from the student by {max_abs_diff:.3g} (tolerance {tolerance:.3g} = "
+                f"{target.max_abs_diff:g} + {target.rtol:g} × largest |logit| {np.abs(reference).max():.3g}); "
+                "the conversion is wrong",
+                "report it with the run's logs/ folder; meanwhile drop this target from export.targets",
             )
         return {
             "samples": len(x),
             "max_abs_diff_vs_student": round(max_abs_diff, 6),
+            "tolerance": None if tolerance is None else round(tolerance, 6),
             "top1_agreement_vs_student": round(agreement, 2),
         }
 
 
+def log_path(run: RunDir, artifact: str) -> Path:
+    """Where the converters' whole output for ``artifact`` goes (appended)."""
+    return run.path(f"{LOGS_DIR}/{artifact}.log")
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _one_line(error: Exception) -> str:
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+
+
+def target_failure(
+    run: RunDir, error: Exception, artifact: str, stage: str, log: Path, log_mtime: int | None
+) -> TargetFailure:
+    """The failure record of ``artifact``: an edgepipe error's line and hint, with ``log`` when the attempt wrote to
+    it (its mtime before was ``log_mtime``); any other exception's first line, its traceback appended to ``log``."""
+    if isinstance(error, EdgepipeError):
+        reason, hint = _one_line(error), error.hint
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as file:
+            file.write("".join(traceback.format_exception(error)))
+        reason = f"{artifact}: {type(error).__name__}: {_one_line(error)}"
+        hint = f"an unexpected error (traceback in the log); drop {artifact} from export.targets to ship the others"
+    written = log.is_file() and _mtime(log) != log_mtime
+    relative = str(log.relative_to(run.root)) if written else None
+    return TargetFailure(target=artifact, stage=stage, reason=reason, hint=hint, log=relative)
+
+
 def _build_all(exporter: Exporter, names: list[str]) -> list[ArtifactRecord]:
+    """The records of ``names`` that were built; the others are in ``exporter.failures``."""
     with progress_bar() as bar:
         task = bar.add_task(f"export{exporter.suffix}", total=len(names), status="")
         records = []
         for name in names:
             bar.update(task, status=name + exporter.suffix)
-            records.append(exporter.build(name))
+            record = exporter.attempt(name)
+            if record is not None:
+                records.append(record)
             bar.advance(task)
     return records
 
 
+def _with_parents(names: list[str]) -> set[str]:
+    """``names`` and every target they are converted from."""
+    closure = set()
+    for name in names:
+        while name != "student" and name not in closure:
+            closure.add(name)
+            name = TARGETS.get(name).parent
+    return closure
+
+
+def _qat_step(
+    run: RunDir, force: set[str], records: list[ArtifactRecord]
+) -> tuple[list[ArtifactRecord], list[TargetFailure]]:
+    """The QAT-KD builds of the int8 targets that need one, and their failures (all of them when training fails)."""
+    qat_names, reduce_range, left_out = qat_targets(run, records)
+    if not qat_names:
+        return [], []
+    exporter = Exporter(run, force, source=QAT_STUDENT)
+    log = log_path(run, QAT_STUDENT)
+    before = _mtime(log)
+    try:
+        ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))
+    except RunStateError:
+        raise
+    except Exception as e:  # training that fails costs the QAT-KD rows, never the post-training ones
+        failure = target_failure(run, e, QAT_STUDENT, "qat", log, before)
+        failures = [failure.model_copy(update={"target": name + exporter.suffix}) for name in qat_names]
+        for failure in failures:
+            run.manifest.artifacts.pop(failure.target, None)  # built from an earlier QAT-KD student
+        return [], failures
+    return _build_all(exporter, qat_names), list(exporter.failures.values())
+
+
 def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | None = None) -> list[ArtifactRecord]:
     """Export ``targets`` (default: the config's), rebuilding those in ``force``; then the QAT-KD variants of the
-    int8 targets that need one (``quantize.qat``)."""
+    int8 targets that need one (``quantize.qat``). Returns the records built or reused.
+
+    A target that fails (or its QAT-KD training) is recorded in ``manifest.failures``, the targets converted from it
+    as skipped, and the others are still built; a re-run replaces the failures of every target it tries. Raises
+    RunStateError when an earlier stage's output (student, calibration) is missing."""
     force = force or set()
-    records = _build_all(Exporter(run, force, shipped_student(run)), targets or run.config.export.targets)
-    qat_names, reduce_range, left_out = qat_targets(run, records)
-    if qat_names:
-        ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))
-        records += _build_all(Exporter(run, force, source=QAT_STUDENT), qat_names)
-    return records
+    names = targets or run.config.export.targets
+    exporter = Exporter(run, force, shipped_student(run))
+    records = _build_all(exporter, names)
+    qat_records, qat_failures = _qat_step(run, force, records)
+    tried = {name + suffix for name in _with_parents(names) for suffix in ("", QAT_SUFFIX)}
+    kept = [failure for failure in run.manifest.failures if failure.target not in tried]
+    run.manifest.failures = kept + list(exporter.failures.values()) + qat_failures
+    run.save()
+    return records + qat_records

@@ -128,7 +128,13 @@ def bench_file(path: Path, data: DataConfig, bench: BenchConfig, seed: int = 0) 
 def render_measurement(m: Measurement, splits: Splits) -> str:
     """What `edgepipe bench FILE` prints: accuracy, the data's preprocessing, latency and footprint tables."""
     from pipeline.report import md_table
-    from pipeline.report_sections import FOOTPRINT_HEADER, TIMING_HEADER, footprint_rows, timing_rows
+    from pipeline.report_sections import (
+        FOOTPRINT_HEADER,
+        TIMING_HEADER,
+        footprint_rows,
+        timing_rows,
+        unmeasured_bullets,
+    )
 
     c, h, w = splits.input_shape
     lines = [
@@ -139,4 +145,7 @@ def render_measurement(m: Measurement, splits: Splits) -> str:
         "",
         *md_table(FOOTPRINT_HEADER, footprint_rows([m])),
     ]
+    unmeasured = unmeasured_bullets([m])
+    if unmeasured:
+        lines += ["", "Fields left empty (—):", *(f"- {b}" for b in unmeasured)]
     return "\n".join(lines)

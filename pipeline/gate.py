@@ -1,15 +1,21 @@
-"""The accuracy gate of a release build: every exported artifact, on its own runtime, against `gate:` limits."""
+"""The verdict of a run: targets that failed to build (exit 5), artifacts over their accuracy budget after fallback
+and QAT-KD, and the accuracy gate of a release build — every exported artifact, on its own runtime, against
+`gate:` limits (exit 8)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipeline.config import GateConfig
-from pipeline.errors import GateError
-from pipeline.manifest import GateCheck, GateResult, Manifest, Measurement
+from pipeline.errors import EdgepipeError, ExportError, GateError
+from pipeline.manifest import WITHIN_BUDGET, GateCheck, GateResult, Manifest, Measurement, TargetFailure
 from pipeline.report_prune import exported_student
 
 NATIVE_RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
+QAT_SUFFIX = "-qat"  # builds from pipeline.qat_stage.QAT_STUDENT (not imported: the report stays torch-free)
+BUDGET_RUNTIME = "export stage (validation split)"
 
 
 class _Figures(BaseModel):
@@ -56,9 +62,42 @@ def gate_configured(gate: GateConfig) -> bool:
     )
 
 
-def evaluate_gate(manifest: Manifest, gate: GateConfig, artifacts: set[str] | None = None) -> GateResult | None:
+def file_over_budget(manifest: Manifest, name: str) -> str | None:
+    """Why the exported file ``name`` is over its accuracy budget (its export info's ``over_budget``), or None."""
+    record = manifest.artifacts.get(name)
+    return record.info.get("over_budget") if record is not None and record.stage == "export" else None
+
+
+def over_budget(manifest: Manifest) -> dict[str, str]:
+    """Shipped artifacts still over their accuracy budget after fallback and QAT-KD, with why: every exported file
+    whose ``over_budget`` is set, except a post-training int8 file whose ``<target>-qat`` file is within budget (the
+    run ships that one)."""
+    failed = {}
+    for name in manifest.artifacts:
+        reason = file_over_budget(manifest, name)
+        rescued = name + QAT_SUFFIX in manifest.artifacts and file_over_budget(manifest, name + QAT_SUFFIX) is None
+        if reason is not None and not rescued:
+            failed[name] = reason
+    return failed
+
+
+def _budget_checks(manifest: Manifest, artifacts: set[str] | None) -> list[GateCheck]:
+    """A broken ``within_budget`` check per artifact of ``over_budget``."""
+    return [
+        GateCheck(
+            artifact=name, runtime=BUDGET_RUNTIME, limit=WITHIN_BUDGET, value=1, threshold=0, passed=False, reason=why
+        )
+        for name, why in over_budget(manifest).items()
+        if artifacts is None or name in artifacts
+    ]
+
+
+def evaluate_gate(
+    manifest: Manifest, gate: GateConfig, artifacts: set[str] | None = None, budget: bool = True
+) -> GateResult | None:
     """Check each exported artifact's measurement (only ``artifacts`` when given) on its own runtime (CPU and, when
-    measured, CUDA); None when no limit is configured."""
+    measured, CUDA), and, with ``budget``, count each artifact over its accuracy budget as a broken check; None
+    when no limit is configured."""
     if not gate_configured(gate):
         return None
     teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
@@ -85,6 +124,7 @@ def evaluate_gate(manifest: Manifest, gate: GateConfig, artifacts: set[str] | No
                     passed=not broken,
                 )
             )
+    checks += _budget_checks(manifest, artifacts) if budget else []
     return GateResult(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -94,3 +134,42 @@ def raise_if_failed(result: GateResult | None) -> None:
         return
     broken = "; ".join(str(check) for check in result.checks if not check.passed)
     raise GateError(f"accuracy gate failed: {broken}", "the report is written and marked FAILED; no bundle")
+
+
+def _failure_text(failure: TargetFailure, root: Path | None = None) -> str:
+    """``target (reason; log: path)``, the log under ``root`` when given (left out when the reason names it)."""
+    named = failure.log is None or failure.log in failure.reason
+    log = "" if named else f"; log: {root / failure.log if root else failure.log}"
+    return f"{failure.target} ({failure.reason}{log})"
+
+
+def run_error(manifest: Manifest, root: Path | None = None, gate: bool = True) -> EdgepipeError | None:
+    """The run's verdict as one error, or None when it passed: ExportError (exit 5) when a target failed to build,
+    else GateError (exit 8) when an artifact is over budget or, with ``gate``, the accuracy gate the report stage
+    evaluated (``manifest.gate``) failed. The line names every failed, skipped and over-budget artifact and every
+    broken limit; log paths are under ``root`` when given."""
+    failed = [f for f in manifest.failures if f.stage != "skipped"]
+    skipped = [f.target for f in manifest.failures if f.stage == "skipped"]
+    budget = over_budget(manifest)
+    checks = manifest.gate.checks if gate and manifest.gate else []
+    limits = [c for c in checks if not c.passed and c.limit != WITHIN_BUDGET]
+    parts = [f"{len(failed)} failed to build: " + ", ".join(_failure_text(f, root) for f in failed)] if failed else []
+    parts += [f"skipped: {', '.join(skipped)} (they depend on a failed target)"] if skipped else []
+    parts += [f"over budget: {', '.join(f'{name} ({why})' for name, why in budget.items())}"] if budget else []
+    parts += [f"accuracy gate failed: {'; '.join(str(c) for c in limits)}"] if limits else []
+    message = "; ".join(parts)
+    written = f"the report ({root / 'report.md'})" if root else "the report"
+    report = f"{written} is written and marked FAILED" if gate else "`edgepipe bench` and `report` show the rest"
+    if failed:
+        hints = [f.hint for f in failed if f.hint]
+        return ExportError(message, "; ".join([*hints, f"the other targets were built; {report}"]))
+    if budget or limits:
+        return GateError(message, f"{report}; `release` refuses an artifact over budget unless --allow-over-budget")
+    return None
+
+
+def raise_if_run_failed(manifest: Manifest, root: Path | None = None, gate: bool = True) -> None:
+    """Raise ``run_error`` when the run did not pass (after the report is written)."""
+    error = run_error(manifest, root, gate)
+    if error is not None:
+        raise error

@@ -9,8 +9,9 @@ from typing import Callable
 import numpy as np
 
 from pipeline.config import BenchConfig
+from pipeline.errors import EdgepipeError
 from pipeline.manifest import Measurement, Timing
-from pipeline.memory_probe import ProbeSpec, probe_memory
+from pipeline.memory_probe import MemoryUse, ProbeSpec, probe_memory
 from pipeline.model_profile import ModelProfile
 from pipeline.runtimes import Runner
 from pipeline.timing import measure_latency
@@ -59,11 +60,59 @@ def time_runner(runner: Runner, x: np.ndarray, cfg: BenchConfig, macs: int | Non
     return timings
 
 
+def first_line(error: Exception) -> str:
+    """Why a measurement failed, one line: the first line of the message (its type name when empty), and the hint
+    of an edgepipe error."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    hint = error.hint if isinstance(error, EdgepipeError) else None
+    return f"{line} (hint: {hint})" if hint else line
+
+
+def _profile(plan: Plan, unmeasured: dict[str, str]) -> ModelProfile | None:
+    """Parameters and MACs of ``plan``; None (each field's reason in ``unmeasured``) when they cannot be counted."""
+    if plan.profile is None:
+        reason = f"no parameter or MAC counter for {plan.runtime}"
+        unmeasured.update(params=reason, macs=reason)
+        return None
+    try:
+        return plan.profile()
+    except Exception as e:  # a counter's failure costs these two fields, never the row
+        unmeasured.update(params=first_line(e), macs=first_line(e))
+        return None
+
+
+def _memory(plan: Plan, threads: int, unmeasured: dict[str, str]) -> MemoryUse | None:
+    """Memory of a fresh process running ``plan``; None (with the reason in ``unmeasured``) when the probe fails."""
+    if plan.probe is None:
+        reason = f"no memory probe for {plan.runtime} with this input layout"
+    else:
+        try:
+            return probe_memory(plan.probe.model_copy(update={"threads": threads}))
+        except Exception as e:  # the probe's failure costs the memory fields, never the row
+            reason = first_line(e)
+    unmeasured.update(peak_rss_mib=reason, runtime_rss_mib=reason)
+    return None
+
+
+def _file_bytes(plan: Plan, unmeasured: dict[str, str]) -> int | None:
+    if plan.file_bytes is None:
+        return None
+    try:
+        return plan.file_bytes()
+    except OSError as e:
+        unmeasured["file_bytes"] = first_line(e)
+        return None
+
+
 def measure_plan(
     plan: Plan, x: np.ndarray, y: np.ndarray, reference_top1: np.ndarray | None, cfg: BenchConfig
 ) -> tuple[Measurement, np.ndarray]:
-    """Measure ``plan``: accuracy (most threads), then timings at every thread count; returns the logits too."""
-    profile = plan.profile() if plan.profile else None
+    """Measure ``plan``: accuracy (most threads), then timings at every thread count; returns the logits too.
+
+    A runner that cannot be built or run raises (the row cannot exist); a parameter/MAC count, file size or memory
+    probe that fails leaves its field empty, with the reason in ``Measurement.unmeasured``."""
+    unmeasured: dict[str, str] = {}
+    profile = _profile(plan, unmeasured)
     macs = profile.macs if profile else None
     logits, timings = None, []
     for threads in reversed(cfg.thread_counts()):
@@ -73,9 +122,7 @@ def measure_plan(
         if any(t.threads == runner.threads for t in timings):
             continue  # a runtime that fixes its thread pool at start-up (TensorFlow) ran this count already
         timings += time_runner(runner, x, cfg, macs)
-    memory = None
-    if cfg.memory and plan.probe is not None:
-        memory = probe_memory(plan.probe.model_copy(update={"threads": max(cfg.thread_counts())}))
+    memory = _memory(plan, max(cfg.thread_counts()), unmeasured) if cfg.memory else None
     top1 = logits.argmax(1)
     measurement = Measurement(
         artifact=plan.artifact,
@@ -83,11 +130,12 @@ def measure_plan(
         provider=runner.provider,
         accuracy=round(float((top1 == y).mean() * 100), 2),
         agreement=round(float((top1 == reference_top1).mean() * 100), 2) if reference_top1 is not None else None,
-        file_bytes=plan.file_bytes() if plan.file_bytes else None,
+        file_bytes=_file_bytes(plan, unmeasured),
         params=profile.params if profile else None,
         macs=macs,
         peak_rss_mib=memory.peak_mib if memory else None,
         runtime_rss_mib=memory.runtime_mib if memory else None,
         timings=sorted(timings, key=lambda t: (t.latency.batch, t.threads)),
+        unmeasured=unmeasured,
     )
     return measurement, logits

@@ -13,6 +13,7 @@ from pipeline.io import sha256_file, write_text_atomic
 
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
+WITHIN_BUDGET = "within_budget"  # the gate check of an artifact's export-stage budget (export info `over_budget`)
 
 
 class _Record(BaseModel):
@@ -150,6 +151,11 @@ class Measurement(_Record):
     sha256: str | None = Field(
         None, description="sha256 of the artifact measured (its record's): a figure belongs to exactly that file."
     )
+    unmeasured: dict[str, str] = Field(
+        {},
+        description="Fields left empty, each with why (field name → reason), e.g. macs when the MAC count failed; "
+        "the row's other figures stand.",
+    )
 
     def timing(self, batch: int, threads: int | None = None) -> Timing | None:
         """The timing at ``batch`` and ``threads`` (the most threads measured when None)."""
@@ -182,11 +188,13 @@ class GateCheck(_Record):
     artifact: str
     runtime: str
     limit: str = Field(
-        description="The `gate:` key: max_drop_vs_teacher, max_int8_drop, min_agreement, max_p50_ms, max_bytes."
+        description="The `gate:` key: max_drop_vs_teacher, max_int8_drop, min_agreement, max_p50_ms, max_bytes; "
+        "or within_budget: the export stage's accuracy budget (value 1 = over budget, threshold 0)."
     )
     value: float
     threshold: float
     passed: bool
+    reason: str | None = Field(None, description="within_budget checks: why the file is over its budget.")
 
     @property
     def excess(self) -> float:
@@ -194,8 +202,24 @@ class GateCheck(_Record):
         return self.threshold - self.value if self.limit.startswith("min_") else self.value - self.threshold
 
     def __str__(self) -> str:
+        if self.limit == WITHIN_BUDGET:
+            return f"{self.artifact}: within budget" if self.passed else f"{self.artifact}: over budget ({self.reason})"
         verdict = "ok" if self.passed else f"broken by {self.excess:g}"
         return f"{self.artifact} on {self.runtime}: {self.limit} {self.value:g} vs {self.threshold:g} ({verdict})"
+
+
+class TargetFailure(_Record):
+    """An artifact the export stage could not build, or did not try because one it is converted from failed."""
+
+    target: str = Field(description="The artifact's name: a target, or <target>-qat for a QAT-KD build.")
+    stage: Literal["export", "qat", "skipped"] = Field(
+        description="export: the conversion or its verification failed; qat: training the QAT-KD student failed; "
+        "skipped: not tried because an artifact it is converted from failed (depends_on)."
+    )
+    reason: str = Field(description="What failed, one line.")
+    hint: str | None = Field(None, description="How to fix it.")
+    log: str | None = Field(None, description="The converter's full output, relative to the run directory.")
+    depends_on: str | None = Field(None, description="skipped: the failed artifact it is converted from.")
 
 
 class GateResult(_Record):
@@ -213,6 +237,9 @@ class Manifest(_Record):
     artifacts: dict[str, ArtifactRecord] = {}
     measurements: list[Measurement] = []
     skipped: list[Skipped] = []
+    failures: list[TargetFailure] = Field(
+        [], description="Artifacts the export stage could not build (the others were built), and those skipped."
+    )
     gate: GateResult | None = Field(None, description="The accuracy gate, evaluated by the report stage.")
 
     @classmethod

@@ -105,7 +105,8 @@ def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | No
 
 
 class ExportedTeacher(nn.Module):
-    """A ``torch.export`` program as a module; its graph has no train/eval switch, so that is a no-op here."""
+    """A ``torch.export`` program (or a TorchScript one, for :func:`select_logits`) as a module; a program's graph
+    has no train/eval switch, so that is a no-op here."""
 
     def __init__(self, program_module: nn.Module) -> None:
         super().__init__()
@@ -117,6 +118,90 @@ class ExportedTeacher(nn.Module):
     def train(self, mode: bool = True) -> "ExportedTeacher":
         self.training = mode
         return self
+
+
+def describe_returns(result: object) -> str:
+    """What a forward returned, in words: "one tensor", "tuple of 2", "dict with keys ['logits', 'features']"."""
+    if isinstance(result, torch.Tensor):
+        return "one tensor"
+    if isinstance(result, (tuple, list)):
+        return f"{type(result).__name__} of {len(result)}"
+    if isinstance(result, dict):
+        return f"dict with keys {list(result)}"
+    return type(result).__name__
+
+
+def _shapes(result: tuple | list | dict) -> str:
+    values = result.values() if isinstance(result, dict) else result
+    return ", ".join(str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__ for v in values)
+
+
+def pick_output(result: object, output: int | str, key: str = "the logits output") -> torch.Tensor:
+    """The logits among a forward's ``result``: the tensor itself, ``result[output]`` of a tuple/list, or of a dict
+    its key ``output`` (a name) or its ``output``-th value (an index).
+
+    Raises:
+        ModelError: ``output`` is out of range or not a key, picks a non-tensor, or ``result`` is none of these.
+    """
+    returns = describe_returns(result)
+    fix = f"set {key} to an index (tuple) or key (dict) of the logits"
+    if isinstance(result, torch.Tensor):
+        if output == 0:
+            return result
+        raise ModelError(f"{key} is {output!r} but the model returns one tensor", f"remove {key} (default 0)")
+    if isinstance(result, (tuple, list, dict)):
+        names = list(result) if isinstance(result, dict) else list(range(len(result)))
+        if isinstance(output, int) and output < len(names):
+            chosen = result[names[output]]
+        elif isinstance(result, dict) and output in result:
+            chosen = result[output]
+        else:
+            raise ModelError(f"{key} is {output!r} but the model returns a {returns} ({_shapes(result)})", fix)
+        if isinstance(chosen, torch.Tensor):
+            return chosen
+        raise ModelError(
+            f"{key} {output!r} picks a {type(chosen).__name__}, not a tensor; the model returns a {returns}", fix
+        )
+    raise ModelError(f"the model returns a {returns}, not a tensor, tuple or dict of tensors", "return the logits")
+
+
+class LogitsOutput(nn.Module):
+    """Placed in front of a model's own class by :func:`select_logits`: ``forward`` returns the selected output.
+
+    ``forward`` takes the one input batch every edgepipe model takes (exporters bind inputs to its signature)."""
+
+    logits_output: int | str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pick_output(super().forward(x), self.logits_output)
+
+
+_SELECTING: dict[type, type] = {}
+
+
+def select_logits(model: nn.Module, output: int | str) -> nn.Module:
+    """``model`` (in place) with a ``forward`` that returns only its output ``output`` (see :func:`pick_output`).
+
+    The model's class becomes a subclass of its own class and :class:`LogitsOutput`, so module names (feature
+    taps, pruning), state_dict keys (checkpoints), copies and every exporter see the model itself, with one output.
+    A TorchScript program, whose class cannot be extended, is wrapped in a module first."""
+    if isinstance(model, torch.jit.ScriptModule):
+        model = ExportedTeacher(model)
+    cls = type(model)
+    if not isinstance(model, LogitsOutput):
+        if cls not in _SELECTING:
+            namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+            _SELECTING[cls] = type(cls.__name__, (LogitsOutput, cls), namespace)
+        model.__class__ = _SELECTING[cls]
+    model.logits_output = output
+    return model
+
+
+def outputs_record(result: object, output: int | str) -> dict | None:
+    """What the manifest says about a model's outputs: None for a model that returns one tensor."""
+    if isinstance(result, torch.Tensor):
+        return None
+    return {"model_returns": describe_returns(result), "selected": output, "exported": "logits only"}
 
 
 def load_program(path: Path) -> nn.Module:

@@ -17,8 +17,15 @@ QAT_STUDENT_PATH = "checkpoints/student-qat.pt"
 
 
 def _grid(run: RunDir, name: str) -> bool:
-    """The reduce_range of a target's int8 weights: onnx-int8's setting for ONNX, never for TFLite (±127)."""
-    return TARGETS.get(name).format == "onnx" and run.config.export.onnx_int8.reduce_range
+    """The reduce_range of a target's int8 weights: onnx-int8's setting for ONNX (with ``auto``, the one its int8
+    search chose), never for TFLite (±127)."""
+    if TARGETS.get(name).format != "onnx":
+        return False
+    configured = run.config.export.onnx_int8.reduce_range
+    if configured != "auto":
+        return configured
+    record = run.manifest.artifacts.get(name)
+    return bool(record and record.info.get("settings", {}).get("reduce_range"))
 
 
 def qat_targets(run: RunDir, records: list[ArtifactRecord]) -> tuple[list[str], bool, dict[str, str]]:
@@ -49,7 +56,7 @@ def ensure_qat_student(
     it (reused when unchanged)."""
     source = shipped_student(run)  # the pruned student when the run prunes
     cfg, student_record = run.config.quantize.qat, run.require(source)
-    per_channel = run.config.export.onnx_int8.per_channel
+    per_channel = run.config.export.onnx_int8.per_channel is not False  # auto: per-channel, the portable choice
     key = {
         "qat": cfg.model_dump(exclude={"when"}),
         "losses": [spec.model_dump() for spec in run.config.distill.losses],

@@ -19,8 +19,8 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, RunStateError
-from pipeline.gate import NATIVE_RUNTIMES, evaluate_gate, raise_if_failed
+from pipeline.errors import ConfigError, ExportError, GateError, RunStateError
+from pipeline.gate import NATIVE_RUNTIMES, QAT_SUFFIX, evaluate_gate, file_over_budget, raise_if_failed
 from pipeline.io import cannot_write, sha256_file, write_errors_name
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
 from pipeline.model_metadata import embed_metadata
@@ -75,6 +75,8 @@ class BundledArtifact(_Record):
         description="Test-split accuracy, latency and footprint of the run's artifact on its own runtime."
     )
     versions: dict[str, str] = Field(description="edgepipe, Python and every converter and runtime of the run.")
+    over_budget: str | None = Field(None, description="Why the file is over its accuracy budget; None: within it.")
+    allowed_over_budget: bool = Field(False, description="Shipped over budget with `release --allow-over-budget`.")
 
     def embedded_json(self) -> str:
         return self.model_dump_json(exclude={"bytes", "sha256"})
@@ -90,13 +92,21 @@ class ReleaseManifest(_Record):
     artifacts: dict[str, BundledArtifact]
 
 
-def build_release(run: RunDir, names: list[str], out: Path, force: bool = False) -> ReleaseManifest:
-    """Write the bundle of artifacts ``names`` of ``run`` to ``out`` (a non-empty ``out`` only with ``force``)."""
+def build_release(
+    run: RunDir, names: list[str], out: Path, force: bool = False, allow_over_budget: bool = False
+) -> ReleaseManifest:
+    """Write the bundle of artifacts ``names`` of ``run`` to ``out`` (a non-empty ``out`` only with ``force``).
+
+    Raises GateError for an artifact over its accuracy budget unless ``allow_over_budget`` (its entry then says so)
+    and when a shipped artifact breaks the accuracy gate; nothing is written then."""
     if not names:
         raise ConfigError("release needs at least one --target", f"exported: {', '.join(_exported(run))}")
     records = [_shippable(run, name) for name in dict.fromkeys(names)]
+    if not allow_over_budget:
+        _refuse_over_budget(run, records)
     _check_out(run, out, force)
-    raise_if_failed(evaluate_gate(run.manifest, run.config.gate, {record.name for record in records}))
+    shipped = {record.name for record in records}
+    raise_if_failed(evaluate_gate(run.manifest, run.config.gate, shipped, budget=False))  # the budget: just above
     measured = {record.name: _measurements(run, record) for record in records}
     labels = run.manifest.data.classes
     with _staged_dir(out) as stage:
@@ -117,9 +127,32 @@ def _exported(run: RunDir) -> list[str]:
     ]
 
 
+def _refuse_over_budget(run: RunDir, records: list[ArtifactRecord]) -> None:
+    """GateError naming every artifact of ``records`` over its accuracy budget, with why."""
+    over = {record.name: file_over_budget(run.manifest, record.name) for record in records}
+    over = {name: why for name, why in over.items() if why is not None}
+    if not over:
+        return
+    twins = [name + QAT_SUFFIX for name in over if name + QAT_SUFFIX in run.manifest.artifacts]
+    within = [twin for twin in twins if file_over_budget(run.manifest, twin) is None]
+    alternative = f"ship {', '.join(within)} (within budget) instead, or " if within else ""
+    raise GateError(
+        "over its accuracy budget, not released: " + "; ".join(f"{name} ({why})" for name, why in over.items()),
+        f"{alternative}pass --allow-over-budget to ship it anyway (its bundle entry says so)",
+    )
+
+
 def _shippable(run: RunDir, name: str) -> ArtifactRecord:
-    """The export record of ``name``, its file intact; unknown names list the exported ones."""
+    """The export record of ``name``, its file intact; unknown names list the exported ones, a target that failed
+    to build says why."""
     record = run.manifest.artifacts.get(name)
+    failure = next((f for f in run.manifest.failures if f.target == name), None)
+    if failure is not None and (record is None or record.stage != "export"):
+        log = f"; log: {run.path(failure.log)}" if failure.log else ""
+        raise ExportError(
+            f"{name} was not built in {run.root}: {failure.reason}{log}",
+            failure.hint or "the report's FAILED block says why; fix it and run `edgepipe export` again",
+        )
     if record is None or record.stage != "export":
         if name not in TARGETS:
             exported = _exported(run)
@@ -212,6 +245,7 @@ def _bundle_file(
     source = run.path(record.path)
     output = record.outputs[0]
     int8_out = output.scale is not None
+    over_budget = file_over_budget(run.manifest, record.name)  # shipped only with --allow-over-budget
     entry = BundledArtifact(
         name=record.name,
         file=source.name,
@@ -229,6 +263,8 @@ def _bundle_file(
         ),
         measurements=measurements,
         versions=_versions(run.manifest.environment),
+        over_budget=over_budget,
+        allowed_over_budget=over_budget is not None,
     )
     dest = stage / entry.file
     embed_metadata(source, dest, {EMBEDDED_KEY: entry.embedded_json(), EMBEDDED_LABELS_KEY: _labels_text(labels)})

@@ -80,6 +80,12 @@ def render_readme(manifest: "ReleaseManifest") -> str:
             for m in entry.measurements
         ]
     lines += [
+        f"\n**{entry.name} is over its accuracy budget** ({entry.over_budget}); it was shipped with "
+        "`edgepipe release --allow-over-budget`."
+        for entry in manifest.artifacts.values()
+        if entry.over_budget is not None
+    ]
+    lines += [
         "",
         f"Top-1 is measured on the {run.test_images} test images. Each file also carries its manifest entry (key "
         "`edgepipe`, JSON without `bytes`/`sha256`) and the labels (key `labels`): ONNX in `metadata_props`, TFLite "

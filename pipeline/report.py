@@ -14,17 +14,19 @@ from pipeline.report_sections import (
     MAIN_HEADER,
     TIMING_CAPTION,
     TIMING_HEADER,
+    failed_lines,
     footprint_rows,
     gate_lines,
     int8_table,
     main_caption,
-    main_cells,
+    main_rows,
     model_bullets,
     parity_bullets,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
     timing_rows,
+    unmeasured_bullets,
 )
 from pipeline.rundir import RunDir
 
@@ -50,6 +52,9 @@ def _md_int8_section(manifest: Manifest) -> list[str]:
 def render_report(manifest: Manifest) -> str:
     """Markdown: what was run on what, one row per artifact × runtime, and what could not be measured."""
     lines = ["# edgepipe report", ""]
+    failed = failed_lines(manifest)
+    if failed:
+        lines += [failed[0], "", *(f"- {b}" for b in failed[1:]), ""]
     gate = gate_lines(manifest)
     if gate:
         lines += [gate[0], "", *(f"- {b}" for b in gate[1:]), ""]
@@ -60,7 +65,7 @@ def render_report(manifest: Manifest) -> str:
     teacher, student = teacher_and_student(manifest)
     if teacher is None:
         return "\n".join(lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""])
-    rows = [main_cells(m, teacher, student) for m in manifest.measurements]
+    rows = main_rows(manifest, teacher, student)
     lines += [main_caption(manifest), "", *md_table(MAIN_HEADER, rows), ""]
     parity = parity_bullets(manifest)
     if parity:
@@ -76,6 +81,9 @@ def render_report(manifest: Manifest) -> str:
         *md_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements)),
         "",
     ]
+    unmeasured = unmeasured_bullets(manifest.measurements)
+    if unmeasured:
+        lines += ["Fields left empty (—):", "", *(f"- {b}" for b in unmeasured), ""]
     if manifest.skipped:
         lines += ["Not measured:", ""] + [f"- {b}" for b in skipped_bullets(manifest)] + [""]
     return "\n".join(lines)

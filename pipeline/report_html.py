@@ -14,17 +14,19 @@ from pipeline.report_sections import (
     MAIN_HEADER,
     TIMING_CAPTION,
     TIMING_HEADER,
+    failed_lines,
     footprint_rows,
     gate_lines,
     int8_table,
     main_caption,
-    main_cells,
+    main_rows,
     model_bullets,
     parity_bullets,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
     timing_rows,
+    unmeasured_bullets,
 )
 
 _STYLE = """
@@ -61,7 +63,7 @@ def _table(header: list[str], rows: list[list[str]], css_class: str) -> str:
 
 
 def _main_table(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> str:
-    rows = [main_cells(m, teacher, student) for m in manifest.measurements]
+    rows = main_rows(manifest, teacher, student)
     return f"<p>{_inline(main_caption(manifest))}</p>" + _table(MAIN_HEADER, rows, "figures")
 
 
@@ -110,6 +112,9 @@ def _int8_section(manifest: Manifest) -> str:
 def render_html(manifest: Manifest) -> str:
     """The whole report as one HTML page: report.md's text and tables plus three figures."""
     parts = ["<h1>edgepipe report</h1>"]
+    failed = failed_lines(manifest)
+    if failed:
+        parts += [f'<p class="gate-failed" id="failed">{_inline(failed[0])}</p>', _list(failed[1:])]
     gate = gate_lines(manifest)
     if gate:
         css = "gate-failed" if not manifest.gate.passed else "gate-passed"
@@ -132,6 +137,9 @@ def render_html(manifest: Manifest) -> str:
         parts.append(_table(TIMING_HEADER, timing_rows(manifest.measurements), "figures"))
         parts += ["<h2>Footprint</h2>", f"<p>{_inline(FOOTPRINT_CAPTION)}</p>"]
         parts.append(_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements), "figures"))
+        unmeasured = unmeasured_bullets(manifest.measurements)
+        if unmeasured:
+            parts += ["<p>Fields left empty (—):</p>", _list(unmeasured)]
         if manifest.skipped:
             parts += ["<h2>Not measured</h2>", _list(skipped_bullets(manifest))]
     title = html.escape(f"edgepipe report — {manifest.data.source}" if manifest.data else "edgepipe report")

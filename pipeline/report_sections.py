@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from pipeline.manifest import Manifest, Measurement
+from pipeline.gate import over_budget
+from pipeline.manifest import Manifest, Measurement, TargetFailure
 from pipeline.report_prune import exported_student
 
 MAIN_HEADER = [
@@ -40,11 +41,13 @@ TIMING_HEADER = [
 FOOTPRINT_HEADER = ["artifact", "runtime", "file", "parameters", "MMAC / image", "peak RSS MiB", "runtime RSS MiB"]
 INT8_HEADER = [
     "artifact",
-    "calibration",
+    "calibration · settings",
+    "int8 MACs (weights)",
     "top-1 %",
     "Δ vs fp32 student",
     "val Δ",
     "float layers",
+    "budget",
     "five worst layers (SQNR)",
 ]
 
@@ -100,13 +103,27 @@ def main_caption(manifest: Manifest) -> str:
     )
 
 
-def main_cells(m: Measurement, teacher: Measurement, student: Measurement | None) -> list[str]:
-    """One main-table row (columns of ``MAIN_HEADER``)."""
+def main_rows(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> list[list[str]]:
+    """The main table: one row per measurement (an artifact over its budget marked so), then one per target that
+    failed to build or was skipped, with why."""
+    budget = over_budget(manifest)
+    rows = [main_cells(m, teacher, student, m.artifact in budget) for m in manifest.measurements]
+    return rows + [failure_cells(failure) for failure in manifest.failures]
+
+
+def failure_cells(failure: TargetFailure) -> list[str]:
+    """The main-table row of an artifact that was not built: FAILED (or SKIPPED) and why, no figures."""
+    verdict = "SKIPPED" if failure.stage == "skipped" else "FAILED"
+    return [failure.target, f"**{verdict}**: {failure.reason}", *["—"] * (len(MAIN_HEADER) - 2)]
+
+
+def main_cells(m: Measurement, teacher: Measurement, student: Measurement | None, over: bool = False) -> list[str]:
+    """One main-table row (columns of ``MAIN_HEADER``); ``over``: the artifact is over its accuracy budget."""
     speedup = teacher.latency.p50_ms / m.latency.p50_ms
     vs_student = f"{m.accuracy - student.accuracy:+.2f}" if student else "—"
     size, teacher_size = m.file_bytes, teacher.file_bytes
     return [
-        m.artifact,
+        f"{m.artifact} (**over budget**)" if over else m.artifact,
         row_runtime(m),
         _size(size),
         f"{teacher_size / size:.2f}×" if size and teacher_size else "—",
@@ -161,10 +178,21 @@ def footprint_rows(measurements: list[Measurement]) -> list[list[str]]:
     ]
 
 
+def unmeasured_bullets(measurements: list[Measurement]) -> list[str]:
+    """Why a row's field is empty ("—"): one bullet per row and reason, naming the fields it cost."""
+    bullets = []
+    for m in measurements:
+        by_reason: dict[str, list[str]] = {}
+        for field, reason in m.unmeasured.items():
+            by_reason.setdefault(reason, []).append(field)
+        bullets += [f"{m.artifact} on {m.runtime}: no {', '.join(f)}: {reason}" for reason, f in by_reason.items()]
+    return bullets
+
+
 FOOTPRINT_CAPTION = (
     "Parameters: PyTorch modules count their parameters (BatchNorm included); ONNX files onnx-tool's count of "
-    "stored weights (BatchNorm folded; int8 scales and zero points included); TFLite files that of their tf2onnx "
-    "conversion. MACs: multiply-accumulates of convolutions and matrix products per image. Peak RSS: a fresh "
+    "stored weights (BatchNorm folded; int8 scales and zero points included); TFLite files the elements of their "
+    "constant tensors. MACs: multiply-accumulates of convolutions and matrix products per image. Peak RSS: a fresh "
     "process that imports the runtime, loads the model and runs one image; runtime RSS: the same process after "
     "the import, before loading."
 )
@@ -236,33 +264,73 @@ def _cpu_accuracy(manifest: Manifest, name: str) -> float | None:
 
 def _worst_layers(info: dict, count: int = 5) -> str:
     layers = info.get("worst_layers", [])[:count]
-    return ", ".join(f"`{e['node'].split(';')[0]}` ({e['op']}) {e['sqnr_db']:.1f} dB" for e in layers) or "—"
+    def figure(e: dict) -> str:  # an exact (all-zero) tensor has no dB; a degenerate range says so
+        db = "exact" if e["sqnr_db"] is None else f"{e['sqnr_db']:.1f} dB"
+        return f"{db}, degenerate range" if e.get("degenerate") else db
+
+    return ", ".join(f"`{e['node'].split(';')[0]}` ({e['op']}) {figure(e)}" for e in layers) or "—"
+
+
+def _int8_settings(info: dict) -> str:
+    """Calibration method and the quantization settings the search chose (``settings`` of the record)."""
+    settings = dict(info.get("settings", {}))
+    method = settings.pop("method", info.get("calibration_method", info.get("quantization", "—")))
+    chosen = [
+        (key if value else f"no {key}") if isinstance(value, bool) else f"{key} {value}"
+        for key, value in settings.items()
+    ]
+    return " · ".join([str(method), *chosen])
+
+
+def _int8_share(info: dict) -> str:
+    share = info.get("int8_share") or {}
+    if "macs" not in share:
+        return share.get("unmeasured", "—")
+    return f"{share['macs']:.0%} ({share['weight_bytes']:.0%})"
+
+
+def _float_layers(info: dict) -> str:
+    """The layers the fallback kept float, then the compute nodes that run in float with their MACs (a float layer
+    can take its readers along, and a quantizer can leave a node float on its own)."""
+    named = ", ".join(f"`{n}`" for n in info.get("float_layers", [])) or "none"
+    compute = (info.get("int8_share") or {}).get("float_layers", [])
+    if not compute:
+        return named
+    return f"{named}; float compute: " + ", ".join(f"`{c['node']}` ({c['macs']:,} MACs)" for c in compute)
 
 
 def int8_table(manifest: Manifest) -> Int8Table | None:
-    """Per int8 artifact: calibration method, test accuracy and drop vs the fp32 student, float layers and the
-    worst layers by SQNR (int8 vs float activations on the calibration set); None without int8 measurements."""
+    """Per int8 artifact: calibration method and settings, its int8 share of MACs (and of weight elements), test
+    accuracy and drop vs the fp32 student, float layers, whether it is within its budget and the worst layers by
+    SQNR (int8 vs float activations on the calibration set); None without int8 measurements."""
     student = _cpu_accuracy(manifest, exported_student(manifest))  # the student the int8 files were made from
     records = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info.get("precision") == "int8"]
     if not records or student is None:
         return None
     intro = (
-        "Test top-1 against the fp32 student; method and float layers were chosen on the validation split "
-        f"(budget {records[0].info.get('max_int8_drop', '—')} points). Worst layers: lowest SQNR of an int8 "
-        "activation against its float twin on the calibration set — for ONNX cumulative (int8 model vs float "
-        "model), for TFLite per layer (both fed the same int8 inputs); TFLite names are cut at the first `;`."
+        "Test top-1 against the fp32 student; method, settings and float layers were chosen on the validation split "
+        f"(budget {records[0].info.get('max_int8_drop', '—')} points, over only when significantly so on validation; "
+        f"at least {records[0].info.get('min_int8_share', '—')} of MACs in int8). int8 MACs: share of the "
+        "convolution and matrix-product MACs that run on int8 inputs and weights (in brackets: of their weight "
+        "elements). Worst layers: lowest SQNR of an int8 activation against its float twin on the calibration set "
+        "— for ONNX cumulative (int8 model vs float model), for TFLite per layer (both fed the same int8 inputs); "
+        "TFLite names are cut at the first `;`."
     )
     rows = []
     for record in records:
         info, accuracy = record.info, _cpu_accuracy(manifest, record.name)
+        over = info.get("over_budget")
+        budget = "reference" if "within_budget" not in info else f"**over**: {over}" if over else "within"
         rows.append(
             [
                 record.name,
-                f"{info.get('calibration_method', info.get('quantization', '—'))}",
+                _int8_settings(info),
+                _int8_share(info),
                 f"{accuracy if accuracy is not None else '—'}",
                 f"{accuracy - student:+.2f}" if accuracy is not None else "—",
                 f"{0.0 - info['val_drop']:+.2f}" if "val_drop" in info else "—",
-                ", ".join(f"`{n}`" for n in info.get("float_layers", [])) or "none",
+                _float_layers(info),
+                budget,
                 _worst_layers(info),
             ]
         )
@@ -278,6 +346,31 @@ def int8_table(manifest: Manifest) -> Int8Table | None:
 
 def skipped_bullets(manifest: Manifest) -> list[str]:
     return [f"{s.artifact} on {s.runtime}: {s.reason}" for s in manifest.skipped]
+
+
+def failed_lines(manifest: Manifest) -> list[str]:
+    """The FAILED block that opens the report: a verdict, then one line per target that failed to build (reason,
+    hint, log), per artifact over its accuracy budget after fallback and QAT-KD, and per target skipped because one
+    it is converted from failed; empty when there are none."""
+    failed = [f for f in manifest.failures if f.stage != "skipped"]
+    skipped = [f for f in manifest.failures if f.stage == "skipped"]
+    budget = over_budget(manifest)
+    counts = [
+        (len(failed), "failed to build"),
+        (len(budget), "over its accuracy budget" if len(budget) == 1 else "over their accuracy budget"),
+        (len(skipped), "skipped"),
+    ]
+    if not failed and not budget and not skipped:
+        return []
+    lines = ["**FAILED** — " + ", ".join(f"{count} {what}" for count, what in counts if count)]
+    for f in failed:
+        step = "QAT-KD training" if f.stage == "qat" else "export"
+        hint = f"; hint: {f.hint}" if f.hint else ""
+        log = f"; log: `{f.log}`" if f.log and f.log not in f.reason else ""  # converters name it in the reason
+        lines.append(f"`{f.target}` failed to build ({step}): {f.reason}{hint}{log}")
+    lines += [f"`{name}` is over its accuracy budget: {why}" for name, why in budget.items()]
+    lines += [f"`{f.target}` was skipped: {f.reason}" for f in skipped]
+    return lines
 
 
 def gate_lines(manifest: Manifest) -> list[str]:

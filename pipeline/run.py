@@ -9,7 +9,7 @@ from pipeline.calibrate import run_calibrate
 from pipeline.config import RunConfig
 from pipeline.distill import run_distill
 from pipeline.export import run_export
-from pipeline.gate import raise_if_failed
+from pipeline.gate import raise_if_run_failed
 from pipeline.prune import run_prune
 from pipeline.report import run_report
 from pipeline.rundir import RunDir
@@ -18,7 +18,10 @@ from targets import TARGETS
 
 def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
     """distill → (prune) → calibrate → export → bench → report into ``out``; ``force`` names stages to redo.
-    A failed accuracy gate raises GateError after the report is written."""
+
+    A target that fails to build does not stop the others (they are benched and reported). After the report is
+    written: ExportError (exit 5) when a target failed to build, else GateError (exit 8) when an artifact is over
+    its accuracy budget or the accuracy gate failed."""
     run = RunDir.create(out, config)
     run_distill(run, force="distill" in force)
     if config.prune is not None:
@@ -28,5 +31,5 @@ def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
     run_export(run, force=set(config.export.targets) if "export" in force else set())
     run_bench(run)
     run_report(run)
-    raise_if_failed(run.manifest.gate)
+    raise_if_run_failed(run.manifest, run.root)
     return out

@@ -353,7 +353,8 @@ def source_digest(path: Path) -> str:
 
 
 def file_parameters(path: Path, interface: TeacherInterface) -> int:
-    """Parameters of the teacher file: onnx-tool's count (ONNX, and TFLite through tf2onnx), or TensorFlow's."""
+    """Parameters of the teacher file: onnx-tool's count (ONNX), its constant tensors' elements (TFLite), or
+    TensorFlow's count (Keras)."""
     from pipeline.model_profile import onnx_profile, tflite_profile
 
     if interface.format == "ONNX":

@@ -6,9 +6,11 @@ quantized ops), so onnxruntime runs the same model the LiteRT interpreter runs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -29,13 +31,25 @@ def parity(reference: np.ndarray, candidate: np.ndarray, reference_label: str = 
     )
 
 
+@contextlib.contextmanager
+def _tf2onnx_quiet() -> Iterator[None]:
+    """tf2onnx's log records (e.g. "Unsupported ops: …") off the terminal; a failure's reason is in its exception."""
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
     """Convert a TFLite file to ONNX with tf2onnx (quantized ops kept), written atomically to ``onnx_path``."""
     import onnx
     import tf2onnx
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _tf2onnx_quiet():
             # tf2onnx reads the file with tf.lite.Interpreter, whose deprecation notice is not ours to act on.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
             model, _ = tf2onnx.convert.from_tflite(str(tflite_path))
@@ -43,12 +57,24 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
         onnx.checker.check_model(model)
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(
-            f"tf2onnx could not convert {tflite_path}: {first_line}",
-            hint="check that the file is a complete .tflite (re-run the export stage to rebuild it)",
-        ) from e
+        hint = _tf2onnx_hint(tflite_path)
+        raise ExportError(f"tf2onnx could not convert {tflite_path}: {first_line}", hint=hint) from e
     with atomic_path(onnx_path) as tmp:
         tmp.write_bytes(model.SerializeToString())
+
+
+def _tf2onnx_hint(tflite_path: Path) -> str:
+    """What to do when tf2onnx fails: nothing, if the interpreter loads the file (tf2onnx lacks one of its ops)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_path=str(tflite_path)).allocate_tensors()
+    except Exception:
+        return "check that the file is a complete .tflite (re-run the export stage to rebuild it)"
+    return (
+        "the file itself is sound, the TFLite interpreter loads it; tf2onnx cannot map one of its ops, so only "
+        "the onnxruntime-via-tf2onnx cross-check is missing"
+    )
 
 
 def tf2onnx_runner(onnx_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> Runner:

@@ -28,6 +28,7 @@ class ExportInputs:
     validation: tuple[np.ndarray, np.ndarray] | None = None  # normalized NCHW x and labels y
     reference_path: Path | None = None  # fp32 file int8 accuracy is measured against, when not the parent
     model: "object | None" = None  # the torch student, for targets whose parent is the checkpoint
+    log_path: Path | None = None  # converters' whole output goes here (RUN/logs/<target>.log); None: discarded
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,15 @@ class Target:
     parent: ClassVar[str]  # the artifact it is converted from: "student" or another target's name
     needs_calibration: ClassVar[bool] = False
     reference: ClassVar[bool] = False  # a comparison point measured in the report, never shipped
-    max_abs_diff: ClassVar[float | None] = None  # tolerance vs the float student's logits; None: int8, measured only
+    max_abs_diff: ClassVar[float | None] = None  # absolute logit tolerance vs the float student; None: int8, measured
+    rtol: ClassVar[float] = 0.0  # plus this share of the largest |logit| (fp16 rounds relative to magnitude)
+
+    def tolerance(self, reference_logits: np.ndarray) -> float | None:
+        """Largest absolute logit difference a correct conversion may show against ``reference_logits``
+        (N×classes, the float student's): ``max_abs_diff + rtol * max|reference|``; None: not checked (int8)."""
+        if self.max_abs_diff is None:
+            return None
+        return self.max_abs_diff + self.rtol * float(np.abs(reference_logits).max(initial=0.0))
 
     def export(self, inputs: ExportInputs) -> ExportResult:
         """Write the artifact to ``inputs.output_path`` and describe its tensors."""

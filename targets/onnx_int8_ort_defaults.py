@@ -3,14 +3,13 @@ default, on the same fp32 model and calibration set — the baseline that shows 
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 from calibration.readers import ort_reader
 from pipeline.config import RunConfig
+from pipeline.converter_log import captured_output
 from pipeline.errors import ExportError
 from targets.base import ExportInputs, ExportResult, Target, register_target
 from targets.onnx_io import describe_onnx, qdq_io_quantization
+from targets.onnx_share import onnx_int8_share
 
 
 @register_target
@@ -33,14 +32,24 @@ class OnnxInt8OrtDefaults(Target):
 
         input_name = onnx.load(inputs.parent_path).graph.input[0].name
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with captured_output(inputs.log_path):
                 quantize_static(
                     str(inputs.parent_path), str(inputs.output_path), ort_reader(inputs.calibration, input_name)
                 )
         except Exception as e:
-            raise ExportError(f"onnxruntime quantize_static failed: {str(e).strip().splitlines()[0]}") from e
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(
+                f"onnx-int8-ort-defaults: quantize_static failed: {reason}",
+                "a reference only: leave onnx-int8-ort-defaults out of export.targets",
+            ) from e
+        try:
+            share = onnx_int8_share(inputs.output_path).to_dict()
+        except Exception as e:  # noqa: BLE001 (a reference row: its share is left empty with why, the file stands)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            share = {"unmeasured": f"onnx-tool could not count its MACs: {reason}"}
         info = {
             "quantization": "onnxruntime quantize_static defaults",
+            "int8_share": share,
             "io_quantization": qdq_io_quantization(inputs.output_path),
         }
         return describe_onnx(inputs.output_path, layout="NCHW", info=info)

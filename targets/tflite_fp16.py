@@ -15,6 +15,7 @@ class TfliteFp16(Target):
     suffix = ".tflite"
     parent = "onnx-fp32"
     max_abs_diff = 0.05
+    rtol = 1e-2  # fp16 keeps ~3 significant digits; errors grow with the logits (0.07 at |logit| ~10 seen)
 
     def export(self, inputs: ExportInputs) -> ExportResult:
-        return export_tflite(inputs, "fp16")
+        return export_tflite(inputs, "fp16", self.name)

@@ -15,6 +15,7 @@ class TfliteFp32(Target):
     suffix = ".tflite"
     parent = "onnx-fp32"
     max_abs_diff = 1e-3
+    rtol = 1e-5
 
     def export(self, inputs: ExportInputs) -> ExportResult:
-        return export_tflite(inputs, "fp32")
+        return export_tflite(inputs, "fp32", self.name)

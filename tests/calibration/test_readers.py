@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from onnxruntime.quantization import CalibrationDataReader
 
-from calibration.readers import ort_reader, representative_dataset
+from calibration.methods import METHODS, ort_calibration
+from calibration.readers import equal_batch_size, ort_reader, representative_dataset
 from calibration.sampling import CalibrationSet
+from pipeline.config import CalibrationConfig
 
 
 @pytest.fixture
@@ -25,11 +27,11 @@ def drain(reader) -> list[dict]:
 
 
 def test_ort_reader_batches_then_none(calibration: CalibrationSet) -> None:
-    """get_next yields NCHW batches under the input name covering every sample once, then None."""
+    """get_next yields equal NCHW batches (70 = 5 × 14) under the input name covering every sample once, then None."""
     reader = ort_reader(calibration, input_name="input", batch_size=32)
     assert isinstance(reader, CalibrationDataReader)
     batches = drain(reader)
-    assert [b["input"].shape[0] for b in batches] == [32, 32, 6]
+    assert [b["input"].shape[0] for b in batches] == [14] * 5
     assert all(set(b) == {"input"} and b["input"].dtype == np.float32 for b in batches)
     np.testing.assert_array_equal(np.concatenate([b["input"] for b in batches]), calibration.x)
     assert reader.get_next() is None
@@ -41,7 +43,7 @@ def test_ort_reader_rewinds(calibration: CalibrationSet) -> None:
     first = drain(reader)
     reader.rewind()
     second = drain(reader)
-    assert len(first) == len(second) == 2
+    assert len(first) == len(second) == 2  # 70 = 2 × 35, the largest divisor up to 50
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a["x"], b["x"])
 
@@ -62,3 +64,57 @@ def test_representative_dataset_multichannel_layout() -> None:
     sample = next(iter(representative_dataset(CalibrationSet(x, np.arange(2), np.zeros(2)))))[0]
     assert sample.shape == (1, 4, 5, 3)
     assert sample[0, 2, 1, 0] == x[0, 0, 2, 1] and sample[0, 2, 1, 2] == x[0, 2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("count", "limit", "size"), [(100, 32, 25), (37, 32, 1), (64, 32, 32), (5, 32, 5), (96, 32, 32)]
+)
+def test_equal_batch_size_is_the_largest_divisor(count: int, limit: int, size: int) -> None:
+    """Batches are all one size: the largest divisor of the count up to the limit (1 for a prime count)."""
+    assert equal_batch_size(count, limit) == size
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
+    """A two-conv model on 8×8 digits-like input, exported for quantize_static."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 64, 10),
+    ).eval()
+    path = tmp_path_factory.mktemp("calibration") / "tiny.onnx"
+    torch.onnx.export(
+        model, (torch.zeros(1, 1, 8, 8),), path, dynamo=False, input_names=["input"], dynamic_axes={"input": {0: "n"}}
+    )
+    return path
+
+
+@pytest.mark.parametrize("count", [100, 37])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_calibrates_any_size(tiny_onnx, tmp_path, method: str, count: int) -> None:
+    """minmax, entropy and percentile quantize from a calibration set whose size is no multiple of 32 (the
+    histogram calibrators failed on a ragged last batch: 'setting an array element with a sequence')."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    rng = np.random.default_rng(1)
+    calibration = CalibrationSet(
+        rng.standard_normal((count, 1, 8, 8)).astype(np.float32), np.arange(count), np.zeros(count)
+    )
+    output = tmp_path / "int8.onnx"
+    quantize_static(
+        str(tiny_onnx),
+        str(output),
+        ort_reader(calibration, input_name="input"),
+        quant_format=QuantFormat.QDQ,
+        **ort_calibration(method, CalibrationConfig()),
+    )
+    ops = [node.op_type for node in onnx.load(output).graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3

@@ -75,6 +75,9 @@ def test_footprint(manifest: Manifest) -> None:
         if artifact != "teacher":
             assert rows[artifact, runtime].macs == pytest.approx(fp32.macs, rel=0.02), (artifact, runtime)
     assert rows["onnx-int8", "onnxruntime"].macs == fp32.macs
+    for name in ("tflite-fp32", "tflite-fp16", "tflite-int8"):  # counted on the TFLite file's own graph
+        assert rows[name, "tflite"].macs == fp32.macs, name
+    assert all(m.unmeasured == {} for m in manifest.measurements)
     assert rows["teacher", "pytorch"].macs > 2 * rows["student", "pytorch"].macs
 
 
@@ -120,18 +123,22 @@ def test_report_has_one_row_per_measurement(finished_run: Path, manifest: Manife
 
 
 def test_report_int8_section(finished_run: Path, manifest: Manifest) -> None:
-    """Each int8 artifact has a row naming its calibration method, its drop vs the fp32 student and its worst
-    layers; the onnxruntime-defaults reference is compared with onnx-int8."""
+    """Each int8 artifact has a row naming its calibration method and settings, its int8 share of MACs, its drop
+    vs the fp32 student, whether it is within budget and its worst layers; the onnxruntime-defaults reference is
+    compared with onnx-int8."""
     text = (finished_run / "report.md").read_text()
     section = text[text.index("## int8") : text.index("## Latency")]
     int8 = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info["precision"] == "int8"]
     assert {"onnx-int8", "tflite-int8", "onnx-int8-ort-defaults"} <= {r.name for r in int8}
     for record in int8:
         (row,) = [line for line in section.splitlines() if line.startswith(f"| {record.name} |")]
+        share = record.info["int8_share"]
+        assert f"| {share['macs']:.0%} ({share['weight_bytes']:.0%}) |" in row
         if record.name != "onnx-int8-ort-defaults":
-            assert f"| {record.info['calibration_method']} |" in row
-            worst = record.info["worst_layers"][0]
-            assert f"`{worst['node'].split(';')[0]}` ({worst['op']}) {worst['sqnr_db']:.1f} dB" in row
+            assert f"| {record.info['calibration_method']}" in row
+            assert ("| within |" in row) == (record.info["over_budget"] is None)
+            for worst in record.info["worst_layers"][:1]:  # ranked only when the fallback ran
+                assert f"`{worst['node'].split(';')[0]}` ({worst['op']}) {worst['sqnr_db']:.1f} dB" in row
     assert "onnx-int8 vs onnxruntime `quantize_static` with its defaults" in section
 
 

@@ -97,7 +97,7 @@ def test_dotted_overrides(write_config, tiny_config_dict: dict) -> None:
     assert config.distill.lr == 0.01
     assert config.distill.epochs == 2
     assert config.export.onnx_int8.activation_type == "int8"
-    assert config.export.onnx_int8.per_channel is True
+    assert config.export.onnx_int8.per_channel == "auto"
 
 
 def test_override_with_unknown_key_is_rejected(write_config, tiny_config_dict: dict) -> None:

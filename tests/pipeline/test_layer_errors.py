@@ -1,4 +1,5 @@
-"""Per-layer int8 errors: both debuggers name real nodes, rank an outlier layer worst, and TFLite keeps it float."""
+"""Per-layer int8 errors: both debuggers name real nodes, rank an outlier layer worst, and TFLite keeps it float;
+degenerate TFLite ranges (a max-pool's float-min pad) are repaired or ranked first; an all-zero tensor is exact."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from torch import nn
 from calibration.readers import ort_reader
 from calibration.sampling import CalibrationSet
 from pipeline.errors import ConfigError
-from pipeline.layer_errors import LayerError, onnx_layer_errors, tflite_layer_errors, tflite_selective_int8
+from pipeline.layer_errors import (
+    CalibratedModel,
+    LayerError,
+    onnx_layer_errors,
+    tflite_calibrated_model,
+    tflite_layer_errors,
+    tflite_quantized_model,
+)
+from targets.tflite_int8 import tflite_int8_share
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,8 +149,13 @@ def nhwc(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tflite_errors(saved_model: Path, calibration_x: np.ndarray, debug_x: np.ndarray) -> list[LayerError]:
-    return tflite_layer_errors(saved_model, nhwc(calibration_x), nhwc(debug_x))
+def calibrated(saved_model: Path, calibration_x: np.ndarray) -> CalibratedModel:
+    return tflite_calibrated_model(saved_model, nhwc(calibration_x))
+
+
+@pytest.fixture(scope="module")
+def tflite_errors(calibrated: CalibratedModel, debug_x: np.ndarray) -> list[LayerError]:
+    return tflite_layer_errors(calibrated, nhwc(debug_x))
 
 
 def interpreter(content: bytes):
@@ -152,7 +166,7 @@ def interpreter(content: bytes):
 
 def assert_worst_first(errors: list[LayerError]) -> None:
     assert errors
-    assert all(math.isfinite(error.sqnr_db) for error in errors)
+    assert all(math.isfinite(error.sqnr_db) and not error.degenerate for error in errors)
     assert [error.sqnr_db for error in errors] == sorted(error.sqnr_db for error in errors)
 
 
@@ -212,7 +226,12 @@ def test_layer_error_to_dict_is_json_ready() -> None:
         "rel_error": 0.501,
         "scope": "cumulative",
         "local_sqnr_db": None,
+        "degenerate": False,
+        "note": None,
     }
+    exact = LayerError("t", "n", "Conv", math.inf, "local", math.inf, note="exact")
+    assert json.loads(json.dumps(exact.to_dict(), allow_nan=False))["sqnr_db"] is None
+    assert exact.rel_error == 0.0
 
 
 def test_tflite_layer_errors_name_real_nodes(saved_model: Path, tflite_errors: list[LayerError]) -> None:
@@ -231,29 +250,198 @@ def test_tflite_layer_errors_name_real_nodes(saved_model: Path, tflite_errors: l
     assert worst.sqnr_db < tflite_errors[1].sqnr_db - 6
 
 
-def test_tflite_selective_int8_keeps_denylisted_node_float(
-    saved_model: Path, calibration_x: np.ndarray, debug_x: np.ndarray, tflite_errors: list[LayerError]
+def feed_int8(model, x_nhwc: np.ndarray) -> np.ndarray:
+    """Logits (dequantized) of a full-integer model on float NHWC ``x_nhwc``."""
+    source, sink = model.get_input_details()[0], model.get_output_details()[0]
+    model.resize_tensor_input(source["index"], list(x_nhwc.shape))
+    model.allocate_tensors()
+    scale, zero_point = source["quantization"]
+    model.set_tensor(source["index"], np.clip(np.round(x_nhwc / scale + zero_point), -128, 127).astype(np.int8))
+    model.invoke()
+    out_scale, out_zero = sink["quantization"]
+    return (model.get_tensor(sink["index"]).astype(np.float32) - out_zero) * out_scale
+
+
+def test_tflite_quantized_model_keeps_denylisted_node_float(
+    calibrated: CalibratedModel, debug_x: np.ndarray, tflite_errors: list[LayerError]
 ) -> None:
     """With the worst node denylisted the model keeps int8 I/O and other layers, that layer float, and runs."""
     worst = tflite_errors[0].node
-    model = interpreter(tflite_selective_int8(saved_model, nhwc(calibration_x), [worst]))
+    model = interpreter(tflite_quantized_model(calibrated, [worst]))
     dtypes = {detail["name"]: np.dtype(detail["dtype"]).name for detail in model.get_tensor_details()}
     assert dtypes[worst] == "float32"
     assert all(dtypes[error.node] == "int8" for error in tflite_errors[1:])
     source, sink = model.get_input_details()[0], model.get_output_details()[0]
     assert source["dtype"] == np.int8 and sink["dtype"] == np.int8
-    scale, zero_point = source["quantization"]
-    model.allocate_tensors()
-    model.set_tensor(source["index"], np.round(nhwc(debug_x[:1]) / scale + zero_point).astype(np.int8))
-    model.invoke()
-    assert model.get_tensor(sink["index"]).shape == (1, 3)
+    assert feed_int8(model, nhwc(debug_x[:1])).shape == (1, 3)
 
 
 def test_tflite_unknown_denylisted_node_is_refused(
-    saved_model: Path, calibration_x: np.ndarray, tflite_errors: list[LayerError]
+    calibrated: CalibratedModel, tflite_errors: list[LayerError]
 ) -> None:
     """A name the model lacks raises (the converter would silently ignore it) and suggests the real one."""
     real = tflite_errors[0].node
     with pytest.raises(ConfigError, match="no node named") as raised:
-        tflite_selective_int8(saved_model, nhwc(calibration_x), [real.lower()])
+        tflite_quantized_model(calibrated, [real.lower()])
     assert repr(real) in raised.value.hint
+
+
+# --- int8 share of a TFLite file ---------------------------------------------------------------------------
+
+
+def test_tflite_int8_share_counts_macs_and_weights(
+    calibrated: CalibratedModel, tflite_errors: list[LayerError], tmp_path: Path
+) -> None:
+    """conv1 1→4 3×3, conv2 4→8 3×3 (both on 8×8) and fc 8→3; with conv2 denylisted its MACs and weights are
+    float, exactly."""
+    conv1, conv2, fc = 8 * 8 * 4 * 9 * 1, 8 * 8 * 8 * 9 * 4, 3 * 8
+    all_int8, one_float = tmp_path / "int8.tflite", tmp_path / "one-float.tflite"
+    all_int8.write_bytes(tflite_quantized_model(calibrated))
+    share = tflite_int8_share(all_int8)
+    assert (share.macs, share.weight_bytes, share.total_macs, share.float_layers) == (1.0, 1.0, conv1 + conv2 + fc, ())
+    worst = tflite_errors[0]
+    one_float.write_bytes(tflite_quantized_model(calibrated, [worst.node]))
+    share = tflite_int8_share(one_float)
+    assert share.total_macs == conv1 + conv2 + fc
+    assert share.macs == pytest.approx((conv1 + fc) / (conv1 + conv2 + fc), abs=1e-12)
+    assert share.weight_bytes == pytest.approx((36 + 24) / (36 + 288 + 24), abs=1e-12)
+    assert [(layer.node, layer.op, layer.macs) for layer in share.float_layers] == [(worst.node, "CONV_2D", conv2)]
+
+
+# --- degenerate ranges, zero point 0, all-zero tensors ----------------------------------------------------
+
+FLOAT_MIN = float(np.finfo(np.float32).min)
+
+
+def save(module, path: Path) -> Path:
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(path), signatures=module.__call__)
+    return path
+
+
+@pytest.fixture(scope="module")
+def padded_pool_model(tmp_path_factory) -> Path:
+    """conv (signed output) → pad with float32's minimum → 3×3/2 max-pool → relu → mean → fc: what onnx2tf makes
+    of ``Conv, MaxPool2d(3, 2, padding=1)`` (PINTO0309/onnx2tf#444)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+
+    class PaddedPool(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.constant(rng.standard_normal((3, 3, 1, 8)).astype(np.float32) / 3)
+            self.fc = tf.constant(rng.standard_normal((8, 4)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def __call__(self, x):
+            x = tf.nn.conv2d(x, self.kernel, 1, "SAME")
+            x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=FLOAT_MIN)
+            x = tf.nn.relu(tf.nn.max_pool2d(x, 3, 2, "VALID"))
+            return tf.matmul(tf.reduce_mean(x, [1, 2]), self.fc)
+
+    return save(PaddedPool(), tmp_path_factory.mktemp("padpool") / "saved_model")
+
+
+def zero_point_zero_samples(count: int, seed: int) -> np.ndarray:
+    """NHWC samples normalized like ``data: {mean: [0.502], std: [0.5]}`` on [0, 1] pixels: range [-1.004, 0.996],
+    which int8 quantizes with zero point 0."""
+    x = np.random.default_rng(seed).uniform(0, 1, (count, 8, 8, 1)).astype(np.float32)
+    x[0, 0, 0, 0], x[0, 0, 1, 0] = 0.0, 1.0
+    return ((x - 0.502) / 0.5).astype(np.float32)
+
+
+def test_max_pool_float_min_pad_range_is_repaired(padded_pool_model: Path) -> None:
+    """The pad's calibrated range [-3.4e38, max] becomes its input's: the int8 model agrees with the float one
+    (with the raw range it collapses to one class); the debugger runs with a zero-point-0 int8 input."""
+    import tensorflow as tf
+
+    x = zero_point_zero_samples(64, seed=3)
+    calibrated = tflite_calibrated_model(padded_pool_model, x)
+    [repair] = calibrated.repairs
+    assert repair.op == "PADV2" and repair.calibrated[0] == pytest.approx(FLOAT_MIN)
+    assert -100 < repair.repaired[0] < 0 < repair.repaired[1] < 100 and not calibrated.degenerate
+    model = interpreter(tflite_quantized_model(calibrated))
+    assert model.get_input_details()[0]["quantization"][1] == 0  # the zero point QuantizationDebugger trips on
+    float_model = interpreter(tf.lite.TFLiteConverter.from_saved_model(str(padded_pool_model)).convert())
+    float_model.resize_tensor_input(0, list(x.shape))
+    float_model.allocate_tensors()
+    float_model.set_tensor(float_model.get_input_details()[0]["index"], x)
+    float_model.invoke()
+    reference = float_model.get_tensor(float_model.get_output_details()[0]["index"])
+    assert (feed_int8(model, x).argmax(1) == reference.argmax(1)).mean() >= 0.9
+    errors = tflite_layer_errors(calibrated, x[:16])
+    pad = next(error for error in errors if error.tensor == repair.tensor)
+    assert pad.sqnr_db > 20 and pad.note.startswith("range repaired")
+    assert all(math.isfinite(error.sqnr_db) for error in errors)
+
+
+def test_degenerate_range_ranks_first(tmp_path: Path) -> None:
+    """Ranges set by a float-max constant in ops the repair does not cover (a fill, a concatenation) rank first,
+    marked, whatever their SQNR."""
+    import tensorflow as tf
+
+    class ConcatMin(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def __call__(self, x):
+            h = tf.nn.relu(tf.nn.conv2d(x, tf.ones([3, 3, 1, 4]) / 9, 1, "SAME"))
+            wall = tf.fill(tf.shape(h), FLOAT_MIN)
+            return tf.reduce_mean(tf.reduce_max(tf.concat([h, wall], -1), -1), [1, 2])[:, None]
+
+    x = zero_point_zero_samples(32, seed=4)
+    calibrated = tflite_calibrated_model(save(ConcatMin(), tmp_path / "saved_model"), x)
+    errors = tflite_layer_errors(calibrated, x[:8])
+    flags = [error.degenerate for error in errors]
+    assert flags == sorted(flags, reverse=True) and not flags[-1]
+    degenerate = {error.op: error for error in errors if error.degenerate}
+    assert set(degenerate) == {"FILL", "CONCATENATION"}  # the float-max constant and the concatenation
+    assert "float-max" in degenerate["CONCATENATION"].note
+
+
+def test_all_zero_tensor_is_exact_not_worst(tmp_path: Path) -> None:
+    """A dead branch (relu of a large negative) is all zero in float and int8: sqnr inf, noted, ranked last."""
+    import tensorflow as tf
+
+    class DeadBranch(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def __call__(self, x):
+            live = tf.nn.relu(tf.nn.conv2d(x, tf.ones([3, 3, 1, 4]) / 9, 1, "SAME"))
+            dead = tf.nn.relu(tf.nn.conv2d(x, tf.ones([1, 1, 1, 4]), 1, "SAME") - 1000.0)
+            return tf.reduce_mean(tf.concat([live, dead], -1), [1, 2])
+
+    x = zero_point_zero_samples(32, seed=5)
+    errors = tflite_layer_errors(tflite_calibrated_model(save(DeadBranch(), tmp_path / "saved_model"), x), x[:8])
+    exact = [error for error in errors if math.isinf(error.sqnr_db)]
+    assert exact and errors[-len(exact) :] == exact
+    assert all(error.note.startswith("exact") and error.to_dict()["sqnr_db"] is None for error in exact)
+    assert math.isfinite(errors[0].sqnr_db)
+
+
+def test_onnx_all_zero_tensor_is_exact_not_worst(tmp_path: Path) -> None:
+    """The same dead branch through onnxruntime's debugger: exact, last (its epsilon floor would say 0 dB)."""
+
+    class DeadBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.live, self.dead = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            both = torch.cat([torch.relu(self.live(x)), torch.relu(self.dead(x) - 1000.0)], 1)
+            return both.mean(dim=(2, 3))
+
+    float_model = tmp_path / "dead.onnx"
+    torch.onnx.export(
+        DeadBranch().eval(),
+        (torch.zeros(1, 1, 8, 8),),
+        str(float_model),
+        dynamo=False,
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+    )
+    x = typical_samples(32, seed=6)
+    errors = onnx_layer_errors(float_model, quantize_onnx(float_model, tmp_path / "dead.int8.onnx", x), x, tmp_path)
+    exact = [error for error in errors if math.isinf(error.sqnr_db)]
+    assert exact and errors[-len(exact) :] == exact
+    assert all(error.note.startswith("exact") for error in exact)

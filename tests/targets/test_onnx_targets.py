@@ -73,16 +73,46 @@ def test_onnx_int8_smaller_than_fp32(manifest_json: dict) -> None:
 
 
 def test_onnx_int8_records_its_choices(manifest_json: dict) -> None:
-    """auto calibration tried every method on validation and kept the best; the record holds the per-layer
-    errors, the budget check and the scale/zero point of the in-graph input quantization."""
+    """auto calibration tried every method with the portable settings first, then each other setting value, then
+    onnxruntime's defaults, and kept the most accurate; the record holds the settings, the paired drop test, the host CPU's flags and the
+    scale/zero point of the in-graph input quantization."""
     info = manifest_json["artifacts"]["onnx-int8"]["info"]
     tried = [a for a in info["attempts"] if not a["float_layers"]]
-    assert [a["method"] for a in tried] == ["minmax", "percentile", "entropy"]
+    portable = {"per_channel": True, "reduce_range": False, "activation_type": "uint8"}
+    methods = ("minmax", "percentile", "entropy")
+    assert [a["settings"] for a in tried[:3]] == [{"method": method, **portable} for method in methods]
+    assert len(tried) == 7  # then per_channel false, reduce_range true, int8 activations: one at a time
+    # and last, onnxruntime quantize_static's own defaults as a whole (per-tensor weights, S8S8)
+    assert tried[-1]["settings"] == {"method": "minmax", "per_channel": False, "reduce_range": False, "activation_type": "int8"}
     best = max(tried, key=lambda a: a["val_accuracy"])
-    assert info["calibration_method"] == best["method"] or info["float_layers"]
+    assert info["settings"]["method"] == info["calibration_method"]
+    if not info["float_layers"]:
+        assert info["val_accuracy"] == best["val_accuracy"]
+        assert info["settings"] == tried[[a["val_accuracy"] for a in tried].index(best["val_accuracy"])]["settings"]
+    assert {key: info["quantization"][key] for key in portable} == {key: info["settings"][key] for key in portable}
+    assert set(info["host_cpu"]) == {"model", "avx2", "avx512", "vnni"}
     assert info["val_drop"] == round(info["fp32_val_accuracy"] - info["val_accuracy"], 2)
-    assert info["within_budget"] == (info["val_drop"] <= info["max_int8_drop"])
-    sqnr = [layer["sqnr_db"] for layer in info["worst_layers"]]
-    assert len(sqnr) >= 3 and sqnr == sorted(sqnr)
+    assert info["within_budget"] == (not info["drop_test"]["significantly_over_budget"])
+    assert (info["over_budget"] is None) == (info["within_budget"] and info["int8_share"]["macs"] >= 0.9)
     io = info["io_quantization"]["input"]
     assert io["scale"] > 0 and io["tensor"] == manifest_json["artifacts"]["onnx-int8"]["inputs"][0]["name"]
+
+
+def test_onnx_int8_is_all_int8_without_fallback(finished_run: Path, manifest_json: dict) -> None:
+    """With no float layer, every Conv/Gemm reads a dequantized activation and int8 weight: share 1.0 of MACs."""
+    info = manifest_json["artifacts"]["onnx-int8"]["info"]
+    assert info["float_layers"] == [], "the tiny student needs no fallback on digits"
+    assert info["int8_share"]["macs"] == 1.0 and info["int8_share"]["weight_bytes"] == 1.0
+    assert info["int8_share"]["float_layers"] == [] and info["int8_share"]["total_macs"] > 0
+    model = onnx.load(artifact(finished_run, manifest_json, "onnx-int8"))
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            assert producers.get(node.input[0]) == "DequantizeLinear", f"{node.name} reads a float activation"
+
+
+def test_every_int8_record_states_its_share(manifest_json: dict) -> None:
+    """onnxruntime's defaults too: int8_share {macs, weight_bytes, total_macs, float_layers}."""
+    share = manifest_json["artifacts"]["onnx-int8-ort-defaults"]["info"]["int8_share"]
+    assert set(share) == {"macs", "weight_bytes", "total_macs", "float_layers"}
+    assert share["total_macs"] == manifest_json["artifacts"]["onnx-int8"]["info"]["int8_share"]["total_macs"]
