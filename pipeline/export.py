@@ -17,7 +17,7 @@ from calibration.sampling import CalibrationSet
 from pipeline.calibrate import CALIBRATION_PATH
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
-from pipeline.errors import EdgepipeError, ExportError, RunStateError
+from pipeline.errors import DataError, EdgepipeError, ExportError, ModelError, RunStateError
 from pipeline.io import atomic_path
 from pipeline.manifest import ArtifactRecord, TargetFailure
 from pipeline.progress import progress_bar
@@ -80,7 +80,8 @@ class Exporter:
 
     def attempt(self, name: str) -> ArtifactRecord | None:
         """``build(name)``, its failure recorded in ``failures`` (and its record dropped) instead of raised; a target
-        whose parent failed is recorded as skipped. RunStateError (an earlier stage's output missing) is raised."""
+        whose parent failed is recorded as skipped. What every target shares is raised, not recorded: RunStateError (an
+        earlier stage's output missing), ModelError (the student checkpoint) and DataError (the run's data)."""
         if name in self.failures:
             return None
         target = TARGETS.get(name)
@@ -94,7 +95,7 @@ class Exporter:
         before = _mtime(log)
         try:
             return self.build(name)
-        except RunStateError:
+        except (RunStateError, ModelError, DataError):
             raise
         except Exception as e:  # any converter's failure is this target's row, never the run's end
             self._fail(name, target_failure(self.run, e, name + self.suffix, "export", log, before))

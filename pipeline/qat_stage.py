@@ -30,13 +30,13 @@ def _grid(run: RunDir, name: str) -> bool:
 
 def qat_targets(run: RunDir, records: list[ArtifactRecord]) -> tuple[list[str], bool, dict[str, str]]:
     """The shipped int8 targets to rebuild from a QAT-KD student — all of them (``when: always``), or those whose
-    post-training int8 still breaks ``max_int8_drop`` after the fallback (``auto``) — with the weight grid
+    post-training int8 is still over budget after the fallback (``auto``: info ``over_budget``) — with the weight grid
     (reduce_range) to train on, and the targets left out because their grid differs from it (with why)."""
     when = run.config.quantize.qat.when
     if when == "never":
         return [], False, {}
     int8 = [r for r in records if TARGETS.get(r.name).precision == "int8" and not TARGETS.get(r.name).reference]
-    names = [r.name for r in int8 if when == "always" or not r.info.get("within_budget", True)]
+    names = [r.name for r in int8 if when == "always" or r.info.get("over_budget")]
     if not names:
         return [], False, {}
     reduce_range = any(_grid(run, name) for name in names)  # the ONNX grid wins: its ±64 is the coarser one

@@ -56,7 +56,8 @@ def test_every_batch_and_thread_count_is_timed(manifest: Manifest) -> None:
             stats = t.latency
             assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
             assert stats.mean_ms > 0 and stats.stdev_ms >= 0 and stats.runs >= bench.min_runs
-            assert t.throughput_ips == pytest.approx(stats.batch * 1000 / stats.p50_ms, rel=1e-3)
+            # throughput is recorded to 0.1 image/s: a slow row (< 50 images/s) must not break a relative bound
+            assert t.throughput_ips == pytest.approx(stats.batch * 1000 / stats.p50_ms, rel=1e-3, abs=0.05 + 1e-9)
             assert t.gmac_per_s == pytest.approx(m.macs * stats.batch / stats.p50_ms / 1e6, rel=1e-2)
         assert m.latency.batch == 1 and m.threads == max(bench.thread_counts())
 
