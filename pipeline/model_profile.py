@@ -24,12 +24,12 @@ class ModelProfile:
     macs: int
 
 
-def onnx_profile(path: Path) -> ModelProfile:
-    """Profile an ONNX file at batch 1 (symbolic dimensions set to 1) with onnx-tool."""
+def onnx_tool_graph(model):
+    """onnx-tool's profiled graph of ``model`` (an onnx ModelProto) at batch 1: symbolic dimensions set to 1, shapes
+    inferred, per-node MACs in ``node.macs[0]``. Raises whatever onnx-tool raises on a graph it cannot infer."""
     import onnx
     import onnx_tool
 
-    model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
     feeds = {}
     for value in model.graph.input:
@@ -41,8 +41,16 @@ def onnx_profile(path: Path) -> ModelProfile:
     profiled = onnx_tool.Model(model)
     profiled.graph.shape_infer(feeds)
     profiled.graph.profile()
-    macs = sum(node.macs[0] for node in profiled.graph.nodemap.values() if node.op_type in COMPUTE_OPS)
-    return ModelProfile(params=int(profiled.graph.params), macs=int(macs))
+    return profiled.graph
+
+
+def onnx_profile(path: Path) -> ModelProfile:
+    """Profile an ONNX file at batch 1 (symbolic dimensions set to 1) with onnx-tool."""
+    import onnx
+
+    graph = onnx_tool_graph(onnx.load(str(path), load_external_data=False))
+    macs = sum(node.macs[0] for node in graph.nodemap.values() if node.op_type in COMPUTE_OPS)
+    return ModelProfile(params=int(graph.params), macs=int(macs))
 
 
 def torch_profile(module, input_shape: tuple[int, ...]) -> ModelProfile:

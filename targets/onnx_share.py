@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.int8_search import FloatLayer, Int8Share
+from pipeline.model_profile import onnx_tool_graph
 
 SHARE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _INT8_TYPES = frozenset({2, 3})  # onnx.TensorProto.UINT8, INT8
@@ -21,21 +22,8 @@ def node_macs(model) -> dict[str, int]:
     """MACs per sample of each compute node of ``model`` (an onnx ModelProto), by its first output's name.
 
     Symbolic input dimensions are set to 1. Raises whatever onnx-tool raises on a graph it cannot infer."""
-    import onnx
-    import onnx_tool
-
-    initializers = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-        feeds[value.name] = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-    profiled = onnx_tool.Model(model)  # onnx-tool edits the graph it is given: hand it a copy
-    profiled.graph.shape_infer(feeds)
-    profiled.graph.profile()
-    return {node.output[0]: int(node.macs[0]) for node in profiled.graph.nodemap.values() if node.op_type in SHARE_OPS}
+    graph = onnx_tool_graph(model)  # onnx-tool edits the graph it is given: pass a copy
+    return {node.output[0]: int(node.macs[0]) for node in graph.nodemap.values() if node.op_type in SHARE_OPS}
 
 
 def onnx_int8_share(path: Path) -> Int8Share:
