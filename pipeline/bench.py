@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
 from pipeline.harness import Plan, first_line, measure_plan
@@ -172,7 +173,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
     teacher_top1 = None
     measurements, skipped = [], []
     groups = _plans(run)
-    with progress_bar() as bar:
+    # runtimes' first-use banners (TFLite's XNNPACK line) and converter chatter go to the run's log
+    with progress_bar() as bar, captured_output(run.path("logs/bench.log")):
         task = bar.add_task("bench", total=len(groups), status="")
         for name, runtime, make_plans in groups:
             bar.update(task, status=name)

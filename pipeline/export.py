@@ -129,7 +129,8 @@ class Exporter:
         path = self.run.path(f"artifacts/{self.source}-{name}{target.suffix}")
         work_dir = self.run.path("work")
         work_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        # whatever a converter or runtime prints beyond its own capture (first-use banners) goes to the log too
+        with atomic_path(path) as tmp, captured_output(log_path(self.run, record_name)):
             result = target.export(
                 ExportInputs(
                     parent_path=self.run.path(parent.path),
@@ -170,8 +171,7 @@ class Exporter:
         tolerance (relative to the logits' magnitude for fp16), recorded with the result."""
         x, reference = self.verify_batch
         try:
-            with captured_output(log_path(self.run, target.name + self.suffix)):  # the runtime's first-use banners
-                logits = artifact_runner(path, target.format, result.inputs, result.outputs, None).predict(x)
+            logits = artifact_runner(path, target.format, result.inputs, result.outputs, None).predict(x)
         except Exception as e:
             raise ExportError(f"{target.name}: the exported file does not run: {str(e).strip().splitlines()[0]}") from e
         if logits.shape != reference.shape:

@@ -140,7 +140,7 @@ def _failure_text(failure: TargetFailure, root: Path | None = None) -> str:
     """``target (reason; log: path)``, the log under ``root`` when given (left out when the reason names it)."""
     named = failure.log is None or failure.log in failure.reason
     log = "" if named else f"; log: {root / failure.log if root else failure.log}"
-    return f"{failure.target} ({failure.reason}{log})"
+    return f"{failure.target} ({failure.reason.removeprefix(f'{failure.target}: ')}{log})"
 
 
 def run_error(manifest: Manifest, root: Path | None = None, gate: bool = True) -> EdgepipeError | None:
@@ -162,7 +162,9 @@ def run_error(manifest: Manifest, root: Path | None = None, gate: bool = True) -
     report = f"{written} is written and marked FAILED" if gate else "`edgepipe bench` and `report` show the rest"
     if failed:
         hints = [f.hint for f in failed if f.hint]
-        return ExportError(message, "; ".join([*hints, f"the other targets were built; {report}"]))
+        built = any(record.stage == "export" for record in manifest.artifacts.values())
+        others = "the other targets were built" if built else "no target was built"
+        return ExportError(message, "; ".join([*dict.fromkeys(hints), f"{others}; {report}"]))
     if budget or limits:
         return GateError(message, f"{report}; `release` refuses an artifact over budget unless --allow-over-budget")
     return None

@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 
 COMPUTE_OPS = frozenset(
-    {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Einsum",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+    }
 )
 
 
@@ -44,13 +54,66 @@ def onnx_tool_graph(model):
     return profiled.graph
 
 
-def onnx_profile(path: Path) -> ModelProfile:
-    """Profile an ONNX file at batch 1 (symbolic dimensions set to 1) with onnx-tool."""
+def einsum_macs(equation: str, shapes: list[list[int]]) -> int:
+    """Multiply-accumulates of ``Einsum(equation)`` on inputs of ``shapes``: the product of every index's size (each
+    combination of indices is one multiply-add), an ellipsis counting as the product of the dims it stands for."""
+    sizes: dict[str, int] = {}
+    for term, shape in zip(equation.replace(" ", "").split("->")[0].split(","), shapes):
+        if "..." in term:
+            start = term.index("...")
+            covered = len(shape) - (len(term) - 3)
+            sizes["..."] = max(sizes.get("...", 1), int(np.prod(shape[start : start + covered])))
+            term, shape = term.replace("...", ""), list(shape[:start]) + list(shape[start + covered :])
+        sizes.update(zip(term, (int(d) for d in shape)))
+    return int(np.prod(list(sizes.values()))) if sizes else 0
+
+
+def _einsum_node_macs(model) -> dict[str, int]:
+    """MACs of each Einsum node (onnx-tool counts none), by its first output's name, from ONNX shape inference at
+    batch 1."""
     import onnx
 
-    graph = onnx_tool_graph(onnx.load(str(path), load_external_data=False))
-    macs = sum(node.macs[0] for node in graph.nodemap.values() if node.op_type in COMPUTE_OPS)
-    return ModelProfile(params=int(graph.params), macs=int(macs))
+    einsums = [node for node in model.graph.node if node.op_type == "Einsum"]
+    if not einsums:
+        return {}
+    static = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in static.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(static).graph
+    shapes = {t.name: list(t.dims) for t in inferred.initializer}
+    for value in [*inferred.input, *inferred.value_info, *inferred.output]:
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    equation = {node.output[0]: onnx.helper.get_attribute_value(node.attribute[0]) for node in einsums}
+    return {
+        node.output[0]: einsum_macs(equation[node.output[0]].decode(), [shapes.get(name, []) for name in node.input])
+        for node in einsums
+    }
+
+
+def _onnx_counts(model) -> tuple[int, dict[str, tuple[str, int]]]:
+    """(parameters, {first output name: (op type, MACs per sample)} of the compute nodes) of ``model``, left
+    unchanged: onnx-tool's counts at batch 1, Einsum's from its equation."""
+    import onnx
+
+    graph = onnx_tool_graph(onnx.ModelProto.FromString(model.SerializeToString()))  # onnx-tool edits what it gets
+    macs = {node.output[0]: (node.op_type, int(node.macs[0])) for node in graph.nodemap.values()}
+    macs.update({name: ("Einsum", count) for name, count in _einsum_node_macs(model).items()})
+    return int(graph.params), {name: (op, count) for name, (op, count) in macs.items() if op in COMPUTE_OPS}
+
+
+def onnx_node_macs(model) -> dict[str, tuple[str, int]]:
+    """(op type, MACs per sample) of each compute node of ``model`` (an onnx ModelProto), by its first output's name."""
+    return _onnx_counts(model)[1]
+
+
+def onnx_profile(path: Path) -> ModelProfile:
+    """Profile an ONNX file at batch 1 (symbolic dimensions set to 1) with onnx-tool (Einsum from its equation)."""
+    import onnx
+
+    params, macs = _onnx_counts(onnx.load(str(path), load_external_data=False))
+    return ModelProfile(params=params, macs=sum(count for _, count in macs.values()))
 
 
 def torch_profile(module, input_shape: tuple[int, ...]) -> ModelProfile:

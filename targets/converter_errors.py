@@ -128,9 +128,24 @@ def other_exporter(exporter: str | None) -> str | None:
     return next((e for e in EXPORTERS if e != exporter), None) if exporter in EXPORTERS else None
 
 
+_DYNAMIC_BATCH = re.compile(r"got (?:batch|'batch') of type 'str'|\['batch', ")  # a symbolic dim reached a shape
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _user_frame(text: str) -> str | None:
+    """``path:line`` of the last traceback frame in ``text`` outside installed packages (the user's model code)."""
+    frames = [f"{path}:{line}" for path, line in _USER_FRAME.findall(text) if "-packages/" not in path]
+    return frames[-1] if frames else None
+
+
 def _first_line(text: str) -> str:
-    """The first line of a converter message that says something: MLIR diagnostics lose their location prefix
-    (``...: error: loc(...): 'tf.Erf' op ...``) and their ``note:`` lines; torch.onnx's boilerplate is cut."""
+    """The first line of a converter message that says something: ANSI colours dropped; torch.export's banner
+    replaced by its "Exception summary" (the exception class and message); MLIR diagnostics lose their location
+    prefix (``...: error: loc(...): 'tf.Erf' op ...``) and their ``note:`` lines; torch.onnx's boilerplate is cut."""
+    text = _ANSI.sub("", text)
+    if "## Exception summary" in text:
+        text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text.split("## Exception summary", 1)[1])
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     for line in lines:
         said = re.sub(r"^.*?\berror: ", "", line)
@@ -177,11 +192,20 @@ def converter_error(
     switch = f"set export.exporter: {other}, or " if other else ""
     if is_erf:
         hint = GELU_HINT
+    elif _DYNAMIC_BATCH.search(f"{message}\n{log_text}"):
+        hint = (
+            "onnx2tf cannot convert this op with a dynamic batch dimension (it needs static shapes here); replace the "
+            "op, or leave the TFLite targets out of export.targets"
+        )
+    elif "data-dependent" in _ANSI.sub("", message):
+        hint = "make forward() free of Python branches on tensor values (torch.export traces one path); use torch.where"
     elif stage == "torch.onnx":
         hint = f"{switch}replace that op in the model"
     else:
         hint = f"{switch}replace that op by one of the TFLite builtins ({TFLITE_BUILTINS_URL})"
     where = f" at {op.describe()}" if op and op.describe() else ""
+    frame = _user_frame(_ANSI.sub("", f"{message}\n{log_text}"))
+    where += f" (model code {frame})" if frame and not where else ""
     log = ""
     if log_path is not None:  # the message's whole text (an MLIR module dump, a graph) beside the converter's output
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,18 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.int8_search import FloatLayer, Int8Share
-from pipeline.model_profile import onnx_tool_graph
+from pipeline.model_profile import onnx_node_macs
 
-SHARE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+SHARE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 _INT8_TYPES = frozenset({2, 3})  # onnx.TensorProto.UINT8, INT8
-
-
-def node_macs(model) -> dict[str, int]:
-    """MACs per sample of each compute node of ``model`` (an onnx ModelProto), by its first output's name.
-
-    Symbolic input dimensions are set to 1. Raises whatever onnx-tool raises on a graph it cannot infer."""
-    graph = onnx_tool_graph(model)  # onnx-tool edits the graph it is given: pass a copy
-    return {node.output[0]: int(node.macs[0]) for node in graph.nodemap.values() if node.op_type in SHARE_OPS}
 
 
 def onnx_int8_share(path: Path) -> Int8Share:
@@ -38,7 +30,7 @@ def onnx_int8_share(path: Path) -> Int8Share:
     constants = {t.name: t for t in graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
     producers = {output: node for node in graph.node for output in node.output}
-    macs = node_macs(onnx.ModelProto.FromString(model.SerializeToString()))
+    macs = {name: count for name, (_, count) in onnx_node_macs(model).items()}
 
     def dequantized(name: str) -> bool:
         producer = producers.get(name)

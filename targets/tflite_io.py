@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,32 @@ class ConversionContext:
         )
 
 
+@contextlib.contextmanager
+def _interrupt_survives() -> Iterator[None]:
+    """onnx2tf catches every exception in bare ``except:`` blocks, KeyboardInterrupt too, and carries on: remember a
+    Ctrl-C (SIGINT) that arrives during the call and raise KeyboardInterrupt once it returns or fails."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+
+    def remember(signum, frame) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, remember)
+    try:
+        yield
+    except BaseException:
+        if seen:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if seen:
+        raise KeyboardInterrupt
+
+
 def saved_model_for(inputs: ExportInputs, target: str = "tflite") -> Path:
     """The SavedModel converted from the parent ONNX, shared by every TFLite target (keyed by its sha256 and the
     converter's versions: an upgraded onnx2tf converts again).
@@ -105,7 +133,7 @@ def saved_model_for(inputs: ExportInputs, target: str = "tflite") -> Path:
             onnx_copy = scratch / "model.onnx"  # onnx2tf rewrites its input in place
             shutil.copyfile(inputs.parent_path, onnx_copy)
             calibration = None if inputs.calibration is None else inputs.calibration.x.transpose(0, 2, 3, 1)
-            with _onnx2tf_environment(calibration):
+            with _onnx2tf_environment(calibration), _interrupt_survives():
                 onnx2tf.convert(
                     input_onnx_file_path=str(onnx_copy),
                     output_folder_path=str(scratch / "saved_model"),

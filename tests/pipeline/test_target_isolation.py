@@ -126,9 +126,9 @@ def test_failed_target_is_a_row_and_run_exits_5(toys, run_copy: Path, tmp_path: 
     result = cli.invoke(app, ["run", str(config), "--out", str(run_copy)])
     assert result.exit_code == ExportError.exit_code == 5, result.output
     line = error_line(result)
-    assert "2 failed to build: toy-broken (toy-broken: toy converter: op Conv" in line
+    assert "2 failed to build: toy-broken (toy converter: op Conv" in line
     assert line.count(str(run_copy / "logs" / "toy-broken.log")) == 1  # named by the converter's message only
-    assert "toy-crash (toy-crash: DecodeError" in line and f"log: {run_copy / 'logs' / 'toy-crash.log'}" in line
+    assert "toy-crash (DecodeError" in line and f"log: {run_copy / 'logs' / 'toy-crash.log'}" in line
     assert "skipped: toy-child" in line and "hint: use onnx-fp32" in line
 
     manifest = Manifest.load(run_copy / "manifest.json")

@@ -190,3 +190,54 @@ def test_converter_exit_is_explained_from_its_log(tmp_path: Path) -> None:
     assert str(error).startswith("tflite-fp32: onnx2tf failed: The specified *.onnx file does not exist.")
     assert "export.exporter: dynamo" in error.hint
     assert "onnx2tf failed (SystemExit)" in log.read_text()
+
+
+def test_ctrl_c_inside_a_converter_that_swallows_it_still_interrupts() -> None:
+    """onnx2tf's bare ``except:`` blocks eat KeyboardInterrupt; the guard raises it once the call returns."""
+    import os
+    import signal
+
+    from targets.tflite_io import _interrupt_survives
+
+    def swallowing_converter() -> str:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here and raises KeyboardInterrupt
+        except:  # noqa: E722 (what onnx2tf does)
+            pass
+        return "carried on"
+
+    with pytest.raises(KeyboardInterrupt), _interrupt_survives():
+        swallowing_converter()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_torch_export_failure_reads_its_exception_summary_and_user_frame() -> None:
+    """torch.export's banner (with ANSI colours) is replaced by the exception it summarizes and the model's line."""
+    from targets.converter_errors import converter_error
+
+    banner = (
+        "Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of exporting the model.\n"
+        "## Exception summary\n\n<class 'torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode'>: "
+        "Could not guard on data-dependent expression Eq(u0, 1)\n"
+        '  File "/home/me/models/net.py", line 8, in forward\n    if h.sum() > 0:\n'
+        '  File "/venv/lib/python3.11/site-packages/torch/_export/x.py", line 9, in f\n'
+    )
+    line = converter_error("onnx-fp32", "torch.onnx", RuntimeError(banner), "dynamo").one_line()
+    assert "\x1b" not in line and "step 1/3" not in line
+    assert "GuardOnDataDependentSymNode: Could not guard on data-dependent expression" in line
+    assert "(model code /home/me/models/net.py:8)" in line and "torch.where" in line
+
+
+def test_dynamic_batch_failure_says_so_instead_of_switching_exporters() -> None:
+    """onnx2tf failing on a symbolic batch dimension fails the same way with either exporter: the hint names the
+    cause instead of sending the user to the other exporter."""
+    from targets.converter_errors import converter_error
+
+    log = (
+        "Expected int32 passed to parameter 'input_sizes' of op 'Conv2DBackpropInput', got ['batch', 8, 8, 16] of "
+        "type 'list' instead. Error: Expected int32, but got batch of type 'str'.\n"
+    )
+    error = converter_error(
+        "tflite-fp32", "onnx2tf", RuntimeError("layer tf.nn.conv2d_transpose"), "dynamo", None, None, log
+    )
+    assert "dynamic batch dimension" in error.hint and "torchscript" not in error.hint

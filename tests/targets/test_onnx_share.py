@@ -81,3 +81,54 @@ def test_the_float_file_has_no_int8(float_file: Path) -> None:
     share = onnx_int8_share(float_file)
     assert share.macs == 0.0 and share.weight_bytes == 0.0
     assert [layer.macs for layer in share.float_layers] == [CONV1, CONV2, LINEAR]
+
+
+def test_einsum_counts_in_macs_and_share(tmp_path: Path) -> None:
+    """An Einsum is a matrix product: its MACs count (onnx-tool counts none) and, left float by the quantizer, it
+    lowers the int8 share instead of hiding from it."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from pipeline.model_profile import einsum_macs, onnx_profile
+
+    assert einsum_macs("bchw,chwk->bk", [[1, 4, 8, 8], [4, 8, 8, 256]]) == 4 * 8 * 8 * 256
+    assert einsum_macs("...c,cn->...n", [[1, 2, 32], [32, 10]]) == 2 * 32 * 10
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.w = torch.nn.Parameter(torch.randn(4, 8, 8, 16) * 0.1)
+
+        def forward(self, x):
+            return torch.einsum("bchw,chwk->bk", torch.relu(self.conv(x)), self.w)
+
+    fp32 = tmp_path / "einsum.onnx"
+    example = (torch.randn(1, 1, 8, 8),)
+    torch.onnx.export(
+        Net().eval(),
+        example,
+        str(fp32),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "b"}},
+    )
+    conv_macs = 4 * 8 * 8 * 9 + 4 * 8 * 8  # onnx-tool counts the bias add
+    assert onnx_profile(fp32).macs == conv_macs + 4 * 8 * 8 * 16
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"x": rng.standard_normal((1, 1, 8, 8), np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    qdq = tmp_path / "einsum-int8.onnx"
+    quantize_static(str(fp32), str(qdq), Reader(), quant_format=QuantFormat.QDQ)
+    share = onnx_int8_share(qdq)
+    assert share.total_macs == conv_macs + 4 * 8 * 8 * 16
+    einsum = [layer for layer in share.float_layers if layer.op == "Einsum"]  # onnxruntime leaves Einsum float
+    assert [layer.macs for layer in einsum] == [4 * 8 * 8 * 16]
+    assert share.macs == pytest.approx(conv_macs / share.total_macs)

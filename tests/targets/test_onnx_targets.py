@@ -83,7 +83,12 @@ def test_onnx_int8_records_its_choices(manifest_json: dict) -> None:
     assert [a["settings"] for a in tried[:3]] == [{"method": method, **portable} for method in methods]
     assert len(tried) == 7  # then per_channel false, reduce_range true, int8 activations: one at a time
     # and last, onnxruntime quantize_static's own defaults as a whole (per-tensor weights, S8S8)
-    assert tried[-1]["settings"] == {"method": "minmax", "per_channel": False, "reduce_range": False, "activation_type": "int8"}
+    assert tried[-1]["settings"] == {
+        "method": "minmax",
+        "per_channel": False,
+        "reduce_range": False,
+        "activation_type": "int8",
+    }
     best = max(tried, key=lambda a: a["val_accuracy"])
     assert info["settings"]["method"] == info["calibration_method"]
     if not info["float_layers"]:
