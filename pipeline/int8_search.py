@@ -116,6 +116,7 @@ class Attempt:
     correct: np.ndarray = field(repr=False)
     share: Int8Share
     path: Path
+    bytes: int  # the file's size when it was built (the search's folder is removed afterwards)
 
     @property
     def method(self) -> str:
@@ -133,6 +134,7 @@ class Attempt:
             "val_accuracy": round(self.val_accuracy, 2),
             "val_drop": round(fp32_val_accuracy - self.val_accuracy, 2),
             "int8_macs": round(self.share.macs, 4),
+            "bytes": self.bytes,
         }
 
 
@@ -218,7 +220,8 @@ class _Search:
         if key not in self._built:
             path = self.work_dir / f"int8-{len(self.attempts)}{self.suffix}"
             self.quantize(settings, float_layers, path)
-            self._built[key] = Attempt(dict(settings), float_layers, self.score(path), self.share(path), path)
+            correct, share = self.score(path), self.share(path)
+            self._built[key] = Attempt(dict(settings), float_layers, correct, share, path, path.stat().st_size)
             self.attempts.append(self._built[key])
         return self._built[key]
 
@@ -233,13 +236,23 @@ def _choose_settings(
 ) -> Attempt:
     """Each calibration method with the default options, then each option's other values one at a time (coordinate
     search), then each preset (a whole combination the coordinate steps may not reach, such as a quantizer's own
-    defaults); the most accurate all-int8 file wins, a tie keeps the earlier (default) choice."""
+    defaults); of the all-int8 files within noise of the most accurate, the smallest wins (a tie keeps the earlier,
+    default choice)."""
     defaults = {key: values[0] for key, values in options.items()}
     best = _best([search.attempt({"method": method, **defaults}, ()) for method in methods])
     for key, values in options.items():
         tried = [best] + [search.attempt({**best.settings, key: value}, ()) for value in values[1:]]
         best = _best(tried)
-    return _best([best] + [search.attempt(preset, ()) for preset in presets])
+    best = _best([best] + [search.attempt(preset, ()) for preset in presets])
+    return _smallest_tied(best, search.attempts)
+
+
+def _smallest_tied(best: Attempt, attempts: Sequence[Attempt]) -> Attempt:
+    """The smallest file among the all-int8 ``attempts`` that are no significantly less accurate than ``best`` on
+    validation (the paired test with a zero budget); equal sizes keep the earlier. Accuracy the validation split
+    cannot tell apart is not worth bytes."""
+    tied = [a for a in attempts if not a.float_layers and not drop_test(best.correct, a.correct, 0.0).over_budget]
+    return min(tied, key=lambda a: a.bytes, default=best)
 
 
 def _cost(attempt: Attempt, base: Attempt) -> float:
