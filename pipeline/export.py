@@ -97,7 +97,7 @@ class Exporter:
             return self.build(name)
         except (RunStateError, ModelError, DataError):
             raise
-        except Exception as e:  # any converter's failure is this target's row, never the run's end
+        except Exception as e:  # noqa: BLE001 (any converter's failure is this target's row, never the run's end)
             self._fail(name, target_failure(self.run, e, name + self.suffix, "export", log, before))
             return None
 
@@ -264,7 +264,7 @@ def _qat_step(
         ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))
     except RunStateError:
         raise
-    except Exception as e:  # training that fails costs the QAT-KD rows, never the post-training ones
+    except Exception as e:  # noqa: BLE001 (training that fails costs the QAT-KD rows, never the post-training ones)
         failure = target_failure(run, e, QAT_STUDENT, "qat", log, before)
         failures = [failure.model_copy(update={"target": name + exporter.suffix}) for name in qat_names]
         for failure in failures:

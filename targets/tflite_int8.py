@@ -47,7 +47,7 @@ def tflite_int8_share(path: Path) -> Int8Share:
 
     interpreter = Interpreter(model_path=str(path))
     tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # noqa: SLF001 (the op graph; LiteRT has no public accessor)
+    ops = interpreter._get_ops_details()
     producers = {int(t): op for op in ops for t in op["outputs"]}
 
     def shape(index: int) -> list[int]:
