@@ -307,11 +307,12 @@ def tflite_calibrated_model(saved_model: Path, calibration_nhwc: np.ndarray) -> 
 
 
 def tflite_quantized_model(
-    calibrated: CalibratedModel, denylisted_nodes: Sequence[str] = (), debug: bool = False
+    calibrated: CalibratedModel, denylisted_nodes: Sequence[str] = (), debug: bool = False, per_channel: bool = True
 ) -> bytes:
     """The full-integer TFLite model (int8 weights, activations, input and output) from ``calibrated``, the
     ``denylisted_nodes`` kept in float; with ``debug``, instrumented with NumericVerify ops (what
-    ``QuantizationDebugger`` reads).
+    ``QuantizationDebugger`` reads); ``per_channel=False``: one weight scale per tensor (the TFLite int8 spec allows
+    both), a smaller file.
 
     A denylisted layer runs in float between a DEQUANTIZE and a QUANTIZE: its output is re-quantized, with the
     same calibrated range, for each int8 consumer, so to keep an activation float (e.g. one with an outlier range)
@@ -329,6 +330,7 @@ def tflite_quantized_model(
         return convert.mlir_quantize(
             calibrated.content,
             fully_quantize=True,  # int8 input and output too
+            disable_per_channel=not per_channel,
             enable_numeric_verify=debug,
             denylisted_nodes=list(denylisted_nodes),
         )

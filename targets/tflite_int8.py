@@ -107,6 +107,11 @@ def tflite_int8_share(path: Path) -> Int8Share:
     )
 
 
+# per-channel weights first (each output channel keeps its resolution); per-tensor ones when validation cannot tell
+# them apart, as the smaller file (int8_search: the smallest of the files within noise of the most accurate)
+WEIGHT_OPTIONS = {"per_channel": [True, False]}
+
+
 @register_target
 class TfliteInt8(Target):
     name = "tflite-int8"
@@ -138,7 +143,10 @@ class TfliteInt8(Target):
 
         def quantize(settings, float_layers: tuple[str, ...], output: Path) -> None:
             with captured_output(log):  # the quantizer prints its settings from C++
-                output.write_bytes(tflite_quantized_model(calibrated, float_tensors(float_layers)))
+                model = tflite_quantized_model(
+                    calibrated, float_tensors(float_layers), per_channel=settings["per_channel"]
+                )
+                output.write_bytes(model)
 
         def rank_layers(path: Path):
             with captured_output(log):
@@ -149,6 +157,7 @@ class TfliteInt8(Target):
         try:
             result = search_int8(
                 methods=("minmax",),
+                options=WEIGHT_OPTIONS,
                 quantize=quantize,
                 score=lambda path: correct(_runner(path).predict, x_val, y_val),
                 share=tflite_int8_share,
