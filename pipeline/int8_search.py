@@ -1,8 +1,8 @@
 """Accuracy-aware int8: choose the calibration method and quantization settings on validation, then keep the
 layers that cost the most accuracy per float MAC in float, until the drop is no longer significantly over budget.
 
-The search is runtime-neutral: a target hands in how to quantize, how to score a file (per-image correctness on the
-validation split), how much of a file is int8, and how to rank its layers; the search never looks at the test split.
+The search is runtime-neutral: a target hands in how to quantize, how to score a file (its top-1 class per validation
+image), how much of a file is int8, and how to rank its layers; the search never looks at the test split.
 
 A drop counts as over budget only when it is *significantly* larger than ``budget``: a one-sided paired test on
 per-image correctness (McNemar-style: the per-image difference d_i ∈ {-1, 0, 1} between the fp32 and the int8 file,
@@ -31,7 +31,7 @@ COST_FLOOR = 0.01  # cost of a float layer with no MACs (pads, pools, resizes) i
 
 Settings = Mapping[str, Any]  # {"method": ..., plus target options such as reduce_range}; first values are defaults
 Quantize = Callable[[Settings, tuple[str, ...], Path], None]  # (settings, float layers, output path) -> file
-Score = Callable[[Path], np.ndarray]  # per-image correctness (bool, shape (n,)) of a file on the validation split
+Score = Callable[[Path], np.ndarray]  # top-1 class per validation image (int, shape (n,)) of a file
 RankLayers = Callable[[Path], list[LayerError]]  # the file's fallback candidates, worst first
 
 
@@ -114,7 +114,8 @@ class Attempt:
 
     settings: Settings
     float_layers: tuple[str, ...]
-    correct: np.ndarray = field(repr=False)
+    correct: np.ndarray = field(repr=False)  # bool (n,): top-1 equals the label
+    agrees: np.ndarray = field(repr=False)  # bool (n,): top-1 equals the fp32 model's
     share: Int8Share
     path: Path
     bytes: int  # the file's size when it was built (the search's folder is removed afterwards)
@@ -133,6 +134,7 @@ class Attempt:
             "settings": dict(self.settings),
             "float_layers": list(self.float_layers),
             "val_accuracy": round(self.val_accuracy, 2),
+            "val_agreement": round(float(self.agrees.mean() * 100), 2) if len(self.agrees) else None,
             "val_drop": round(fp32_val_accuracy - self.val_accuracy, 2),
             "int8_macs": round(self.share.macs, 4),
             "bytes": self.bytes,
@@ -210,8 +212,18 @@ class SearchResult:
 class _Search:
     """The attempts of one search, each (settings, float layers) built once."""
 
-    def __init__(self, quantize: Quantize, score: Score, share: Share, work_dir: Path, suffix: str) -> None:
+    def __init__(
+        self,
+        quantize: Quantize,
+        score: Score,
+        share: Share,
+        work_dir: Path,
+        suffix: str,
+        labels: np.ndarray,
+        reference_classes: np.ndarray,
+    ) -> None:
         self.quantize, self.score, self.share = quantize, score, share
+        self.labels, self.reference_classes = labels, reference_classes
         self.work_dir, self.suffix = work_dir, suffix
         self.attempts: list[Attempt] = []
         self._built: dict[tuple, Attempt] = {}
@@ -221,15 +233,17 @@ class _Search:
         if key not in self._built:
             path = self.work_dir / f"int8-{len(self.attempts)}{self.suffix}"
             self.quantize(settings, float_layers, path)
-            correct, share = self.score(path), self.share(path)
-            self._built[key] = Attempt(dict(settings), float_layers, correct, share, path, path.stat().st_size)
+            classes, share = self.score(path), self.share(path)
+            correct, agrees = classes == self.labels, classes == self.reference_classes
+            self._built[key] = Attempt(dict(settings), float_layers, correct, agrees, share, path, path.stat().st_size)
             self.attempts.append(self._built[key])
         return self._built[key]
 
 
 def _best(attempts: Sequence[Attempt]) -> Attempt:
-    """Most correct validation images; the first wins a tie (defaults come first)."""
-    return max(attempts, key=lambda a: int(a.correct.sum()))
+    """Most validation images agreeing with the fp32 model (what quantization must preserve, and a far less noisy
+    figure than label accuracy), then most correct; the first wins a tie (defaults come first)."""
+    return max(attempts, key=lambda a: (int(a.agrees.sum()), int(a.correct.sum())))
 
 
 def _choose_settings(
@@ -249,10 +263,16 @@ def _choose_settings(
 
 
 def _smallest_tied(best: Attempt, attempts: Sequence[Attempt]) -> Attempt:
-    """The smallest file among the all-int8 ``attempts`` that are no significantly less accurate than ``best`` on
-    validation (the paired test with a zero budget); equal sizes keep the earlier. Accuracy the validation split
-    cannot tell apart is not worth bytes."""
-    tied = [a for a in attempts if not a.float_layers and not drop_test(best.correct, a.correct, 0.0).over_budget]
+    """The smallest file among the all-int8 ``attempts`` that neither agree with the fp32 model nor are accurate
+    significantly less than ``best`` on validation (paired tests with a zero budget); equal sizes keep the earlier.
+    Differences the validation split cannot tell apart are not worth bytes."""
+    tied = [
+        a
+        for a in attempts
+        if not a.float_layers
+        and not drop_test(best.agrees, a.agrees, 0.0).over_budget
+        and not drop_test(best.correct, a.correct, 0.0).over_budget
+    ]
     return min(tied, key=lambda a: a.bytes, default=best)
 
 
@@ -268,7 +288,8 @@ def search_int8(
     share: Share,
     rank_layers: RankLayers,
     work_dir: Path,
-    reference_correct: np.ndarray,
+    labels: np.ndarray,
+    reference_classes: np.ndarray,
     budget: float,
     max_float_layers: int,
     suffix: str,
@@ -286,7 +307,8 @@ def search_int8(
     most accurate one seen that keeps the minimum share (else the most accurate all-int8 file).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
-    search = _Search(quantize, score, share, work_dir, suffix)
+    search = _Search(quantize, score, share, work_dir, suffix, labels, reference_classes)
+    reference_correct = reference_classes == labels
     best = _choose_settings(search, methods, options or {}, presets)
 
     def passes(a: Attempt) -> bool:
@@ -341,7 +363,6 @@ def fallback_cost(result: SearchResult, make_runner: Callable[[Path], Runner], x
     }
 
 
-def correct(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Per-sample top-1 correctness (bool, shape (n,)) of ``predict`` (float NCHW batch → logits) over ``x``."""
-    logits = np.concatenate([predict(x[i : i + batch]) for i in range(0, len(x), batch)])
-    return logits.argmax(1) == y
+def top1(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Top-1 class per sample (int, shape (n,)) of ``predict`` (float NCHW batch → logits) over ``x``."""
+    return np.concatenate([predict(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])

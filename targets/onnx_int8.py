@@ -25,7 +25,7 @@ from pipeline.config import OnnxQuantConfig, RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.environment import cpu_facts
 from pipeline.errors import ExportError
-from pipeline.int8_search import correct, fallback_cost, land, search_int8
+from pipeline.int8_search import fallback_cost, land, search_int8, top1
 from pipeline.layer_errors import onnx_layer_errors
 from pipeline.runtimes import onnxruntime_runner
 from targets.base import ExportInputs, ExportResult, Target, register_target
@@ -189,7 +189,7 @@ class OnnxInt8(Target):
 
         def score(path: Path):
             with stage("scoring", exporter, log):
-                return correct(_runner(path).predict, x_val, y_val)
+                return top1(_runner(path).predict, x_val)
 
         def share(path: Path):
             with stage("int8 share", exporter, log):
@@ -210,7 +210,8 @@ class OnnxInt8(Target):
                 share=share,
                 rank_layers=rank_layers,
                 work_dir=work,
-                reference_correct=score(inputs.reference_path or inputs.parent_path),
+                labels=y_val,
+                reference_classes=score(inputs.reference_path or inputs.parent_path),
                 budget=inputs.config.quantize.max_int8_drop,
                 max_float_layers=inputs.config.quantize.max_float_layers,
                 suffix=self.suffix,

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.errors import ExportError
-from pipeline.int8_search import FloatLayer, Int8Share, correct, fallback_cost, land, search_int8
+from pipeline.int8_search import FloatLayer, Int8Share, fallback_cost, land, search_int8, top1
 from pipeline.layer_errors import (
     tflite_calibrated_model,
     tflite_float_groups,
@@ -159,11 +159,12 @@ class TfliteInt8(Target):
                 methods=("minmax",),
                 options=WEIGHT_OPTIONS,
                 quantize=quantize,
-                score=lambda path: correct(_runner(path).predict, x_val, y_val),
+                score=lambda path: top1(_runner(path).predict, x_val),
                 share=tflite_int8_share,
                 rank_layers=rank_layers,
                 work_dir=work,
-                reference_correct=correct(reference.predict, x_val, y_val),
+                labels=y_val,
+                reference_classes=top1(reference.predict, x_val),
                 budget=quantize_config.max_int8_drop,
                 max_float_layers=quantize_config.max_float_layers,
                 suffix=self.suffix,

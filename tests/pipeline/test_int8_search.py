@@ -12,7 +12,8 @@ from pipeline.int8_search import FloatLayer, Int8Share, drop_test, search_int8
 from pipeline.layer_errors import LayerError
 
 N = 1000  # validation images; fp32 gets the first 900 right (90.0 %)
-REFERENCE = np.arange(N) < 900
+LABELS = np.zeros(N, int)
+REFERENCE = np.where(np.arange(N) < 900, 0, 1)  # the fp32 file's classes
 MACS = {"conv1": 100, "conv2": 600, "conv3": 300, "pad": 0}
 
 
@@ -20,9 +21,10 @@ def layer(node: str, sqnr: float) -> LayerError:
     return LayerError(tensor=f"{node}_out", node=node, op="Conv", sqnr_db=sqnr, scope="cumulative")
 
 
-def correctness(accuracy: float) -> np.ndarray:
-    """The fp32 set minus the last images it got right, down to ``accuracy`` percent (a pure loss, no gains)."""
-    return np.arange(N) < round(accuracy * N / 100)
+def classes(accuracy: float) -> np.ndarray:
+    """The fp32 file's classes with the last images it got right wrong, down to ``accuracy`` percent (a pure loss);
+    above 90 %, the first images it got wrong right."""
+    return np.where(np.arange(N) < round(accuracy * N / 100), 0, 1)
 
 
 class FakeQuantizer:
@@ -40,7 +42,7 @@ class FakeQuantizer:
         self.built[path] = (self.accuracy[settings["method"]] + options + gain, float_layers)
 
     def score(self, path: Path) -> np.ndarray:
-        return correctness(self.built[path][0])
+        return classes(self.built[path][0])
 
     def share(self, path: Path) -> Int8Share:
         floated = self.built[path][1]
@@ -58,7 +60,8 @@ def run(tmp_path: Path, fake: FakeQuantizer, methods, budget=0.3, cap=4, ranked=
         share=fake.share,
         rank_layers=lambda path: ranked,
         work_dir=tmp_path / "search",
-        reference_correct=REFERENCE,
+        labels=LABELS,
+        reference_classes=REFERENCE,
         budget=budget,
         max_float_layers=cap,
         suffix=".onnx",
@@ -114,6 +117,28 @@ def test_the_smallest_file_wins_among_settings_validation_cannot_tell_apart(tmp_
     assert run(tmp_path, tied, ["minmax"], options=options).chosen.settings["per_channel"] is False
     worse = FakeQuantizer({"minmax": 89.9}, {}, {("per_channel", False): -5.0}, {("per_channel", False): 100})
     assert run(tmp_path / "worse", worse, ["minmax"], options=options).chosen.settings["per_channel"] is True
+
+
+def test_settings_are_ranked_by_agreement_with_the_fp32_model(tmp_path: Path) -> None:
+    """Two settings equally accurate on labels: the one whose predictions agree with the fp32 model's significantly
+    more wins, even when it is the larger file."""
+
+    class Flipping(FakeQuantizer):
+        def score(self, path: Path) -> np.ndarray:
+            predicted = classes(self.built[path][0])
+            if path.read_text() == "per-tensor":  # as accurate, but 60 images won and 60 lost against fp32
+                predicted = predicted.copy()
+                predicted[:60], predicted[900:960] = 1, 0
+            return predicted
+
+        def quantize(self, settings, float_layers, path: Path) -> None:
+            super().quantize(settings, float_layers, path)
+            path.write_text("per-channel" * 100 if settings["per_channel"] else "per-tensor")  # per-tensor: smaller
+
+    fake = Flipping({"minmax": 90.0}, {})
+    result = run(tmp_path, fake, ["minmax"], options={"per_channel": [False, True]})
+    assert result.chosen.settings["per_channel"] is True
+    assert result.to_info()["attempts"][0]["val_agreement"] == pytest.approx(88.0)
 
 
 def test_no_fallback_for_a_drop_within_noise(tmp_path: Path) -> None:
