@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig, parse_config
-from pipeline.data import decode_image, load_splits, read_image_folder
+from pipeline.data import load_splits, read_image_folder
 from pipeline.errors import ConfigError, DataError
+from pipeline.image_decode import decode_image
 from pipeline.manifest import Manifest
 from pipeline.rundir import RunDir
 
