@@ -3,11 +3,16 @@ share (16-bit scaling, channel conversion, resizing)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import DataError
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -62,3 +67,13 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot read image {path}: {reason}", "remove or replace the file") from e
+
+
+def decoder_for(config: "DataConfig") -> Callable[[Path], np.ndarray]:
+    """The decode rule the ``data.*`` keys describe, as one function: image file path → uint8 C×H×W.
+
+    Raises (from the returned function):
+        DataError: the file cannot be decoded (its path in the message).
+    """
+    channels, size = config.channels, tuple(config.image_size) if config.image_size else None
+    return lambda path: decode_image(path, channels, size)[0]
