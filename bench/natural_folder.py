@@ -40,7 +40,9 @@ def photo_path(package: str, relative: str) -> Path:
     """The file ``relative`` inside the installed ``package`` (found without importing it)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{package} is not installed: pip install {'scikit-image' if package == 'skimage' else 'scikit-learn'}")
+        raise SystemExit(
+            f"{package} is not installed: pip install {'scikit-image' if package == 'skimage' else 'scikit-learn'}"
+        )
     return Path(spec.submodule_search_locations[0]) / relative
 
 

@@ -1,4 +1,6 @@
-"""Random augmentation of uint8 NCHW training batches: horizontal flip, padded random crop, brightness.
+"""Random augmentation of training images: random-resized-crop of each decoded image (``random_resized_crop``,
+called by ``pipeline.image_decode.train_decoder_for``), then of uint8 NCHW batches: horizontal flip, padded random
+crop, brightness.
 
 Training batches only: val, test and calibration always see the raw pixels. Vectorised numpy, and a pure
 function of its input and the generator's state, so a seeded run augments identically every time. An option
@@ -8,10 +10,18 @@ that is off draws nothing from the generator, so turning augmentation off leaves
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipeline.config import AugmentConfig
+from pipeline.config import AugmentConfig, RandomResizedCropConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+CROP_ATTEMPTS = 10
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -52,3 +62,57 @@ def _brightness(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.nd
     factor = rng.uniform(1 - amount, 1 + amount, size=len(x)).astype(np.float32)
     scaled = np.rint(x.astype(np.float32) * factor[:, None, None, None])
     return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def crop_box(
+    height: int, width: int, rng: np.random.Generator, cfg: RandomResizedCropConfig
+) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a random-resized-crop of an H×W image: torchvision's rule.
+
+    Up to 10 draws of an area share uniform in ``cfg.scale`` and an aspect ratio (width / height) log-uniform in
+    ``cfg.ratio``; side = round(sqrt(area × ratio)) etc.; the first that fits is placed at a uniform offset. When
+    none fits: the largest centered crop whose ratio lies in ``cfg.ratio``.
+    """
+    area = height * width
+    log_low, log_high = math.log(cfg.ratio[0]), math.log(cfg.ratio[1])
+    for _ in range(CROP_ATTEMPTS):
+        target_area = area * rng.uniform(cfg.scale[0], cfg.scale[1])
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        crop_w, crop_h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    crop_h, crop_w = height, width
+    if width / height < cfg.ratio[0]:
+        crop_h = round(width / cfg.ratio[0])
+    elif width / height > cfg.ratio[1]:
+        crop_w = round(height * cfg.ratio[1])
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def random_resized_crop(
+    image: "Image.Image", rng: np.random.Generator, cfg: RandomResizedCropConfig, size: tuple[int, int]
+) -> "Image.Image":
+    """``image`` cropped at ``crop_box`` and resized to ``size`` ([H, W], Pillow bilinear)."""
+    from PIL import Image
+
+    top, left, crop_h, crop_w = crop_box(image.height, image.width, rng, cfg)
+    crop = image.crop((left, top, left + crop_w, top + crop_h))
+    return crop.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+
+
+def describe(cfg: AugmentConfig) -> str | None:
+    """``cfg`` in words, for the manifest (training images only); None when every option is off."""
+    crop = cfg.random_resized_crop
+    parts = [
+        f"random-resized-crop of the decoded image (torchvision rule, scale {list(crop.scale)}, ratio "
+        f"{[round(r, 6) for r in crop.ratio]}), resized to the input size (Pillow bilinear)"
+        if crop
+        else "",
+        "left-right flip with probability 0.5" if cfg.hflip else "",
+        f"zero-pad {cfg.crop_padding} pixels and crop back at a random offset" if cfg.crop_padding else "",
+        f"pixels scaled by a random factor in [{1 - cfg.brightness:g}, {1 + cfg.brightness:g}]"
+        if cfg.brightness
+        else "",
+    ]
+    return "; then ".join(part for part in parts if part) or None

@@ -1,4 +1,5 @@
-"""Stage 4: accuracy, agreement with the teacher, latency and footprint of every model on every runtime.
+"""Stage 4: accuracy, agreement with the teacher (or, for a trained model shipped without one, with the model
+itself), latency and footprint of every model on every runtime.
 
 PyTorch runs the teacher and students, onnxruntime every ONNX file (CPU, and CUDA when installed), the TFLite
 interpreter every TFLite file, and onnxruntime each TFLite file again through tf2onnx, with its parity. Each row
@@ -138,10 +139,17 @@ def _model_entry(run: RunDir, name: str, shape: list[int]) -> tuple[str, str, Ca
     return name, "pytorch", lambda: [_torch_plan(run, name)]
 
 
+def _reference_is_student(run: RunDir) -> bool:
+    """The teacher record is the shipped student itself (``distill: null`` without a teacher): measured once."""
+    return run.manifest.artifacts["teacher"].info.get("same_model_as") == "student"
+
+
 def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
     """(artifact, runtime, plan factory) for the teacher, the students and every exported artifact."""
     shape = list(run.splits.test.x.shape[1:])
     names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
+    if _reference_is_student(run):
+        names.remove("teacher")  # the student's rows stand for it (see run_bench)
     if shipped_student(run) == PRUNED_STUDENT:
         names.insert(2, PRUNED_STUDENT)  # beside the unpruned student it came from
     plans = [_model_entry(run, name, shape) for name in names]
@@ -166,8 +174,11 @@ def _converted(measurement: Measurement, interpreter_logits: np.ndarray | None, 
 
 @torch_threads_kept()  # a training later in this process keeps the thread count it had (its bytes depend on it)
 def run_bench(run: RunDir) -> list[Measurement]:
-    """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason."""
+    """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason.
+
+    When the reference is the student itself, its PyTorch row is measured once and recorded for both names."""
     cfg = run.config.bench
+    self_reference = _reference_is_student(run)
     splits = run.splits
     x_test, y_test = splits.normalize(splits.test.x), splits.test.y
     teacher_top1 = None
@@ -200,6 +211,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 measurement = measurement.model_copy(update={"sha256": run.manifest.artifacts[name].sha256})
                 logits_of[plan.runtime] = logits
                 measurements.append(measurement)
+                if self_reference and name == "student":
+                    measurements.insert(0, measurement.model_copy(update={"artifact": "teacher"}))
             bar.advance(task)
     if "CUDAExecutionProvider" not in onnxruntime_providers():
         skipped.append(

@@ -42,7 +42,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Distill a PyTorch teacher into small, verified ONNX and TFLite artifacts.",
+    help="Distill a PyTorch teacher, or take a trained model, into small, verified ONNX and TFLite artifacts.",
 )
 
 STAGES = ["distill", "prune", "calibrate", "export", "bench", "report"]
@@ -93,7 +93,8 @@ def run(
     data: Optional[str] = typer.Option(None, help="Override data.source: fashion-mnist, digits, or a path."),
     force: list[str] = typer.Option([], help=f"Redo a stage even if cached: {', '.join(STAGES)}."),
 ) -> None:
-    """Run every stage: distill → calibrate → export → bench → report.
+    """Run every stage: distill → calibrate → export → bench → report (with `distill: null`, the trained
+    `student.checkpoint` is shipped as-is instead of distilled).
 
     The report is always written; then exit 5 when a target failed to build (the others are built), else 8 when an
     artifact is over its accuracy budget or the accuracy gate failed."""
@@ -117,7 +118,8 @@ def distill(
     baseline: bool = typer.Option(False, help="Also train the student from labels alone, same budget (KD gain)."),
     config: Optional[Path] = typer.Option(None, help="Start RUN_DIR from this YAML config (default: open RUN_DIR)."),
 ) -> None:
-    """Train (or load) the teacher and distil the student.
+    """Train (or load) the teacher and distil the student; with `distill: null`, check and take in the trained
+    student instead.
 
     Under `torchrun --nproc-per-node N -m pipeline distill RUN_DIR` it trains with DistributedDataParallel.
     """

@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -16,9 +25,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RandomResizedCropConfig(_Section):
+    """torchvision's RandomResizedCrop on each decoded training image (before any resize), then a resize of the
+    crop to ``data.image_size`` (Pillow bilinear)."""
+
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="[min, max] share of the image's area the crop covers (uniform draw)."
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="[min, max] width / height of the crop (drawn log-uniform)."
+    )
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        key = f"data.augment.random_resized_crop.{info.field_name}"
+        if not 0 < bounds[0] <= bounds[1]:
+            raise ValueError(f"{key} must be [min, max] with 0 < min <= max; got {list(bounds)}")
+        if info.field_name == "scale" and bounds[1] > 1:
+            raise ValueError(f"{key} values are shares of the image's area, at most 1; got {list(bounds)}")
+        return bounds
+
+
 class AugmentConfig(_Section):
     """Random training-time augmentation (training batches only; never val, test or calibration)."""
 
+    random_resized_crop: RandomResizedCropConfig | None = Field(
+        None,
+        description="Crop a random area and aspect ratio of each decoded training image and resize it to "
+        "data.image_size (torchvision RandomResizedCrop; image folders: on the decoded file, arrays: on the "
+        "array); null turns it off. `{}` gives scale [0.08, 1], ratio [3/4, 4/3].",
+    )
     hflip: bool = Field(False, description="Mirror each training image left-right with probability 0.5.")
     crop_padding: int = Field(
         0,
@@ -36,10 +73,11 @@ class AugmentConfig(_Section):
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is on."""
-        return self.hflip or self.crop_padding > 0 or self.brightness > 0
+        return self.random_resized_crop is not None or self.hflip or self.crop_padding > 0 or self.brightness > 0
 
 
 Size = Annotated[int, Field(ge=1, le=8192)]
+DEFAULT_CROP_RATIO = 0.875  # timm's crop_pct: 224 / 0.875 = 256
 
 
 class DataConfig(_Section):
@@ -57,12 +95,29 @@ class DataConfig(_Section):
     )
     image_size: tuple[Size, Size] | None = Field(
         None,
-        description="[height, width] every image is resized to (Pillow bilinear), for every source; "
+        description="[height, width] every image is brought to (see data.resize; Pillow bilinear), for every source; "
         "native size when empty (image folders then need images of one size).",
     )
     channels: Literal[1, 3] | None = Field(
         None,
         description="1 converts every image to grayscale (Pillow 'L'), 3 to RGB; the source's own when empty.",
+    )
+    resize: Literal["stretch", "center-crop"] = Field(
+        "stretch",
+        description="How images reach data.image_size: stretch (Pillow bilinear to [H, W]), or center-crop (the "
+        "torchvision/timm eval convention: Pillow bilinear so the image just covers [floor(H / crop_ratio), "
+        "floor(W / crop_ratio)] keeping its aspect ratio, then the centered [H, W] window).",
+    )
+    crop_ratio: float = Field(
+        DEFAULT_CROP_RATIO,
+        gt=0,
+        le=1,
+        description="resize: center-crop only: share of the resized image the crop keeps per side (0.875: 256 → 224).",
+    )
+    channel_order: Literal["RGB", "BGR"] = Field(
+        "RGB",
+        description="Channel order of 3-channel model inputs (pixels reordered after decoding; array sources are "
+        "taken as RGB); data.mean/std are given in this order.",
     )
     mean: list[float] | None = Field(
         None,
@@ -75,6 +130,17 @@ class DataConfig(_Section):
     augment: AugmentConfig = Field(
         default_factory=AugmentConfig,
         description="Random augmentation of training batches (all off by default).",
+    )
+    small_classes: Literal["error", "warn"] = Field(
+        "error",
+        description="A class too small to put an image in train, validation and test: error (naming the class and "
+        "its counts), or warn (the class keeps its images for training; the warning goes to the run's log).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Image folders: DataLoader processes decoding training batches (0: in the training process); "
+        "empty: min(4, CPU count). In-memory sources always use 0.",
     )
 
     @field_validator("mean", "std")
@@ -112,6 +178,12 @@ class DataConfig(_Section):
         if (self.mean is None) != (self.std is None):
             given, missing = ("mean", "std") if self.std is None else ("std", "mean")
             raise ValueError(f"data.{given} is set but data.{missing} is not; give both or neither")
+        if self.resize == "center-crop" and self.image_size is None:
+            raise ValueError("data.resize: center-crop needs data.image_size (the [H, W] of the crop)")
+        if self.crop_ratio != DEFAULT_CROP_RATIO and self.resize != "center-crop":  # a dumped config holds the default
+            raise ValueError("data.crop_ratio applies to data.resize: center-crop only; remove it or set that mode")
+        if self.channel_order == "BGR" and self.channels == 1:
+            raise ValueError("data.channel_order: BGR needs 3-channel images; set data.channels: 3 or remove it")
         return self
 
 
@@ -185,6 +257,31 @@ OUTPUT_DESCRIPTION = (
 )
 
 
+def _class_map_value(value: object) -> object:
+    """A class map is a labels file path or {data class: output index ≥ 0}; empty ("" or {}) means none."""
+    if value in ("", {}):
+        return None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        bad = next((k for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
+        if bad is None:
+            return {str(k): v for k, v in value.items()}
+        raise ValueError(f"maps {bad!r} to {value[bad]!r}; each data class needs an output index (an integer ≥ 0)")
+    raise ValueError(
+        f"must be the model's labels file (a path) or a mapping {{data class: output index}}; got {value!r}"
+    )
+
+
+ClassMap = Annotated[str | dict[str, int] | None, BeforeValidator(_class_map_value)]
+CLASS_MAP_DESCRIPTION = (
+    "Which of the model's outputs are the data's classes (e.g. 10 of an ImageNet model's 1000): a text file naming "
+    "the model's outputs in order, one per line (names compared after strip, then case-insensitively when unique), "
+    "or a mapping {data class name: output index}. The model then answers with those outputs, in the data's class "
+    "order, in training, evaluation and every exported file. Empty: one output per data class, in order."
+)
+
+
 class TeacherConfig(TrainConfig):
     arch: str = Field(
         "teacher-cnn", description="Registered architecture, or an import spec `module:factory` / `file.py:factory`."
@@ -201,6 +298,7 @@ class TeacherConfig(TrainConfig):
         default_factory=TeacherInput, description="ONNX/TFLite/Keras teachers: what their file does not say."
     )
     output: ModelOutput = Field(0, description="PyTorch teachers: " + OUTPUT_DESCRIPTION)
+    class_map: ClassMap = Field(None, description=CLASS_MAP_DESCRIPTION)
 
 
 class DistillConfig(TrainConfig):
@@ -216,6 +314,25 @@ class DistillConfig(TrainConfig):
     )
     baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
     output: ModelOutput = Field(0, description=OUTPUT_DESCRIPTION)
+
+
+class StudentConfig(_Section):
+    """The model that ships: built from ``arch`` (empty: ``distill.arch``), its weights from ``checkpoint`` when
+    given; with ``distill: null`` it ships exactly as trained, else the distillation starts from those weights."""
+
+    arch: str | None = Field(
+        None,
+        description="Registered architecture, `file.py:factory` / `module:factory`, or a library model by name: "
+        "`torchvision:<name>`, `timm:<name>` (built without downloaded weights); empty: distill.arch.",
+    )
+    arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture (empty: distill.arch_kwargs).")
+    checkpoint: str | None = Field(
+        None,
+        description="A trained student: state_dict checkpoint (loaded weights_only into `arch`), TorchScript file or "
+        "torch.export .pt2. With distill: null it ships as-is; with distill, the distillation starts from it.",
+    )
+    output: ModelOutput | None = Field(None, description=OUTPUT_DESCRIPTION + " Empty: distill.output.")
+    class_map: ClassMap = Field(None, description=CLASS_MAP_DESCRIPTION)
 
 
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -479,14 +596,66 @@ class PruneConfig(_Section):
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed of every random choice (splits, init, shuffling, calibration draw).")
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
+    teacher: TeacherConfig | None = Field(
+        default_factory=TeacherConfig,
+        description="The teacher (distillation) or reference (distill: null) model; null, or absent with distill: "
+        "null: the shipped student is its own reference.",
+    )
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The model that ships.")
+    distill: DistillConfig | None = Field(
+        default_factory=DistillConfig,
+        description="Distillation of the student from the teacher; null: ship student.checkpoint as trained.",
+    )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     prune: PruneConfig | None = Field(None, description="Pruning between distill and quantize; absent or null: off.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_teacher_without_distill(cls, raw: object) -> object:
+        """``distill: null`` without a ``teacher`` section: no teacher (the shipped model is its own reference)."""
+        if isinstance(raw, dict) and "distill" in raw and raw["distill"] is None and "teacher" not in raw:
+            return {**raw, "teacher": None}
+        return raw
+
+    @model_validator(mode="after")
+    def _student_given_once(self) -> "RunConfig":
+        if self.distill is None:
+            if not self.student.checkpoint:
+                raise ValueError(
+                    "distill: null ships a trained student, but student.checkpoint is empty; give the trained "
+                    "model's file (state_dict, TorchScript or .pt2), or configure distill"
+                )
+            return self
+        if self.teacher is None:
+            raise ValueError("distill needs a teacher; give a teacher section, or distill: null to ship the student")
+        defaults = DistillConfig()
+        for key in ("arch", "arch_kwargs", "output"):
+            own, legacy = getattr(self.student, key), getattr(self.distill, key)
+            if own not in (None, {}) and legacy != getattr(defaults, key):
+                raise ValueError(
+                    f"the student's {key} is given twice (student.{key} and distill.{key}); keep student.{key} only"
+                )
+        return self
+
+    def student_model(self) -> StudentConfig:
+        """The student as configured: ``student`` keys, else those of ``distill`` (older configs), else defaults."""
+        fallback = self.distill or DistillConfig()
+        return self.student.model_copy(
+            update={
+                "arch": self.student.arch or fallback.arch,
+                "arch_kwargs": self.student.arch_kwargs or fallback.arch_kwargs,
+                "output": fallback.output if self.student.output is None else self.student.output,
+            }
+        )
+
+    @property
+    def kd(self) -> DistillConfig:
+        """The distillation settings the prune and QAT-KD fine-tunes use: ``distill``, or its defaults when null."""
+        return self.distill or DistillConfig()
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "RunConfig":
@@ -505,8 +674,10 @@ class RunConfig(_Section):
         from pipeline.losses import reads_teacher_features
         from pipeline.teacher_files import file_format
 
+        if self.teacher is None:
+            return self
         fmt = file_format(Path(self.teacher.checkpoint)) if self.teacher.checkpoint not in (None, "", "auto") else None
-        feature_losses = [spec.name for spec in self.distill.losses if reads_teacher_features(spec.name)]
+        feature_losses = [spec.name for spec in self.kd.losses if reads_teacher_features(spec.name)]
         if not fmt and self.teacher.input != TeacherInput():
             raise ValueError(
                 "teacher.input describes an ONNX, TFLite or Keras teacher file; "

@@ -1,14 +1,24 @@
 """Data sets: the embedded Fashion-MNIST and digits, IDX directories, .npz files and image folders; fixed-seed splits.
 
-Images are kept as uint8 NCHW. Every source goes through the same preprocessing: converted to ``data.channels``
-(Pillow ``L`` or ``RGB``) and resized to ``data.image_size`` (Pillow bilinear) when those are set. Models see
-``(x / 255 - mean) / std`` with mean/std per channel from the config or, by default, from the training split; the
-manifest records all of it as the preprocessing every artifact expects. Augmentation (``pipeline.augment``) is
-applied to training batches only, through ``Splits.train_batch``; ``Splits.train``/``val``/``test`` stay raw.
+Images are uint8 NCHW. Built-in, IDX and npz sources are plain arrays in memory. Image folders are lazy: listing
+them gives paths and labels, and pixels are decoded (``pipeline.image_decode.decoder_for``) only when rows are
+asked for — ``Images.x`` is then a ``LazyPixels`` whose slices and index arrays decode in threads (Pillow decodes
+without the GIL), so memory does not grow with the folder. Every source goes through the same preprocessing:
+converted to ``data.channels`` and brought to ``data.image_size`` when those are set. Models see
+``(x / 255 - mean) / std`` with mean/std per channel from the config or, by default, from the training split (for a
+lazy folder: a seeded sample of at most ``STATS_SAMPLES`` training images); the manifest records all of it as the
+preprocessing every artifact expects. Augmentation (``pipeline.augment``) is applied to training batches only,
+through ``Splits.train_batch``; ``Splits.train``/``val``/``test`` stay raw.
+
+Image folders: files with an extension Pillow can open (``image_suffixes``, any case) are images; other files are
+skipped and listed (``Splits.skipped``); hidden files and folders are ignored; symbolic links to files and folders
+are followed, each real folder walked once per class (no loops). Each class must have at least one image in every
+split (``data.small_classes``).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import warnings
@@ -20,10 +30,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.augment import augment_batch
+from pipeline.augment import augment_batch, random_resized_crop
 from pipeline.config import AugmentConfig, DataConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.image_decode import IMAGE_SUFFIXES, decode_image, pil_to_chw
+from pipeline.image_decode import decoder_for, native_channels, rule_for, train_decoder_for
 from pipeline.registry import Registry
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -40,22 +50,175 @@ FASHION_MNIST_CLASSES = [
     "ankle boot",
 ]
 PROGRESS_MIN_FILES = 2000
-DECODE_CHUNK = 256
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+STATS_SAMPLES = 2000  # lazy folders: mean/std from a seeded sample of at most this many training images
+LOADER_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader processes decoding a lazy folder's training batches
+NOT_DECODED = {"MPEG"}  # Pillow identifies these files but cannot decode their pixels
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap height and width
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """Lower-case file extensions of the formats Pillow can open and decode (its registered readers; identify-only
+    stubs such as HDF5/BUFR/GRIB/WMF and MPEG left out): ``.jpg``, ``.jfif``, ``.png``, ``.webp``, ``.tif`` …"""
+    from PIL import Image, ImageFile
+
+    Image.init()
+
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        return factory is not None and not stub and fmt not in NOT_DECODED
+
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodes(fmt))
+
+
+class LazyPixels:
+    """uint8 N×C×H×W pixels of image files, decoded on demand.
+
+    ``x[i]``, ``x[i:j]``, ``x[index_array]``, ``x[bool_mask]``, ``x[rows, ...]`` and ``np.asarray(x)`` decode just
+    those rows (in threads); ``shape``, ``len`` and ``take`` decode nothing. Every file must decode to
+    ``sample_shape`` (C, H, W).
+
+    Raises (when rows are decoded):
+        DataError: a file cannot be decoded, or decodes to another shape (its path in the message).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(
+        self,
+        paths: np.ndarray,
+        sample_shape: tuple[int, int, int],
+        decode: Callable[[Path], np.ndarray],
+        train_decode: Callable[[Path, np.random.Generator], np.ndarray] | None = None,
+    ) -> None:
+        self.paths = paths  # str, one per row
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+        self.decode = decode
+        self.train_decode = train_decode
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), *self.sample_shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, index: np.ndarray) -> "LazyPixels":
+        """The rows ``index`` as another lazy array (nothing decoded)."""
+        return LazyPixels(self.paths[index], self.sample_shape, self.decode, self.train_decode)
+
+    def rows(self, index: np.ndarray, threads: int = DECODE_THREADS) -> np.ndarray:
+        """Decode rows ``index`` (int array) into one uint8 array."""
+        paths = self.paths[index]
+        return self._decoded([lambda path=path: self.decode(Path(path)) for path in paths], paths, threads)
+
+    def train_rows(self, index: np.ndarray, rng: np.random.Generator, threads: int = DECODE_THREADS) -> np.ndarray:
+        """Decode rows ``index`` for training: each file through the training decoder (random-resized-crop when
+        configured) with its own generator seeded from ``rng``, so the result does not depend on thread order."""
+        if self.train_decode is None:
+            return self.rows(index, threads)
+        paths = self.paths[index]
+        seeds = rng.integers(0, 2**63, size=len(paths))
+        calls = [
+            lambda path=path, seed=seed: self.train_decode(Path(path), np.random.default_rng(seed))  # type: ignore[misc]
+            for path, seed in zip(paths, seeds)
+        ]
+        return self._decoded(calls, paths, threads)
+
+    def _decoded(self, calls: list[Callable[[], np.ndarray]], paths: np.ndarray, threads: int) -> np.ndarray:
+        out = np.empty((len(calls), *self.sample_shape), np.uint8)
+
+        def fill(i: int) -> None:
+            pixels = calls[i]()
+            if pixels.shape != self.sample_shape:
+                raise DataError(
+                    f"{paths[i]} decodes to {'×'.join(map(str, pixels.shape))} (C×H×W), the folder's images to "
+                    f"{'×'.join(map(str, self.sample_shape))}",
+                    "set data.channels and data.image_size to bring every image to one shape",
+                )
+            out[i] = pixels
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow: palette transparency, corrupt EXIF
+            if threads <= 1 or len(calls) < 2:
+                for i in range(len(calls)):
+                    fill(i)
+            else:
+                with ThreadPoolExecutor(min(threads, len(calls))) as pool:
+                    list(pool.map(fill, range(len(calls))))
+        return out
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        index = np.arange(len(self))[rows]
+        pixels = self.rows(np.atleast_1d(index))
+        if np.ndim(index) == 0:
+            pixels = pixels[0]
+        return pixels[(slice(None), *rest) if np.ndim(index) else rest] if rest else pixels
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        pixels = self.rows(np.arange(len(self)))
+        return pixels if dtype is None else pixels.astype(dtype)
+
+
+class NormalizedView:
+    """Float32 model input of lazily decoded pixels: ``x[i:j]``, ``x[index_array]`` (and ``np.asarray``) decode
+    and normalize just those rows, so a whole split is never held as float."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __init__(self, pixels: LazyPixels, normalize: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.pixels = pixels
+        self.normalize = normalize
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.pixels.shape
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        index = np.arange(len(self))[rows]
+        x = self.normalize(self.pixels.rows(np.atleast_1d(index)))
+        if np.ndim(index) == 0:
+            x = x[0]
+        return x[(slice(None), *rest) if np.ndim(index) else rest] if rest else x
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+
+Pixels = np.ndarray | LazyPixels
 
 
 @dataclass(frozen=True)
 class Images:
-    """A labelled image set: uint8 NCHW pixels, int64 labels and stable sample ids."""
+    """A labelled image set: uint8 NCHW pixels (an array, or ``LazyPixels`` for image folders), int64 labels and
+    stable sample ids."""
 
-    x: np.ndarray
+    x: Pixels
     y: np.ndarray
     ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the pixels are decoded on demand (an image folder)."""
+        return isinstance(self.x, LazyPixels)
+
     def take(self, index: np.ndarray) -> "Images":
-        return Images(self.x[index], self.y[index], self.ids[index])
+        x = self.x.take(index) if isinstance(self.x, LazyPixels) else self.x[index]
+        return Images(x, self.y[index], self.ids[index])
 
 
 @dataclass(frozen=True)
@@ -63,7 +226,10 @@ class Splits:
     """Train/val/test splits plus what a consumer needs to feed any artifact.
 
     ``train``, ``val`` and ``test`` hold the preprocessed but never augmented pixels; ``train_batch`` is the
-    one place augmentation happens.
+    one place augmentation happens. ``skipped`` lists the files of an image folder that are not images;
+    ``stats_samples`` is how many training images mean/std came from (None: given in the config); ``workers`` how
+    many DataLoader processes decode training batches (0: in this process); ``notes`` the data warnings (small
+    classes kept by ``data.small_classes: warn``).
     """
 
     train: Images
@@ -76,6 +242,10 @@ class Splits:
     resize: tuple[int, int] | None = None
     stats_from: str = "train"
     layout: str = ""
+    skipped: tuple[str, ...] = ()
+    stats_samples: int | None = None
+    workers: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -87,25 +257,89 @@ class Splits:
         """``gray`` for one channel, ``RGB`` for three, None for other channel counts (npz arrays kept as given)."""
         return {1: "gray", 3: "RGB"}.get(self.input_shape[0])
 
-    def normalize(self, x_uint8: np.ndarray) -> np.ndarray:
-        """uint8 NCHW → float32 NCHW model input."""
+    @property
+    def lazy(self) -> bool:
+        """Whether pixels are decoded on demand (image folders): consumers stream them in batches."""
+        return self.train.lazy
+
+    @property
+    def fixed_train_inputs(self) -> bool:
+        """Whether every epoch feeds the same training inputs (no augmentation) held in memory: only then may a
+        teacher's logits over the training split be computed once before training (for a lazy folder that pass
+        would decode the whole split before the first step)."""
+        return not self.augment.enabled and not self.lazy
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split: {split: {class: count}}."""
+        return {
+            name: {c: int(n) for c, n in zip(self.classes, np.bincount(images.y, minlength=len(self.classes)))}
+            for name, images in (("train", self.train), ("val", self.val), ("test", self.test))
+        }
+
+    def normalize(self, x_uint8: Pixels) -> np.ndarray | NormalizedView:
+        """uint8 NCHW → float32 NCHW model input; lazy pixels give a ``NormalizedView`` that decodes and normalizes
+        on demand (slice it, or use ``batches``)."""
+        if isinstance(x_uint8, LazyPixels):
+            return NormalizedView(x_uint8, self.normalize)
         mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
-        return ((x_uint8.astype(np.float32) / 255.0) - mean) / std
+        x = x_uint8.astype(np.float32)  # in place from here: one float copy of the batch, not four
+        x /= np.float32(255.0)
+        x -= mean
+        x /= std
+        return x
 
-    def train_batch(self, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """uint8 NCHW training rows ``index``, augmented as ``data.augment`` says (unchanged when it is off)."""
-        return augment_batch(self.train.x[index], rng, self.augment)
+    def batches(self, images: Images, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(float32 N×C×H×W normalized, int64 labels) of ``images`` in order, ``batch_size`` at a time; a lazy set's
+        next batch is decoded while the caller works on the current one."""
+        starts = range(0, len(images), batch_size)
+
+        def load(start: int) -> tuple[np.ndarray, np.ndarray]:
+            return self.normalize(images.x[start : start + batch_size]), images.y[start : start + batch_size]
+
+        if not images.lazy:
+            yield from (load(start) for start in starts)
+            return
+        with ThreadPoolExecutor(1) as pool:
+            pending = [pool.submit(load, start) for start in starts[:1]]
+            for start in starts[1:]:
+                pending.append(pool.submit(load, start))
+                yield pending.pop(0).result()
+            yield from (future.result() for future in pending)
+
+    def train_batch(self, index: np.ndarray, rng: np.random.Generator, threads: int = DECODE_THREADS) -> np.ndarray:
+        """uint8 NCHW training rows ``index``, augmented as ``data.augment`` says (unchanged when it is off); a lazy
+        folder's rows are decoded by the training decoder first (``threads`` at a time)."""
+        x, crop = self.train.x, self.augment.random_resized_crop
+        if isinstance(x, LazyPixels):
+            pixels = x.train_rows(index, rng, threads)
+        else:
+            pixels = x[index] if crop is None else _cropped_arrays(x[index], rng, crop)
+        return augment_batch(pixels, rng, self.augment)
+
+
+def _cropped_arrays(x: np.ndarray, rng: np.random.Generator, crop) -> np.ndarray:
+    """Random-resized-crop of each uint8 C×H×W row (1 or 3 channels) back to H×W, drawn from ``rng`` in order."""
+    from PIL import Image
+
+    out = np.empty_like(x)
+    for i, pixels in enumerate(x):
+        image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
+        cropped = np.asarray(random_resized_crop(image, rng, crop, x.shape[2:]))
+        out[i] = cropped[None] if cropped.ndim == 2 else cropped.transpose(2, 0, 1)
+    return out
 
 
 @dataclass(frozen=True)
 class Source:
-    """What one data source yields before preprocessing and splitting."""
+    """What one data source yields before preprocessing and splitting (``skipped``: files that are not images)."""
 
     train: Images
     test: Images | None
     classes: list[str] | None
     layout: str
+    skipped: tuple[str, ...] = ()
 
 
 SourceLoader = Callable[[DataConfig], "tuple[Images, Images | None, list[str]]"]
@@ -201,16 +435,40 @@ def _visible_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden entries skipped), in sorted path order."""
-    found = []
-    for parent, dirs, files in os.walk(folder):
+def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` in sorted path order, and the other files (not images, broken links).
+
+    Recursive; hidden entries are ignored; links to files and folders are followed, each real folder walked once
+    (a link back up the tree is no loop)."""
+    suffixes = image_suffixes()
+    images, others, walked = [], [], set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
-    return sorted(found)
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = Path(parent, name)
+            is_image = os.path.splitext(name)[1].lower() in suffixes and path.is_file()  # a broken link is not
+            (images if is_image else others).append(path)
+    return sorted(images), sorted(others)
 
 
-def _class_folders(root: Path) -> tuple[list[str], list[list[Path]]]:
+@dataclass(frozen=True)
+class _Listing:
+    """An image folder listed: class names, one path and label per image, and the files skipped."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    skipped: list[str]
+
+
+def _list_class_folders(root: Path) -> _Listing:
     folders = _visible_dirs(root)
     if len(folders) < 2:
         raise DataError(
@@ -219,55 +477,64 @@ def _class_folders(root: Path) -> tuple[list[str], list[list[Path]]]:
             "lay it out as PATH/<class>/<image> or PATH/train/<class>/<image> + PATH/test/<class>/<image>, "
             "or give a directory of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte)",
         )
-    files = []
-    for folder in folders:
-        found = _image_files(folder)
-        if not found:
+    paths, labels, skipped = [], [], []
+    for label, folder in enumerate(folders):
+        images, others = _list_files(folder)
+        if not images:
             raise DataError(
-                f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+                f"class folder {folder} holds no images (files Pillow opens: .png, .jpg, .jfif, .webp, .tif, …)",
                 "add images or remove the folder",
             )
-        files.append(found)
-    return [folder.name for folder in folders], files
+        paths += [str(path) for path in images]
+        labels += [label] * len(images)
+        skipped += [str(path) for path in others]
+    return _Listing([folder.name for folder in folders], paths, np.asarray(labels, np.int64), skipped)
 
 
-def _decode_all(paths: list[Path], channels: int | None, size: tuple[int, int] | None, root: Path) -> np.ndarray:
-    """Decode ``paths`` in order into one uint8 N×C×H×W array (threads: Pillow decodes without the GIL).
+def _header(path: str) -> tuple[int, int, int]:
+    """(native channels, height, width) of an image file as it decodes (EXIF rotation applied), from its header."""
+    from PIL import Image
 
-    Without ``channels``/``size`` every image must match the first one; the error names both files.
-    """
+    try:
+        with Image.open(path) as image:
+            height, width = image.height, image.width
+            if image.format in ("JPEG", "MPO", "TIFF", "WEBP"):  # EXIF read with the header (a PNG's may need a load)
+                if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED_ORIENTATIONS:
+                    height, width = width, height
+            return native_channels(image), height, width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot read image {path}: {reason}", "remove or replace the file") from e
 
-    def decode(path: Path) -> tuple[np.ndarray, int]:
-        return decode_image(path, channels, size)
 
-    out = np.empty(0, np.uint8)
-    first_path, first_native = paths[0], 0
+def _check_headers(paths: list[str], channels: int | None, size: tuple[int, int] | None, root: Path) -> None:
+    """Without ``channels`` every image must have the first one's channel count, without ``size`` its size: read
+    from the files' headers only (threads), in path order; the error names both files."""
+    if channels is not None and size is not None:
+        return
     with (
         warnings.catch_warnings(),
-        ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool,
-        _progress(f"reading {root}", len(paths)) as advance,
+        ThreadPoolExecutor(DECODE_THREADS) as pool,
+        _progress(f"checking {root}", len(paths)) as advance,
     ):
         warnings.simplefilter("ignore", UserWarning)  # Pillow: palette transparency, corrupt EXIF
-        for start in range(0, len(paths), DECODE_CHUNK):
-            chunk = paths[start : start + DECODE_CHUNK]
-            for i, (path, (pixels, native)) in enumerate(zip(chunk, pool.map(decode, chunk)), start):
-                if i == 0:
-                    out, first_native = np.empty((len(paths), *pixels.shape), np.uint8), native
-                elif channels is None and native != first_native:
-                    gray, colour = (first_path, path) if first_native == 1 else (path, first_path)
-                    raise DataError(
-                        f"{root} mixes grayscale ({gray}) and colour ({colour}) images",
-                        "set data.channels to 1 or 3 to convert every image",
-                    )
-                elif pixels.shape[1:] != out.shape[2:]:
-                    raise DataError(
-                        f"{root} mixes image sizes: {first_path} is {out.shape[2]}×{out.shape[3]} (H×W), "
-                        f"{path} is {pixels.shape[1]}×{pixels.shape[2]}",
-                        "set data.image_size: [H, W] to resize every image",
-                    )
-                out[i] = pixels
-            advance(len(chunk))
-    return out
+        first = None
+        for i, (path, (native, height, width)) in enumerate(zip(paths, pool.map(_header, paths, chunksize=64))):
+            if first is None:
+                first = (path, native, height, width)
+            elif channels is None and native != first[1]:
+                gray, colour = (first[0], path) if first[1] == 1 else (path, first[0])
+                raise DataError(
+                    f"{root} mixes grayscale ({gray}) and colour ({colour}) images",
+                    "set data.channels to 1 or 3 to convert every image",
+                )
+            elif size is None and (height, width) != first[2:]:
+                raise DataError(
+                    f"{root} mixes image sizes: {first[0]} is {first[2]}×{first[3]} (H×W), {path} is {height}×{width}",
+                    "set data.image_size: [H, W] to resize every image",
+                )
+            if i % 256 == 255:
+                advance(256)
 
 
 @contextmanager
@@ -283,39 +550,58 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.update(task, advance=n)
 
 
-def _read_class_folders(root: Path, channels: int | None, size: tuple[int, int] | None) -> tuple[Images, list[str]]:
-    classes, files = _class_folders(root)
-    paths = [path for found in files for path in found]
-    labels = np.concatenate([np.full(len(found), label) for label, found in enumerate(files)])
-    return _images(_decode_all(paths, channels, size, root), labels, str(root)), classes
+def _decoders(config: DataConfig) -> tuple[Callable, Callable | None]:
+    """The eval decoder of ``config`` and its training decoder (None without random-resized-crop: training images
+    then decode as the others)."""
+    crops = config.augment.random_resized_crop is not None
+    return decoder_for(config), (train_decoder_for(config) if crops else None)
+
+
+def _read_class_folders(root: Path, config: DataConfig) -> tuple[Images, list[str], list[str]]:
+    """A class-folder tree as lazy images: listed, headers checked where the config leaves channels or size open,
+    the first image decoded for the sample shape."""
+    listing = _list_class_folders(root)
+    _check_headers(listing.paths, config.channels, config.image_size, root)
+    decode, train_decode = _decoders(config)
+    sample_shape = decode(Path(listing.paths[0])).shape
+    pixels = LazyPixels(np.asarray(listing.paths, dtype=object), sample_shape, decode, train_decode)
+    return Images(pixels, listing.labels, np.arange(len(listing.labels))), listing.classes, listing.skipped
 
 
 def _is_split_layout(root: Path) -> bool:
     return (root / "train").is_dir() and bool(_visible_dirs(root / "train"))
 
 
-def read_image_folder(root: Path, channels: int | None = None, size: tuple[int, int] | None = None) -> Source:
-    """Read ``root/<class>/*`` (or ``root/train/<class>/*`` + ``root/test/<class>/*``).
+def read_image_folder(
+    root: Path, channels: int | None = None, size: tuple[int, int] | None = None, config: DataConfig | None = None
+) -> Source:
+    """List ``root/<class>/*`` (or ``root/train/<class>/*`` + ``root/test/<class>/*``) as lazy images.
 
     Labels index the class names sorted by name; samples are ordered by class, then by path, and their ids are
-    positions in that order. Images are converted to ``channels`` and resized to ``size`` when given; without
-    them every image must already share one channel count and size.
+    positions in that order. Images decode as ``config`` says (``decoder_for``; default: converted to
+    ``channels`` and resized to ``size`` when given); without channels or size every image must share the first
+    one's (checked from the headers). Files that are not images are listed in ``Source.skipped``.
+
+    Raises:
+        DataError: the layout is wrong, a class folder holds no images, a file is unreadable, or images differ in
+            channels or size where the config leaves them open.
     """
+    config = config or DataConfig(source=str(root), channels=channels, image_size=size)
     if not _is_split_layout(root):
-        train, classes = _read_class_folders(root, channels, size)
-        return Source(train, None, classes, "image-folder")
+        train, classes, skipped = _read_class_folders(root, config)
+        return Source(train, None, classes, "image-folder", tuple(skipped))
     others = [d.name for d in _visible_dirs(root) if d.name not in ("train", "test")]
     if others:
         raise DataError(
             f"{root} holds {others} beside train/ and test/",
             "move them out, or point data.test at a separate test folder",
         )
-    train, classes = _read_class_folders(root / "train", channels, size)
+    train, classes, skipped = _read_class_folders(root / "train", config)
     if not (root / "test").is_dir():
-        return Source(train, None, classes, "image-folder train/")
-    test, test_classes = _read_class_folders(root / "test", channels, size)
+        return Source(train, None, classes, "image-folder train/", tuple(skipped))
+    test, test_classes, test_skipped = _read_class_folders(root / "test", config)
     _same_classes(classes, test_classes, f"{root / 'train'}", f"{root / 'test'}")
-    return Source(train, test, classes, "image-folder train/ + test/")
+    return Source(train, test, classes, "image-folder train/ + test/", tuple(skipped + test_skipped))
 
 
 def _same_classes(classes: list[str], other: list[str], where: str, other_where: str) -> None:
@@ -357,7 +643,7 @@ def _from_path(path_text: str, config: DataConfig) -> Source:
         if _find_idx(path, "train-images-idx3-ubyte") or _find_idx(path, "train-labels-idx1-ubyte"):
             train, test = read_idx_dir(path)
             return Source(train, test, None, "idx")
-        return read_image_folder(path, config.channels, config.image_size)
+        return read_image_folder(path, config=config)
     if path.suffix == ".npz":
         return Source(read_npz(path), None, None, "npz")
     raise DataError(f"{path} is neither an IDX directory, an image folder nor an .npz file")
@@ -370,8 +656,8 @@ def _load_source(config: DataConfig) -> Source:
     return _from_path(config.source, config)
 
 
-def _load_test(config: DataConfig, source: Source) -> tuple[Images, str]:
-    """The separate test set of ``data.test``: its (train) images; an image folder must name the same classes."""
+def _load_test(config: DataConfig, source: Source) -> Source:
+    """The separate test set of ``data.test`` (its ``train`` images); an image folder must name the same classes."""
     extra = _from_path(config.test, config)
     if extra.test is not None and extra.layout.startswith("image-folder"):
         raise DataError(
@@ -385,27 +671,15 @@ def _load_test(config: DataConfig, source: Source) -> tuple[Images, str]:
                 "give both as image folders, or both as labelled arrays",
             )
         _same_classes(source.classes, extra.classes, f"data.source {config.source}", f"data.test {config.test}")
-    return extra.train, extra.layout
+    return extra
 
 
-def conform(images: Images, channels: int | None, size: tuple[int, int] | None, where: str) -> Images:
-    """Convert array images to ``channels`` and resize them to ``size`` exactly as image files are (Pillow)."""
-    from PIL import Image
-
-    n, native, height, width = images.x.shape
-    target = (channels or native, *(tuple(size) if size else (height, width)))
-    if target == (native, height, width):
+def conform(images: Images, config: DataConfig, where: str) -> Images:
+    """Array images decoded like image files (``rule_for(config).conform_array``: channels, size, resize mode and
+    channel order; arrays are taken as gray or RGB)."""
+    if images.lazy:  # image files decode to the configured channels and size themselves
         return images
-    if native not in (1, 3):
-        raise DataError(
-            f"{where}: images with {native} channels cannot be converted or resized",
-            "remove data.channels and data.image_size, or give 1- or 3-channel images",
-        )
-    out = np.empty((n, *target), np.uint8)
-    for i, pixels in enumerate(images.x):
-        image = Image.fromarray(pixels[0] if native == 1 else pixels.transpose(1, 2, 0))
-        out[i] = pil_to_chw(image, channels, size, where)
-    return Images(out, images.y, images.ids)
+    return Images(rule_for(config).conform_array(images.x, where), images.y, images.ids)
 
 
 def _pixel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -416,7 +690,11 @@ def _pixel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[fl
         part = x[start : start + chunk].astype(np.int64)
         total += part.sum(axis=(0, 2, 3))
         squares += (part * part).sum(axis=(0, 2, 3))
-    count = x.shape[0] * x.shape[2] * x.shape[3]
+    return _stats_of(total, squares, x.shape[0] * x.shape[2] * x.shape[3])
+
+
+def _stats_of(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[list[float], list[float]]:
+    """mean and std of ``pixel / 255`` per channel from the sums of pixels and of their squares over ``count``."""
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0)) / 255
     return ([round(float(v), 6) for v in mean / 255], [round(float(v), 6) for v in np.maximum(std, 1e-3)])
@@ -432,29 +710,57 @@ def _check_per_channel(config: DataConfig, channels: int) -> None:
             )
 
 
+def _sample_stats(x: LazyPixels, rng: np.random.Generator) -> tuple[tuple[list[float], list[float]], int]:
+    """mean/std (as ``_pixel_stats``) of a seeded sample of at most STATS_SAMPLES rows, and the sample's size."""
+    count = min(STATS_SAMPLES, len(x))
+    picked = np.sort(rng.choice(len(x), size=count, replace=False))
+    total = np.zeros(x.shape[1], np.int64)
+    squares = np.zeros(x.shape[1], np.int64)
+    for start in range(0, count, 64):  # uint8 rows; squares fit uint16 (255² < 2¹⁶): no int64 copy of a chunk
+        part = x.rows(picked[start : start + 64])
+        total += part.sum(axis=(0, 2, 3), dtype=np.int64)
+        squares += np.square(part, dtype=np.uint16).sum(axis=(0, 2, 3), dtype=np.int64)
+    return _stats_of(total, squares, count * x.shape[2] * x.shape[3]), count
+
+
 def load_splits(config: DataConfig, seed: int) -> Splits:
-    """Load the configured data, preprocess and split it with ``seed``; val is carved from train, never from test."""
+    """Load the configured data, preprocess and split it with ``seed``; val is carved from train, never from test.
+
+    Raises:
+        DataError: the data is missing or inconsistent, or a class has too few images for every split (unless
+            ``data.small_classes: warn``).
+        ConfigError: data.mean/std or data.augment do not fit the images.
+    """
     source = _load_source(config)
-    test, layout = source.test, source.layout
+    test, layout, skipped = source.test, source.layout, source.skipped
     if config.test is not None:
-        test, test_layout = _load_test(config, source)
-        layout = f"{layout}; test: {test_layout}"
-    train = conform(source.train, config.channels, config.image_size, config.source)
+        extra = _load_test(config, source)
+        test, layout, skipped = extra.train, f"{layout}; test: {extra.layout}", skipped + extra.skipped
+    train = conform(source.train, config, config.source)
     if test is not None:
-        test = conform(test, config.channels, config.image_size, config.test or config.source)
+        test = conform(test, config, config.test or config.source)
     rng = np.random.default_rng(seed)
     if test is None:
-        train, test = _split(train, config.test_fraction, rng, config.source)
-    train, val = _split(train, config.val_fraction, rng, config.source)
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
+        train, test = _split(train, config.test_fraction, rng)
+    train, val = _split(train, config.val_fraction, rng)
+    labels = np.concatenate([train.y, val.y, test.y])
+    num_classes = int(labels.max()) + 1
     classes = source.classes or [str(c) for c in range(num_classes)]
     if test.x.shape[1:] != train.x.shape[1:]:
         raise DataError(
             f"test images are {test.x.shape[1:]} but train images are {train.x.shape[1:]} (C,H,W)",
             "set data.image_size: [H, W] and data.channels to bring both to one shape",
         )
-    if int(train.y.min()) < 0 or num_classes > len(classes):
-        raise DataError(f"labels must lie in 0..{len(classes) - 1}; found {train.y.min()}..{num_classes - 1}")
+    if int(labels.min()) < 0 or num_classes > len(classes):
+        raise DataError(f"labels must lie in 0..{len(classes) - 1}; found {labels.min()}..{num_classes - 1}")
+    notes = _small_classes(config, classes, (train, val, test), carved=source.test is None and config.test is None)
+    empty = [name for name, images in (("train", train), ("validation", val), ("test", test)) if len(images) == 0]
+    if empty:
+        raise DataError(
+            f"{config.source}: {len(labels)} samples are too few to split into train, validation and test "
+            f"({', '.join(empty)} would be empty)",
+            "give several samples per class (each split takes at least one of every class)",
+        )
     _check_per_channel(config, train.x.shape[1])
     height, width = train.x.shape[2:]
     if config.augment.crop_padding >= min(height, width):
@@ -463,28 +769,71 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             f"images ({height}×{width} H×W)",
             "lower it, or set data.image_size",
         )
+    stats_samples = None
     if config.mean is not None and config.std is not None:
         mean, std, stats_from = list(config.mean), list(config.std), "config"
+    elif isinstance(train.x, LazyPixels):
+        (mean, std), stats_samples = _sample_stats(train.x, np.random.default_rng([seed, len(train)]))
+        stats_from = "train-sample"
     else:
-        (mean, std), stats_from = _pixel_stats(train.x), "train"
+        (mean, std), stats_from, stats_samples = _pixel_stats(train.x), "train", len(train)
     resize = tuple(config.image_size) if config.image_size else None
-    return Splits(train, val, test, classes, mean, std, config.augment, resize, stats_from, layout)
+    workers = (LOADER_WORKERS if config.workers is None else config.workers) if train.lazy else 0
+    return Splits(
+        train,
+        val,
+        test,
+        classes,
+        mean,
+        std,
+        config.augment,
+        resize,
+        stats_from,
+        layout,
+        skipped,
+        stats_samples,
+        workers,
+        notes,
+    )
+
+
+def _small_classes(
+    config: DataConfig, classes: list[str], splits: tuple[Images, Images, Images], carved: bool
+) -> tuple[str, ...]:
+    """Every class with images must have one in train, val and test: else a DataError naming each such class and
+    its counts; with ``data.small_classes: warn`` the warning line instead (such a class keeps its images for
+    training, see ``_stratified_val``)."""
+    counts = np.stack([np.bincount(images.y, minlength=len(classes)) for images in splits])  # split × class
+    short = [c for c in range(len(classes)) if counts[:, c].sum() > 0 and counts[:, c].min() == 0]
+    if not short:
+        return ()
+    details = "; ".join(
+        f"{classes[c]!r} has {counts[:, c].sum()} image(s) (train {counts[0, c]}, val {counts[1, c]}, "
+        f"test {counts[2, c]})"
+        for c in short
+    )
+    message = f"class(es) too small to put an image in train, validation and test: {details}"
+    if config.small_classes == "warn":
+        return (f"{message}; kept as data.small_classes: warn says",)
+    raise DataError(
+        message,
+        f"give each class at least {3 if carved else 2} images{'' if carved else ' (and 1 in the test set)'}, remove "
+        "those classes, or set data.small_classes: warn to train on them without validation/test images",
+    )
 
 
 def _stratified_val(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Rows held out: ``fraction`` of each class (at least one), but never a class's last image (it stays for
+    training; ``_small_classes`` reports the split it leaves empty)."""
     picked = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        picked.append(rng.choice(members, size=max(1, round(len(members) * fraction)), replace=False))
+        size = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        picked.append(rng.choice(members, size=size, replace=False))
     return np.sort(np.concatenate(picked))
 
 
-def _split(images: Images, fraction: float, rng: np.random.Generator, where: str) -> tuple[Images, Images]:
+def _split(images: Images, fraction: float, rng: np.random.Generator) -> tuple[Images, Images]:
     held = _stratified_val(images.y, fraction, rng)
     kept = np.setdiff1d(np.arange(len(images)), held)
-    if len(kept) == 0:
-        raise DataError(
-            f"{where}: {len(images)} samples are too few to split into train, validation and test",
-            "give several samples per class (each split takes at least one of every class)",
-        )
     return images.take(kept), images.take(held)

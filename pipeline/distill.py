@@ -10,8 +10,16 @@ import torch
 from torch import nn
 
 from pipeline import distributed
-from pipeline.config import LossSpec, TrainConfig
-from pipeline.errors import ModelError
+from pipeline.class_map import (
+    class_map_info,
+    class_map_key,
+    outputs_to_build,
+    resolve_class_map,
+    restrict_as_recorded,
+    restrict_outputs,
+)
+from pipeline.config import ClassMap, LossSpec, StudentConfig, TrainConfig
+from pipeline.errors import ConfigError, ModelError
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
 from pipeline.manifest import ArtifactRecord
@@ -36,6 +44,7 @@ TEACHER_PATH = "checkpoints/teacher.pt"
 STUDENT_PATH = "checkpoints/student.pt"
 BUNDLED_TEACHER = Path(__file__).parent / "assets" / "teacher-cnn-fashion-mnist.pt"
 BUNDLED_TEACHER_NOTE = "bundled with edgepipe (pipeline/assets; made by `python bench/bundled_teacher.py`)"
+SELF_REFERENCE_NOTE = "reference: the shipped model itself, no distillation"
 
 
 def _shape(run: RunDir) -> tuple[int, int]:
@@ -47,14 +56,30 @@ def _example(run: RunDir) -> torch.Tensor:
 
 
 def _output_key(role: str) -> str:
-    return "teacher.output" if role == "teacher" else "distill.output"
+    return "teacher.output" if role == "teacher" else "student.output"
+
+
+def _class_map(run: RunDir, role: str) -> ClassMap:
+    """The class map configured for ``role``: the teacher's, else the student's (student and baseline)."""
+    if role == "teacher":
+        return run.config.teacher.class_map if run.config.teacher else None
+    return run.config.student_model().class_map
+
+
+def _outputs_to_build(run: RunDir, role: str, arch: str, arch_kwargs: dict, checkpoint: Path | None = None) -> int:
+    """How many outputs ``arch`` is built with for ``role``: one per data class, or with a class map the model's
+    own count (see :func:`pipeline.class_map.outputs_to_build`)."""
+    channels, classes = _shape(run)
+    where = "teacher" if role == "teacher" else "student"
+    build = lambda count: build_model(arch, channels, count, arch_kwargs)  # noqa: E731
+    return outputs_to_build(_class_map(run, role), classes, checkpoint, build, where)
 
 
 def _check_outputs(model: nn.Module, run: RunDir, role: str, output: int | str = 0) -> tuple[nn.Module, dict | None]:
     """The model must take the data's input shape and give one logit per class, as its only output or as its
-    output ``output``; returns the model answering with that output alone, and the manifest's record of it
-    (None for a model that returns one tensor)."""
-    classes = _shape(run)[1]
+    output ``output``, in the data's class order or picked by the role's class map; returns the model answering
+    with those logits alone (restricted to the map's outputs: see :func:`class_map_info`), and the manifest's
+    record of its outputs (None for a model that returns one tensor)."""
     try:
         with torch.no_grad():
             result = model.eval()(_example(run))
@@ -64,14 +89,20 @@ def _check_outputs(model: nn.Module, run: RunDir, role: str, output: int | str =
             f"{str(e).strip().splitlines()[0]}"
         ) from e
     logits = pick_output(result, output, _output_key(role))
-    if logits.ndim != 2 or logits.shape[1] != classes:
+    several = "" if logits is result else f", or {_output_key(role)} (the model returns several outputs)"
+    if logits.ndim != 2:
         raise ModelError(
-            f"the {role} gives outputs of shape {tuple(logits.shape)}, the data has {classes} classes",
-            "check the model's class count or the data source"
-            + ("" if logits is result else f", or {_output_key(role)} (the model returns several outputs)"),
+            f"the {role} gives outputs of shape {tuple(logits.shape)}, not (batch, classes)",
+            "check the model's class count or the data source" + several,
         )
+    where = "teacher" if role == "teacher" else "student"
+    try:
+        indices = resolve_class_map(_class_map(run, role), run.splits.classes, logits.shape[1], where)
+    except ModelError as e:
+        raise ModelError(str(e), (e.hint or "") + several) from None
     record = outputs_record(result, output)
-    return (model if record is None else select_logits(model, output)), record
+    model = model if record is None else select_logits(model, output)
+    return (model if indices is None else restrict_outputs(model, indices, logits.shape[1])), record
 
 
 def load_model(run: RunDir, name: str) -> nn.Module:
@@ -80,7 +111,9 @@ def load_model(run: RunDir, name: str) -> nn.Module:
     record = run.require(name)
     model = _load_plain(run, record)
     outputs = _outputs_of(run, record)
-    return select_logits(model, outputs["selected"]) if outputs else model
+    model = select_logits(model, outputs["selected"]) if outputs else model
+    mapped = {key: run.manifest.lineage_info(name, key) for key in ("class_map", "source_outputs")}
+    return restrict_as_recorded(model, mapped, run.splits.classes)
 
 
 def _load_plain(run: RunDir, record: ArtifactRecord) -> nn.Module:
@@ -90,6 +123,7 @@ def _load_plain(run: RunDir, record: ArtifactRecord) -> nn.Module:
     if record.info.get("kind") == "file":
         return load_file_teacher(path, record.info["interface"], run.splits.mean, run.splits.std)
     channels, classes = _shape(run)
+    classes = run.manifest.lineage_info(record.name, "source_outputs") or classes  # a class-mapped model's own count
     if record.info.get("kind") == "pruned":  # smaller layers than the arch builds: rebuilt from meta.structure
         from pipeline.prune_ops import load_pruned_checkpoint
 
@@ -128,7 +162,7 @@ def _output_only_if_set(cfg: dict, output: int | str) -> dict:
 
 
 def _teacher_id(run: RunDir) -> str:
-    cfg = run.config.teacher.model_dump(exclude={"output"})
+    cfg = run.config.teacher.model_dump(exclude={"output", "class_map"})
     checkpoint = teacher_source(run)
     if checkpoint:
         foreign = file_format(checkpoint)
@@ -147,6 +181,7 @@ def _teacher_id(run: RunDir) -> str:
         "model": arch_fingerprint(run.config.teacher.arch),
         "data": run.config.data.model_dump(),
         "seed": run.config.seed,
+        **({"class_map": mapped} if (mapped := class_map_key(run.config.teacher.class_map)) else {}),
     }
     return run.artifact_id("teacher", key, [])
 
@@ -162,14 +197,22 @@ def _train(
     teacher: nn.Module | None = None,
     parent: str | None = None,
     output: int | str = 0,
+    initial: Path | None = None,
 ) -> nn.Module:
-    """Build, train, save and record one model (resuming from its progress checkpoint when one matches)."""
+    """Build (or load from the state_dict checkpoint ``initial``), train, save and record one model (resuming from
+    its progress checkpoint when one matches)."""
     channels, classes = _shape(run)
     seed_everything(run.config.seed)
-    model, outputs = _check_outputs(build_model(arch, channels, classes, arch_kwargs), run, name, output)
+    outputs_built = _outputs_to_build(run, name, arch, arch_kwargs, initial)
+    start = (
+        build_model(arch, channels, outputs_built, arch_kwargs)
+        if initial is None
+        else load_checkpoint(initial, arch, channels, outputs_built, arch_kwargs)
+    )
+    model, outputs = _check_outputs(start, run, name, output)
     objective = Objective(losses, model, teacher, _example(run))
     teacher_logits = None
-    if objective.needs_teacher and not objective.teacher_layers and not run.splits.augment.enabled:
+    if objective.needs_teacher and not objective.teacher_layers and run.splits.fixed_train_inputs:
         teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
     progress_path = run.path(f"checkpoints/{name}.progress.pt")
     job = TrainJob(
@@ -205,7 +248,9 @@ def _train(
             **meta,
             "parameters": count_parameters(model),
             **({"outputs": outputs} if outputs else {}),
+            **class_map_info(model, run.splits.classes),
             "losses": [spec.model_dump() for spec in losses],
+            **({"initialized_from": str(initial), "initialized_from_sha256": sha256_file(initial)} if initial else {}),
             **summary,
         },
     )
@@ -231,7 +276,8 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
     if is_program(source):
         teacher, kind, path = load_program(source), "program", run.path(f"checkpoints/teacher{source.suffix or '.pt'}")
     else:
-        teacher = load_checkpoint(source, cfg.arch, channels, classes, cfg.arch_kwargs)
+        outputs_built = _outputs_to_build(run, "teacher", cfg.arch, cfg.arch_kwargs, source)
+        teacher = load_checkpoint(source, cfg.arch, channels, outputs_built, cfg.arch_kwargs)
         kind, path = "state_dict", run.path(TEACHER_PATH)
     teacher, outputs = _check_outputs(teacher, run, "teacher", cfg.output)
     meta = {
@@ -257,6 +303,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
             **meta,
             "parameters": count_parameters(teacher),
             **({"outputs": outputs} if outputs else {}),
+            **class_map_info(teacher, run.splits.classes),
             "source": BUNDLED_TEACHER_NOTE if source == BUNDLED_TEACHER else str(source),
             "source_sha256": sha256_file(source),
         },
@@ -268,8 +315,9 @@ def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module
     """An ONNX, TFLite or Keras teacher: checked against the data, copied into the run, run in its own runtime."""
     channels, classes = _shape(run)
     folder = run.path("checkpoints")  # store_teacher_file's atomic write makes it
-    teacher = adopt_teacher_file(source, run.config.teacher.input, run.splits, run.config.data.source, folder)
-    _check_outputs(teacher, run, "teacher", run.config.teacher.output)
+    mapped = bool(run.config.teacher.class_map)
+    teacher = adopt_teacher_file(source, run.config.teacher.input, run.splits, run.config.data.source, folder, mapped)
+    teacher, _ = _check_outputs(teacher, run, "teacher", run.config.teacher.output)
     interface = teacher.interface
     run.record(
         "teacher",
@@ -283,6 +331,7 @@ def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module
             "kind": "file",
             "interface": interface.model_dump(),
             "parameters": file_parameters(teacher.path, interface),
+            **class_map_info(teacher, run.splits.classes),
             "source": str(source),
             "source_sha256": source_digest(source),
         },
@@ -290,29 +339,175 @@ def _adopt_file_teacher(run: RunDir, source: Path, teacher_id: str) -> nn.Module
     return teacher
 
 
-def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) -> nn.Module:
-    """Distil the student from the teacher; with ``baseline``, also train it from labels alone."""
-    cfg = run.config.distill
+def _given_model(run: RunDir, source: Path, spec: StudentConfig) -> tuple[nn.Module, str]:
+    """The trained student at ``source`` (TorchScript / .pt2 program, or a state_dict into ``spec.arch``) and its
+    kind; in eval mode, never trained here."""
+    if not source.is_file():
+        raise ModelError(f"student checkpoint {source} does not exist", "fix student.checkpoint in the config")
+    if is_program(source):
+        return load_program(source), "program"
+    channels = _shape(run)[0]
+    outputs_built = _outputs_to_build(run, "student", spec.arch, spec.arch_kwargs, source)
+    return load_checkpoint(source, spec.arch, channels, outputs_built, spec.arch_kwargs), "state_dict"
+
+
+def check_student(run: RunDir) -> tuple[nn.Module, dict | None, str]:
+    """The configured student, built (or loaded from ``student.checkpoint``) and checked against the data before
+    any training: (model answering with its logits, outputs record, kind).
+
+    Raises:
+        ModelError: the architecture does not build or import, the checkpoint is missing or does not fit it, or the
+            model does not take the data's input or give one logit per class.
+        ConfigError: a program checkpoint is to be distilled (only a state_dict can be trained).
+    """
+    spec = run.config.student_model()
+    source = Path(spec.checkpoint) if spec.checkpoint else None
+    if source is None:
+        channels = _shape(run)[0]
+        outputs_built = _outputs_to_build(run, "student", spec.arch, spec.arch_kwargs)
+        model, kind = build_model(spec.arch, channels, outputs_built, spec.arch_kwargs), "state_dict"
+    else:
+        model, kind = _given_model(run, source, spec)
+    if kind == "program":
+        _check_program(model, run, source)
+    model, outputs = _check_outputs(model, run, "student", spec.output)
+    return model, outputs, kind
+
+
+def _check_program(model: nn.Module, run: RunDir, source: Path) -> None:
+    """A program student ships as-is: it must take any batch size, and TorchScript needs the TorchScript exporter."""
+    if run.config.distill is not None:
+        raise ConfigError(
+            f"student.checkpoint {source} is a TorchScript / torch.export program, which edgepipe cannot fine-tune",
+            "give a state_dict checkpoint with student.arch, or set distill: null to ship it as trained",
+        )
+    if source.suffix != ".pt2" and run.config.export.targets and run.config.export.exporter == "dynamo":
+        raise ConfigError(
+            f"student.checkpoint {source} is a TorchScript file, which the dynamo ONNX exporter cannot read",
+            "set export.exporter: torchscript, or give the model as a torch.export .pt2 or a state_dict",
+        )
+    batch = torch.from_numpy(run.splits.normalize(run.splits.train.x[:3]))
+    try:
+        with torch.no_grad():
+            model(batch)
+    except Exception as e:
+        raise ModelError(
+            f"student program {source} does not take a batch of 3: {str(e).strip().splitlines()[0]}",
+            "export it with a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: Dim('batch')},))",
+        ) from e
+
+
+def _given_key(run: RunDir, spec: StudentConfig, digest: str) -> dict:
+    return {
+        "student": {**spec.model_dump(mode="json", exclude={"checkpoint", "class_map"}), "checkpoint_sha256": digest},
+        **({"class_map": mapped} if (mapped := class_map_key(spec.class_map)) else {}),
+        "model": arch_fingerprint(spec.arch),
+        "data": run.config.data.model_dump(),
+    }
+
+
+def ship_given_student(run: RunDir, force: bool = False) -> nn.Module:
+    """``distill: null``: the trained student, checked, saved into the run as ``student`` exactly as given (never
+    in training mode, its BatchNorm statistics untouched) and recorded with its source and sha256."""
+    model, outputs, kind = check_student(run)
+    spec = run.config.student_model()
+    source = Path(spec.checkpoint)
+    digest = sha256_file(source)
+    student_id = run.artifact_id("student", _given_key(run, spec, digest), [])
+    if not force and run.manifest.reusable("student", student_id, run.root):
+        return load_student(run)
     channels, classes = _shape(run)
-    _check_outputs(build_model(cfg.arch, channels, classes, cfg.arch_kwargs), run, "student", cfg.output)  # fail fast
+    meta = {
+        "arch": spec.arch if kind == "state_dict" else f"program:{source.name}",
+        "arch_kwargs": spec.arch_kwargs,
+        "in_channels": channels,
+        "num_classes": classes,
+        "kind": kind,
+    }
+    path = run.path(STUDENT_PATH if kind == "state_dict" else f"checkpoints/student{source.suffix or '.pt'}")
+    if distributed.is_main():
+        if kind == "program":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, path)
+        else:
+            save_checkpoint(model, path, meta)
+    distributed.barrier()
+    run.record(
+        "student",
+        "distill",
+        student_id,
+        path,
+        info={
+            **meta,
+            "given": True,
+            "parameters": count_parameters(model),
+            **class_map_info(model, run.splits.classes),
+            **({"outputs": outputs} if outputs else {}),
+            "source": str(source),
+            "source_sha256": digest,
+        },
+    )
+    return model
+
+
+def _self_reference(run: RunDir) -> None:
+    """No teacher configured with ``distill: null``: the ``teacher`` record is the shipped student itself, so every
+    comparison (agreement, drop vs teacher, QAT-KD) is against exactly the weights that ship."""
+    student = run.manifest.artifacts["student"]
+    teacher_id = run.artifact_id("teacher", {"same_model_as": "student"}, [student.id])
+    if run.manifest.reusable("teacher", teacher_id, run.root):
+        return
+    info = {key: value for key, value in student.info.items() if key != "given"}
+    run.record(
+        "teacher",
+        "distill",
+        teacher_id,
+        run.path(student.path),
+        parent="student",
+        info={**info, "same_model_as": "student", "reference": SELF_REFERENCE_NOTE},
+    )
+
+
+def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) -> nn.Module:
+    """Distil the student from the teacher; with ``baseline``, also train it from labels alone. With ``distill:
+    null``, ship the given student instead (its reference: the configured teacher, else the student itself).
+
+    Every model is built or loaded and checked against the data before any training starts."""
+    cfg = run.config.distill
+    if cfg is None:
+        if baseline:
+            raise ConfigError("a baseline student needs distillation; this run ships a trained model (distill: null)")
+        student = ship_given_student(run, force)
+        if run.config.teacher is None:
+            _self_reference(run)
+        else:
+            ensure_teacher(run, force)
+        return student
+    spec = run.config.student_model()
+    check_student(run)  # fail fast: before the teacher trains
+    initial = Path(spec.checkpoint) if spec.checkpoint else None
     teacher = ensure_teacher(run, force)
+    distill_cfg = {**cfg.model_dump(exclude={"baseline", "output"}), "arch": spec.arch, "arch_kwargs": spec.arch_kwargs}
     key = {
-        "distill": _output_only_if_set(cfg.model_dump(exclude={"baseline", "output"}), cfg.output),
-        "model": arch_fingerprint(cfg.arch),
+        "distill": _output_only_if_set(distill_cfg, spec.output),
+        "model": arch_fingerprint(spec.arch),
         "data": run.config.data.model_dump(),
         "seed": run.config.seed,
+        **({"initial_sha256": sha256_file(initial)} if initial else {}),
+        **({"class_map": mapped} if (mapped := class_map_key(spec.class_map)) else {}),
     }
     student_id = run.artifact_id("student", key, [run.manifest.artifacts["teacher"].id])
+    train_student = (spec.arch, spec.arch_kwargs, cfg)
     if force or not run.manifest.reusable("student", student_id, run.root):
         student = _train(
-            run, "student", cfg.arch, cfg.arch_kwargs, cfg, cfg.losses, student_id, teacher, "teacher", cfg.output
+            run, "student", *train_student, cfg.losses, student_id, teacher, "teacher", spec.output, initial
         )
     else:
         student = load_student(run)
     if cfg.baseline if baseline is None else baseline:
-        baseline_cfg = cfg.model_dump(exclude={"baseline", "losses", "output"})
-        baseline_key = {**key, "distill": _output_only_if_set(baseline_cfg, cfg.output)}
+        baseline_cfg = {k: v for k, v in distill_cfg.items() if k != "losses"}
+        baseline_key = {**key, "distill": _output_only_if_set(baseline_cfg, spec.output)}
         baseline_id = run.artifact_id("baseline", baseline_key, [])
         if force or not run.manifest.reusable("baseline", baseline_id, run.root):
-            _train(run, "baseline", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, baseline_id, output=cfg.output)
+            _train(run, "baseline", *train_student, CE_ONLY, baseline_id, output=spec.output, initial=initial)
     return student

@@ -43,20 +43,39 @@ class Preprocessing(_Record):
     channels: int
     height: int
     width: int
-    channel_order: Literal["gray", "RGB"] | None = Field(
-        None, description="Channel content and order of the input: gray (1 channel) or RGB (3); None for other counts."
+    channel_order: Literal["gray", "RGB", "BGR"] | None = Field(
+        None,
+        description="Channel content and order of the input: gray (1 channel), RGB or BGR (3); None for other counts.",
     )
     resize: list[int] | None = Field(
-        None, description="[H, W] every image was resized to before normalizing (resize_method); None: native size."
+        None, description="[H, W] every image was brought to before normalizing (resize_mode); None: native size."
     )
     resize_method: str | None = Field(None, description="'pillow-bilinear' (PIL.Image.resize, BILINEAR) when resized.")
-    stats_from: Literal["train", "config"] = Field(
-        "train", description="mean/std computed on the training split, or given in the config (data.mean/std)."
+    resize_mode: Literal["stretch", "center-crop"] = Field(
+        "stretch",
+        description="stretch: resized to `resize`; center-crop: resized (aspect kept) to just cover "
+        "[floor(H / crop_ratio), floor(W / crop_ratio)], the other side rounded down, then cropped to `resize` at "
+        "top/left = round((resized - resize) / 2) (Python round, halves to even).",
     )
+    crop_ratio: float | None = Field(None, description="resize_mode center-crop: share of each side the crop keeps.")
+    exif_transpose: bool = Field(
+        False, description="EXIF orientation applied first (PIL.ImageOps.exif_transpose); false in runs made before."
+    )
+    training_only: str | None = Field(
+        None, description="Random augmentation of training images (never of these inputs); None: none."
+    )
+    stats_from: Literal["train", "train-sample", "config"] = Field(
+        "train",
+        description="mean/std computed on the training split, on a seeded sample of it (image folders: "
+        "stats_samples images), or given in the config (data.mean/std).",
+    )
+    stats_samples: int | None = Field(None, description="Training images mean/std came from; None: from the config.")
     decode: str = (
-        "image files: 16-bit pixels scaled by 1/257, alpha dropped, converted to channel_order with Pillow "
-        "(gray = 'L': (299 R + 587 G + 114 B) / 1000, rounded), "
-        "then resized to `resize` with PIL.Image.resize(BILINEAR)"
+        "image files: EXIF orientation applied when exif_transpose; 16-bit gray (I;16*, I) scaled by 1/257 and "
+        "rounded; palette images expanded to RGB (RGBA with transparency); alpha dropped (colour values kept, not "
+        "composited); CMYK and other colour modes converted to RGB by Pillow; converted to channel_order with Pillow "
+        "(gray = 'L': (299 R + 587 G + 114 B) / 1000, rounded); brought to `resize` by resize_mode with "
+        "PIL.Image.resize(BILINEAR); BGR: RGB channels reversed last. Arrays (.npz, IDX) are taken as gray or RGB"
     )
     formula: str = (
         "x = (pixel * pixel_scale - mean[c]) / std[c]; int8 inputs: q = clip(round(x / scale) + zero_point, -128, 127)"
@@ -81,6 +100,13 @@ class DataRecord(_Record):
     test: int
     seed: int
     preprocessing: Preprocessing
+    counts: dict[str, dict[str, int]] | None = Field(
+        None, description="Images per class in each split: {train|val|test: {class: count}}."
+    )
+    skipped_files: int = Field(
+        0, description="Files in the image folder that are not images (skipped; listed in logs/data.log)."
+    )
+    notes: list[str] = Field([], description="Data warnings, e.g. classes kept by data.small_classes: warn.")
 
 
 class ArtifactRecord(_Record):
@@ -255,6 +281,19 @@ class Manifest(_Record):
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, self.model_dump_json(indent=2) + "\n")
+
+    def lineage_info(self, name: str, key: str) -> Any:
+        """Info ``key`` of artifact ``name``, else of the model it was made from (an exported, pruned or QAT
+        student's source), up to the distill-stage model it started from (a student's teacher is not its lineage);
+        None when none of them has it."""
+        record = self.artifacts.get(name)
+        while record is not None:
+            if key in record.info:
+                return record.info[key]
+            if record.stage == "distill" or record.parent is None:
+                return None
+            record = self.artifacts.get(record.parent)
+        return None
 
     def reusable(self, name: str, artifact_id: str, root: Path) -> ArtifactRecord | None:
         """The recorded artifact when its id matches and its file is intact, else None."""

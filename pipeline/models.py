@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -82,14 +84,86 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
+@dataclass(frozen=True)
+class ModelLibrary:
+    """A model library whose architectures are named ``<library>:<model name>`` in ``arch``.
+
+    ``builder`` (an attribute of module ``module``) takes the model name and keyword arguments; ``local_weights``
+    are the keyword arguments that keep it from downloading weights (the weights come from the checkpoint)."""
+
+    module: str
+    builder: str
+    local_weights: dict
+    channels_kwarg: str | None = None
+
+
+MODEL_LIBRARIES: dict[str, ModelLibrary] = {
+    "torchvision": ModelLibrary("torchvision.models", "get_model", {"weights": None}),
+    "timm": ModelLibrary("timm", "create_model", {"pretrained": False}, channels_kwarg="in_chans"),
+}
+
+
+def _library_of(arch: str) -> str | None:
+    library = arch.partition(":")[0]
+    return library if library in MODEL_LIBRARIES else None
+
+
+def _library_builder(library: str, arch: str) -> Callable[..., nn.Module]:
+    """The library's model builder, imported now so that a library that cannot import fails before any training."""
+    spec = MODEL_LIBRARIES[library]
+    try:
+        module = importlib.import_module(spec.module)
+    except Exception as e:  # a torchvision built for another torch raises RuntimeError, not ImportError
+        raise ModelError(
+            f"arch {arch!r} needs {library}, which does not import here: {first_line(e)}",
+            f"install the {library} build that matches torch {torch.__version__} (pip install 'edgepipe[{library}]'; "
+            "the PyPI torchvision needs PyPI's CUDA torch, not a +cpu build), or give the architecture as "
+            "file.py:factory",
+        ) from e
+    return getattr(module, spec.builder)
+
+
+def _build_library_model(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> nn.Module:
+    """``torchvision:<name>`` / ``timm:<name>``: the library's builder, with ``num_classes`` (and the input channels
+    where the library takes them) unless ``kwargs`` set them, and never downloaded weights."""
+    library, _, name = arch.partition(":")
+    spec = MODEL_LIBRARIES[library]
+    builder = _library_builder(library, arch)
+    kwargs.setdefault("num_classes", num_classes)
+    if spec.channels_kwarg:
+        kwargs.setdefault(spec.channels_kwarg, in_channels)
+    try:
+        model = builder(name, **kwargs, **spec.local_weights)
+    except Exception as e:
+        raise ModelError(
+            f"{library} cannot build {name!r} (arch {arch!r}) with {sorted(kwargs)}: {first_line(e)}",
+            f"check the model name and arch_kwargs against {library}'s documentation",
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:
-    """A registered architecture, or a user factory named ``module:factory`` / ``file.py:factory``.
+    """A registered architecture, a library model ``torchvision:<name>`` / ``timm:<name>`` (see
+    :data:`MODEL_LIBRARIES`), or a user factory named ``module:factory`` / ``file.py:factory``.
 
     A user factory gets ``kwargs`` plus ``in_channels``/``num_classes`` when its signature takes them.
+
+    Raises:
+        ModelError: the architecture is unknown, its library or file does not import, or it rejects the arguments.
     """
     kwargs = dict(kwargs or {})
     if ":" not in arch:
         return ARCHITECTURES.get(arch)(in_channels, num_classes, **kwargs)
+    if _library_of(arch):
+        return _build_library_model(arch, in_channels, num_classes, kwargs)
     factory = _import_factory(arch)
     accepted = inspect.signature(factory).parameters
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
@@ -229,6 +303,12 @@ def arch_fingerprint(arch: str) -> dict:
     module_name = arch.rpartition(":")[0]
     if not module_name:
         return {"arch": arch}
+    library = _library_of(arch)
+    if library:
+        try:
+            return {"arch": arch, "library_version": importlib.metadata.version(library)}
+        except importlib.metadata.PackageNotFoundError:
+            return {"arch": arch, "library_version": None}
     if module_name.endswith(".py"):
         origin = module_name
     else:
@@ -278,7 +358,8 @@ def _check_state(expected: dict, found: dict, path: Path, arch: str) -> None:
     unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         raise ModelError(
-            f"checkpoint {path} does not fit {arch}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+            f"checkpoint {path} does not fit {arch}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}",
+            "give the architecture (and arch_kwargs) the checkpoint was saved from",
         )
     for key, tensor in expected.items():
         if tuple(found[key].shape) != tuple(tensor.shape):

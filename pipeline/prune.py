@@ -95,13 +95,13 @@ class _Session:
         """KD fine-tune with the distill section's losses, batch size and weight decay (best val epoch kept)."""
         if epochs == 0:
             return {"epochs_run": 0}
-        fields = self.run.config.distill.model_dump(include=set(TrainConfig.model_fields))
+        fields = self.run.config.kd.model_dump(include=set(TrainConfig.model_fields))
         train_cfg = TrainConfig(**{**fields, "epochs": epochs, "lr": lr, "schedule": "onecycle", "patience": None})
         example = torch.from_numpy(self.run.splits.normalize(self.run.splits.train.x[:2]))
         job = TrainJob(
             name=name,
             model=model,
-            objective=Objective(self.run.config.distill.losses, model, self.teacher, example),
+            objective=Objective(self.run.config.kd.losses, model, self.teacher, example),
             cfg=train_cfg,
             seed=self.run.config.seed,
             progress_path=self.run.path(f"checkpoints/{name}.progress.pt"),
@@ -130,8 +130,8 @@ def _prune_key(run: RunDir) -> tuple[dict, list[str]]:
         name = TARGETS.get(name).parent
     key = {
         "prune": cfg.model_dump(),
-        "losses": [spec.model_dump() for spec in run.config.distill.losses],
-        "train": run.config.distill.model_dump(include={"batch_size", "weight_decay", "device"}),
+        "losses": [spec.model_dump() for spec in run.config.kd.losses],
+        "train": run.config.kd.model_dump(include={"batch_size", "weight_decay", "device"}),
         "targets": chain,
         "data": run.config.data.model_dump(),
         "seed": run.config.seed,
@@ -148,10 +148,10 @@ def _session(run: RunDir, prune_id: str, student: nn.Module) -> _Session:
     teacher = load_teacher(run)
     splits = run.splits
     objective = Objective(
-        run.config.distill.losses, student, teacher, torch.from_numpy(splits.normalize(splits.train.x[:2]))
+        run.config.kd.losses, student, teacher, torch.from_numpy(splits.normalize(splits.train.x[:2]))
     )
     teacher_logits = None
-    if objective.needs_teacher and not objective.teacher_layers and not splits.augment.enabled:
+    if objective.needs_teacher and not objective.teacher_layers and splits.fixed_train_inputs:
         teacher_logits = predict_logits(teacher, splits, splits.train)
     calibration = None
     if TARGETS.get(cfg.measure.target).needs_calibration:

@@ -130,7 +130,7 @@ def qat_distill(
     model = prepare_qat_student(student, int8_qconfig(per_channel, reduce_range))
     objective = Objective(losses, student, teacher, torch.from_numpy(splits.normalize(splits.train.x[:2])))
     teacher_logits = None
-    if objective.needs_teacher and not objective.teacher_layers and not splits.augment.enabled:
+    if objective.needs_teacher and not objective.teacher_layers and splits.fixed_train_inputs:
         teacher_logits = predict_logits(teacher, splits, splits.train)
     paths = {phase: progress_dir / f"{job_id}.{phase}.progress.pt" for phase in ("observe", "frozen")}
 

@@ -59,7 +59,7 @@ def ensure_qat_student(
     per_channel = run.config.export.onnx_int8.per_channel is not False  # auto: per-channel, the portable choice
     key = {
         "qat": cfg.model_dump(exclude={"when"}),
-        "losses": [spec.model_dump() for spec in run.config.distill.losses],
+        "losses": [spec.model_dump() for spec in run.config.kd.losses],
         "grid": {"per_channel": per_channel, "reduce_range": reduce_range},
     }
     qat_id = run.artifact_id(QAT_STUDENT, key, [student_record.id, run.require("teacher").id])
@@ -69,7 +69,7 @@ def ensure_qat_student(
     model, summary = qat_distill(
         load_model(run, source),
         load_teacher(run),
-        run.config.distill.losses,
+        run.config.kd.losses,
         run.splits,
         cfg,
         seed=run.config.seed,

@@ -45,6 +45,12 @@ class OutputMeaning(_Record):
     labels_file: str = Field(LABELS_FILE, description="Output index i is the class on line i + 1 of this file.")
     softmax_applied: bool = False
     formula: str
+    class_map: dict[str, int] | None = Field(
+        None,
+        description="A model restricted by a class map: each label's output index in the source model, whose "
+        "other outputs the file leaves out (its output i is label i); None: the source model's own outputs.",
+    )
+    source_outputs: int | None = Field(None, description="With class_map: how many outputs the source model has.")
 
 
 class SourceRun(_Record):
@@ -246,6 +252,9 @@ def _bundle_file(
     output = record.outputs[0]
     int8_out = output.scale is not None
     over_budget = file_over_budget(run.manifest, record.name)  # shipped only with --allow-over-budget
+    class_map = run.manifest.lineage_info(record.name, "class_map")
+    source_outputs = run.manifest.lineage_info(record.name, "source_outputs") if class_map else None
+    carried = f" (outputs {list(class_map.values())} of the source model's {source_outputs})" if class_map else ""
     entry = BundledArtifact(
         name=record.name,
         file=source.name,
@@ -259,7 +268,9 @@ def _bundle_file(
         preprocessing=run.manifest.data.preprocessing,
         output_meaning=OutputMeaning(
             formula=("logits = scale * (q - zero_point); " if int8_out else "")
-            + f"class = labels[argmax(logits)] over the {len(labels)} lines of {LABELS_FILE}"
+            + f"class = labels[argmax(logits)] over the {len(labels)} lines of {LABELS_FILE}{carried}",
+            class_map=class_map,
+            source_outputs=source_outputs,
         ),
         measurements=measurements,
         versions=_versions(run.manifest.environment),

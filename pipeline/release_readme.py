@@ -9,8 +9,10 @@ if TYPE_CHECKING:
 
 PREPARE = '''\
 import json
+import math
 
 import numpy as np
+from PIL import Image, ImageOps
 
 bundle = json.load(open("manifest.json"))
 name = "{name}"  # any artifact of this bundle
@@ -18,8 +20,37 @@ entry = bundle["artifacts"][name]
 pre, inp, out = entry["preprocessing"], entry["input"], entry["output"]
 
 
+def load_pixels(path):
+    """An image file → uint8 pixels (H, W, C), decoded exactly as the run decoded its images (pre["decode"])."""
+    with Image.open(path) as image:
+        image.load()
+        if pre.get("exif_transpose"):
+            image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit gray: / 257, rounded
+            wide = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8))
+        elif image.mode in ("P", "PA"):  # palette: expanded to RGB, or RGBA when it has transparency
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+        image = image.convert("L" if image.mode in ("1", "L", "LA", "La") else "RGB")  # alpha dropped; CMYK → RGB
+        image = image.convert("L" if pre["channels"] == 1 else "RGB")
+    size = pre["resize"]
+    if size and pre.get("resize_mode") == "center-crop":  # cover size / crop_ratio keeping the aspect, crop the middle
+        cover_h, cover_w = math.floor(size[0] / pre["crop_ratio"]), math.floor(size[1] / pre["crop_ratio"])
+        if cover_h * image.width >= cover_w * image.height:
+            height, width = cover_h, cover_h * image.width // image.height
+        else:
+            height, width = cover_w * image.height // image.width, cover_w
+        top, left = round((height - size[0]) / 2), round((width - size[1]) / 2)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        image = image.crop((left, top, left + size[1], top + size[0]))
+    elif size and [image.height, image.width] != list(size):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
+    return np.ascontiguousarray(pixels[..., ::-1]) if pre["channel_order"] == "BGR" else pixels
+
+
 def model_input(pixels):
-    """uint8 pixels (N, H, W, C), in pre["channel_order"] and resized to pre["resize"] → the model's input."""
+    """uint8 pixels (N, H, W, C) as load_pixels gives them → the model's input."""
     mean, std = np.float32(pre["mean"]), np.float32(pre["std"])
     x = (pixels.astype(np.float32) / np.float32(1 / pre["pixel_scale"]) - mean) / std  # float32, as measured
     if inp["layout"] == "NCHW":
@@ -40,6 +71,7 @@ def logits(y):
 ONNXRUNTIME = """\
 import onnxruntime as ort
 
+pixels = np.stack([load_pixels(path) for path in paths])  # paths: your image files
 session = ort.InferenceSession(entry["file"], providers=["CPUExecutionProvider"])
 scores = logits(session.run(None, {inp["name"]: model_input(pixels)})[0])
 classes = [bundle["labels"][i] for i in scores.argmax(1)]
@@ -48,6 +80,7 @@ classes = [bundle["labels"][i] for i in scores.argmax(1)]
 TFLITE = """\
 from ai_edge_litert.interpreter import Interpreter
 
+pixels = np.stack([load_pixels(path) for path in paths])  # paths: your image files
 feed = model_input(pixels)
 interpreter = Interpreter(model_path=entry["file"])
 detail = interpreter.get_input_details()[0]
@@ -80,6 +113,12 @@ def render_readme(manifest: "ReleaseManifest") -> str:
             for m in entry.measurements
         ]
     lines += [
+        f"\n{entry.name} carries {len(mapped)} of the source model's {entry.output_meaning.source_outputs} outputs "
+        f"(`output_meaning.class_map` in `manifest.json`: each label's source output index)."
+        for entry in manifest.artifacts.values()
+        if (mapped := entry.output_meaning.class_map)
+    ]
+    lines += [
         f"\n**{entry.name} is over its accuracy budget** ({entry.over_budget}); it was shipped with "
         "`edgepipe release --allow-over-budget`."
         for entry in manifest.artifacts.values()
@@ -94,9 +133,10 @@ def render_readme(manifest: "ReleaseManifest") -> str:
         "",
         "## Feeding a model",
         "",
-        "Convert an image to `preprocessing.channel_order`, resize it to `preprocessing.resize` when set (Pillow "
-        "bilinear) and stack the pixels as a uint8 array `pixels` of shape (N, H, W, C). Then, from the bundle "
-        "directory:",
+        "`load_pixels(path)` decodes an image file exactly as the run decoded its images, from the artifact's "
+        "`preprocessing` record (EXIF orientation, 16-bit, palette and alpha rules, channels, `resize_mode`, crop, "
+        "`channel_order`; `preprocessing.decode` says it in words); `model_input` normalizes a stack of them. From "
+        "the bundle directory (needs numpy and Pillow):",
         "",
         *_code(PREPARE.format(name=next(iter(manifest.artifacts)))),
     ]

@@ -8,20 +8,25 @@ from pipeline.io import write_text_atomic
 from pipeline.manifest import Manifest
 from pipeline.report_html import render_html
 from pipeline.report_sections import (
+    CLASS_COUNTS_CAPTION,
+    CLASS_COUNTS_HEADER,
     FOOTPRINT_CAPTION,
     FOOTPRINT_HEADER,
     INT8_HEADER,
-    MAIN_HEADER,
     TIMING_CAPTION,
     TIMING_HEADER,
+    class_count_rows,
+    data_notes,
     failed_lines,
     footprint_rows,
     gate_lines,
     int8_table,
     main_caption,
+    main_header,
     main_rows,
     model_bullets,
     parity_bullets,
+    shown_measurements,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
@@ -64,29 +69,40 @@ def render_report(manifest: Manifest) -> str:
         lines += [f"- {b}" for b in models] + [""]
     teacher, student = teacher_and_student(manifest)
     if teacher is None:
-        return "\n".join(lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""])
+        return "\n".join(
+            lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""] + _md_data_section(manifest)
+        )
     rows = main_rows(manifest, teacher, student)
-    lines += [main_caption(manifest), "", *md_table(MAIN_HEADER, rows), ""]
+    lines += [main_caption(manifest), "", *md_table(main_header(manifest), rows), ""]
     parity = parity_bullets(manifest)
     if parity:
         lines += ["Converted artifacts against their own runtime:", ""] + [f"- {b}" for b in parity] + [""]
     lines += _md_int8_section(manifest)
     lines += report_prune.md_lines(manifest, md_table)
-    lines += ["## Latency", "", TIMING_CAPTION, "", *md_table(TIMING_HEADER, timing_rows(manifest.measurements)), ""]
+    shown = shown_measurements(manifest)
+    lines += ["## Latency", "", TIMING_CAPTION, "", *md_table(TIMING_HEADER, timing_rows(shown)), ""]
     lines += [
         "## Footprint",
         "",
         FOOTPRINT_CAPTION,
         "",
-        *md_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements)),
+        *md_table(FOOTPRINT_HEADER, footprint_rows(shown)),
         "",
     ]
-    unmeasured = unmeasured_bullets(manifest.measurements)
+    unmeasured = unmeasured_bullets(shown)
     if unmeasured:
         lines += ["Fields left empty (—):", "", *(f"- {b}" for b in unmeasured), ""]
     if manifest.skipped:
         lines += ["Not measured:", ""] + [f"- {b}" for b in skipped_bullets(manifest)] + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + _md_data_section(manifest))
+
+
+def _md_data_section(manifest: Manifest) -> list[str]:
+    rows, notes = class_count_rows(manifest), data_notes(manifest)
+    if not rows and not notes:
+        return []
+    lines = ["## Data", ""] + [f"- {b}" for b in notes] + ([""] if notes else [])
+    return lines + ([CLASS_COUNTS_CAPTION, "", *md_table(CLASS_COUNTS_HEADER, rows), ""] if rows else [])
 
 
 def run_report(run: RunDir) -> str:

@@ -8,20 +8,25 @@ import re
 from pipeline import plots, report_prune
 from pipeline.manifest import Manifest, Measurement
 from pipeline.report_sections import (
+    CLASS_COUNTS_CAPTION,
+    CLASS_COUNTS_HEADER,
     FOOTPRINT_CAPTION,
     FOOTPRINT_HEADER,
     INT8_HEADER,
-    MAIN_HEADER,
     TIMING_CAPTION,
     TIMING_HEADER,
+    class_count_rows,
+    data_notes,
     failed_lines,
     footprint_rows,
     gate_lines,
     int8_table,
     main_caption,
+    main_header,
     main_rows,
     model_bullets,
     parity_bullets,
+    shown_measurements,
     skipped_bullets,
     summary_bullets,
     teacher_and_student,
@@ -64,7 +69,7 @@ def _table(header: list[str], rows: list[list[str]], css_class: str) -> str:
 
 def _main_table(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> str:
     rows = main_rows(manifest, teacher, student)
-    return f"<p>{_inline(main_caption(manifest))}</p>" + _table(MAIN_HEADER, rows, "figures")
+    return f"<p>{_inline(main_caption(manifest))}</p>" + _table(main_header(manifest), rows, "figures")
 
 
 def _figure(svg: str, caption: str, figure_id: str) -> str:
@@ -72,7 +77,7 @@ def _figure(svg: str, caption: str, figure_id: str) -> str:
 
 
 def _figures(manifest: Manifest) -> str:
-    measurements = manifest.measurements
+    measurements = shown_measurements(manifest)
     sizes: dict[str, int] = {}
     for m in measurements:  # an artifact's first row is on its own runtime (later: converted copies)
         if m.file_bytes:
@@ -109,6 +114,18 @@ def _int8_section(manifest: Manifest) -> str:
     return f"<h2>int8</h2><p>{_inline(table.intro)}</p>" + _table(INT8_HEADER, table.rows, "int8") + reference
 
 
+def _data_parts(manifest: Manifest) -> list[str]:
+    rows, notes = class_count_rows(manifest), data_notes(manifest)
+    if not rows and not notes:
+        return []
+    parts = ["<h2>Data</h2>", _list(notes)] if notes else ["<h2>Data</h2>"]
+    if rows:  # a list, not a table: the page's tables are the measurement tables of report.md
+        splits = CLASS_COUNTS_HEADER[1:]
+        counts = [f"{row[0]}: " + ", ".join(f"{s} {n}" for s, n in zip(splits, row[1:])) for row in rows]
+        parts.append(f"<details><summary>{_inline(CLASS_COUNTS_CAPTION)}</summary>{_list(counts)}</details>")
+    return parts
+
+
 def render_html(manifest: Manifest) -> str:
     """The whole report as one HTML page: report.md's text and tables plus three figures."""
     parts = ["<h1>edgepipe report</h1>"]
@@ -134,14 +151,15 @@ def render_html(manifest: Manifest) -> str:
         parts.append(_int8_section(manifest))
         parts += report_prune.html_parts(manifest, _inline, _table)
         parts += ["<h2>Latency</h2>", f"<p>{_inline(TIMING_CAPTION)}</p>"]
-        parts.append(_table(TIMING_HEADER, timing_rows(manifest.measurements), "figures"))
+        parts.append(_table(TIMING_HEADER, timing_rows(shown_measurements(manifest)), "figures"))
         parts += ["<h2>Footprint</h2>", f"<p>{_inline(FOOTPRINT_CAPTION)}</p>"]
-        parts.append(_table(FOOTPRINT_HEADER, footprint_rows(manifest.measurements), "figures"))
-        unmeasured = unmeasured_bullets(manifest.measurements)
+        parts.append(_table(FOOTPRINT_HEADER, footprint_rows(shown_measurements(manifest)), "figures"))
+        unmeasured = unmeasured_bullets(shown_measurements(manifest))
         if unmeasured:
             parts += ["<p>Fields left empty (—):</p>", _list(unmeasured)]
         if manifest.skipped:
             parts += ["<h2>Not measured</h2>", _list(skipped_bullets(manifest))]
+    parts += _data_parts(manifest)
     title = html.escape(f"edgepipe report — {manifest.data.source}" if manifest.data else "edgepipe report")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

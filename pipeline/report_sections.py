@@ -74,8 +74,65 @@ def summary_bullets(manifest: Manifest) -> list[str]:
     ]
 
 
+CLASS_COUNTS_HEADER = ["class", "train", "val", "test"]
+CLASS_COUNTS_CAPTION = "Images per class in each split (from the manifest's data.counts)."
+
+
+def class_count_rows(manifest: Manifest) -> list[list[str]]:
+    """One row per class: its images in train, val and test; empty for manifests without counts. A class missing
+    from a split (kept by data.small_classes: warn) shows 0 in bold."""
+    counts = manifest.data.counts if manifest.data else None
+    if not counts:
+        return []
+    splits = CLASS_COUNTS_HEADER[1:]
+    rows = []
+    for name in manifest.data.classes:
+        cells = [counts.get(split, {}).get(name, 0) for split in splits]
+        rows.append([f"`{name}`", *(f"**{n}**" if n == 0 else str(n) for n in cells)])
+    return rows
+
+
+def data_notes(manifest: Manifest) -> list[str]:
+    """The data warnings and the skipped files' count, one bullet each."""
+    data = manifest.data
+    if data is None:
+        return []
+    notes = [f"warning: {note}" for note in data.notes]
+    if data.skipped_files:
+        notes.append(
+            f"{data.skipped_files} file(s) in the image folder are not images: skipped (listed in logs/data.log)"
+        )
+    return notes
+
+
 def _size(size: int | None) -> str:
     return f"{size / 1024:.1f} KiB" if size else "—"
+
+
+SELF_REFERENCE = "reference (the model itself)"
+
+
+def reference_is_student(manifest: Manifest) -> bool:
+    """True when no teacher was configured for a shipped trained model: the ``teacher`` is the student itself."""
+    teacher = manifest.artifacts.get("teacher")
+    return bool(teacher and teacher.info.get("same_model_as") == "student")
+
+
+def reference_name(manifest: Manifest) -> str:
+    """What the report calls the model every artifact is compared with: the teacher, or the shipped model itself."""
+    return SELF_REFERENCE if reference_is_student(manifest) else "teacher"
+
+
+def shown_measurements(manifest: Manifest) -> list[Measurement]:
+    """The measurements the tables and figures show: the teacher's rows left out when they are the student's."""
+    if not reference_is_student(manifest):
+        return manifest.measurements
+    return [m for m in manifest.measurements if m.artifact != "teacher"]
+
+
+def main_header(manifest: Manifest) -> list[str]:
+    """``MAIN_HEADER`` with the reference named as the report names it."""
+    return [f"Δ vs {reference_name(manifest)}" if cell == "Δ vs teacher" else cell for cell in MAIN_HEADER]
 
 
 def teacher_and_student(manifest: Manifest) -> tuple[Measurement | None, Measurement | None]:
@@ -95,10 +152,11 @@ def _largest_batch(m: Measurement):
 
 def main_caption(manifest: Manifest) -> str:
     first = manifest.measurements[0]
+    reference = reference_name(manifest)
     return (
         f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1 at the most threads measured "
         f"({first.threads}), after warm-up; every batch size and thread count is in the latency table. "
-        f"Size ×: teacher file bytes / row file bytes. Speed-up: teacher p50 / row p50. "
+        f"Size ×: {reference} file bytes / row file bytes. Speed-up: {reference} p50 / row p50. "
         f"Throughput: images/s at batch {_largest_batch(first).latency.batch}."
     )
 
@@ -107,7 +165,7 @@ def main_rows(manifest: Manifest, teacher: Measurement, student: Measurement | N
     """The main table: one row per measurement (an artifact over its budget marked so), then one per target that
     failed to build or was skipped, with why."""
     budget = over_budget(manifest)
-    rows = [main_cells(m, teacher, student, m.artifact in budget) for m in manifest.measurements]
+    rows = [main_cells(m, teacher, student, m.artifact in budget) for m in shown_measurements(manifest)]
     return rows + [failure_cells(failure) for failure in manifest.failures]
 
 
@@ -235,6 +293,8 @@ def model_bullets(manifest: Manifest) -> list[str]:
     teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
     if not teacher or not student:
         return []
+    if student.info.get("given"):
+        return _given_bullets(manifest)
     ratio = teacher.info["parameters"] / student.info["parameters"]
     bullets = [
         f"teacher: `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters "
@@ -258,12 +318,28 @@ def model_bullets(manifest: Manifest) -> list[str]:
     return bullets
 
 
+def _given_bullets(manifest: Manifest) -> list[str]:
+    """A trained model shipped as given (``distill: null``): where it came from, and what it is compared with."""
+    teacher, student = manifest.artifacts["teacher"], manifest.artifacts["student"]
+    bullets = [
+        f"student: `{student.info['arch']}`, {student.info['parameters']:,} parameters, shipped as trained: "
+        f"`{student.info['source']}` (sha256 {student.info['source_sha256'][:12]}), no distillation"
+    ]
+    if reference_is_student(manifest):
+        return bullets + [f"{SELF_REFERENCE}: no teacher configured; agreement and Δ are against the shipped weights"]
+    return bullets + [
+        f"reference (teacher): `{teacher.info['arch']}`, {teacher.info['parameters']:,} parameters "
+        f"({teacher.info.get('source', 'trained by edgepipe')}){_file_teacher_note(teacher.info)}"
+    ]
+
+
 def _cpu_accuracy(manifest: Manifest, name: str) -> float | None:
     return next((m.accuracy for m in manifest.measurements if m.artifact == name and m.provider != "CUDA"), None)
 
 
 def _worst_layers(info: dict, count: int = 5) -> str:
     layers = info.get("worst_layers", [])[:count]
+
     def figure(e: dict) -> str:  # an exact (all-zero) tensor has no dB; a degenerate range says so
         db = "exact" if e["sqnr_db"] is None else f"{e['sqnr_db']:.1f} dB"
         return f"{db}, degenerate range" if e.get("degenerate") else db

@@ -17,7 +17,9 @@ from targets import TARGETS
 
 
 def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
-    """distill → (prune) → calibrate → export → bench → report into ``out``; ``force`` names stages to redo.
+    """distill (or, with ``distill: null``, take in the trained student) → (prune) → calibrate → export → bench →
+    report into ``out``; ``force`` names stages to redo. Every model is checked against the data before any
+    training.
 
     A target that fails to build does not stop the others (they are benched and reported). After the report is
     written: ExportError (exit 5) when a target failed to build, else GateError (exit 8) when an artifact is over

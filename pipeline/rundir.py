@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 
-from pipeline import __version__, distributed
+from pipeline import __version__, augment, distributed
 from pipeline.config import RunConfig, dump_config, load_config
 from pipeline.data import Splits, load_splits
 from pipeline.environment import environment, stage_tool_versions
 from pipeline.errors import RunStateError
 from pipeline.io import hash_json, sha256_file, write_text_atomic
 from pipeline.manifest import ArtifactRecord, DataRecord, Manifest, Preprocessing
+
+DATA_LOG = "logs/data.log"  # the image folder's skipped files and the data warnings
 
 
 class RunDir:
@@ -59,16 +62,22 @@ class RunDir:
         """The configured data, split with the run's seed (recorded in the manifest on first load)."""
         splits = load_splits(self.config.data, self.config.seed)
         channels, height, width = splits.input_shape
+        data = self.config.data
         preprocessing = Preprocessing(
             mean=splits.mean,
             std=splits.std,
             channels=channels,
             height=height,
             width=width,
-            channel_order=splits.channel_order,
+            channel_order=data.channel_order if channels == 3 else splits.channel_order,
             resize=list(splits.resize) if splits.resize else None,
             resize_method="pillow-bilinear" if splits.resize else None,
+            resize_mode=data.resize,
+            crop_ratio=data.crop_ratio if data.resize == "center-crop" else None,
+            exif_transpose=True,
+            training_only=augment.describe(data.augment),
             stats_from=splits.stats_from,
+            stats_samples=splits.stats_samples,
         )
         self.manifest.data = DataRecord(
             source=self.config.data.source,
@@ -79,8 +88,22 @@ class RunDir:
             test=len(splits.test),
             seed=self.config.seed,
             preprocessing=preprocessing,
+            counts=splits.counts,
+            skipped_files=len(splits.skipped),
+            notes=list(splits.notes),
         )
+        self._log_data(splits)
         return splits
+
+    def _log_data(self, splits: Splits) -> None:
+        """Write DATA_LOG (files skipped, data warnings) and say the warnings on stderr (rank 0 only)."""
+        if not distributed.is_main() or not (splits.skipped or splits.notes or self.path(DATA_LOG).is_file()):
+            return
+        lines = [f"warning: {note}" for note in splits.notes]
+        lines += [f"skipped {len(splits.skipped)} file(s) that are not images:", *splits.skipped]
+        write_text_atomic(self.path(DATA_LOG), "\n".join(lines) + "\n")
+        for note in splits.notes:
+            print(f"edgepipe: warning: {note}", file=sys.stderr)
 
     @property
     def preprocessing(self) -> Preprocessing:

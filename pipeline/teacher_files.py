@@ -183,8 +183,11 @@ def _normalization(path: Path, fmt: str, given: TeacherInput) -> tuple[float, li
     return given.pixel_scale, list(given.mean), list(given.std), "config (teacher.input)"
 
 
-def describe_teacher_file(path: Path, given: TeacherInput, splits: Splits, data_name: str) -> TeacherInterface:
-    """Read the teacher file's interface, fill the gaps from ``given`` and check it against the data."""
+def describe_teacher_file(
+    path: Path, given: TeacherInput, splits: Splits, data_name: str, mapped: bool = False
+) -> TeacherInterface:
+    """Read the teacher file's interface, fill the gaps from ``given`` and check it against the data (its class
+    count too, unless ``mapped``: a class map then picks the data's classes among its outputs)."""
     fmt = file_format(path)
     try:
         raw_input, output = _raw_specs(path, fmt)
@@ -207,12 +210,15 @@ def describe_teacher_file(path: Path, given: TeacherInput, splits: Splits, data_
         std=std,
         normalization_from=source,
     )
-    check_against_data(interface, splits, path.name, data_name)
+    check_against_data(interface, splits, path.name, data_name, mapped)
     return interface
 
 
-def check_against_data(interface: TeacherInterface, splits: Splits, name: str, data_name: str) -> None:
-    """Channels, image size and class count of the teacher must be the data's: a one-line error naming both."""
+def check_against_data(
+    interface: TeacherInterface, splits: Splits, name: str, data_name: str, mapped: bool = False
+) -> None:
+    """Channels, image size and (unless ``mapped`` by a class map) class count of the teacher must be the data's:
+    a one-line error naming both."""
     channels, height, width = interface.chw
     c, h, w = splits.input_shape
     side = f"the data ({data_name}) gives {c}×{h}×{w} (C×H×W)"
@@ -227,10 +233,11 @@ def check_against_data(interface: TeacherInterface, splits: Splits, name: str, d
             f"set data.image_size: [{height}, {width}]",
         )
     classes = interface.num_classes
-    if isinstance(classes, int) and classes != len(splits.classes):
+    if not mapped and isinstance(classes, int) and classes != len(splits.classes):
         raise DataError(
             f"the teacher {name} outputs {classes} classes; the data ({data_name}) has {len(splits.classes)}",
-            "distill on data with the teacher's classes, labels 0..N-1 in its output order",
+            "set teacher.class_map to the model's labels file or to {class: output index}, or distill on data "
+            "with the teacher's classes, labels 0..N-1 in its output order",
         )
     if len(interface.mean) not in (1, c):
         raise ModelError(f"teacher.input.mean has {len(interface.mean)} values for {c}-channel images")
@@ -287,7 +294,13 @@ def looks_like_probabilities(outputs: np.ndarray) -> bool:
 
 
 class FileTeacher(nn.Module):
-    """A teacher file on its own runtime as a parameterless module: run-normalized NCHW batch in, logits out."""
+    """A teacher file on its own runtime as a parameterless module: run-normalized NCHW batch in, logits out.
+
+    ``output_indices`` (set by :func:`pipeline.class_map.restrict_outputs`) keeps those of the file's
+    ``source_outputs`` outputs, in that order, in the runner's logits and the forward's."""
+
+    output_indices: list[int] | None = None
+    source_outputs: int | None = None
 
     def __init__(self, path: Path, interface: TeacherInterface, run_mean: list[float], run_std: list[float]) -> None:
         super().__init__()
@@ -306,10 +319,12 @@ class FileTeacher(nn.Module):
         return (x * self._scale + self._shift).astype(np.float32)
 
     def to_logits(self, outputs: np.ndarray) -> np.ndarray:
+        """The file's outputs (N, source_outputs) as float logits of the kept outputs: log of probabilities (a
+        softmax over all of the file's outputs), then the class map's columns."""
         outputs = outputs.reshape(len(outputs), -1).astype(np.float32)
         if self.interface.outputs == "probabilities":
-            return np.log(np.maximum(outputs, LOG_FLOOR))
-        return outputs
+            outputs = np.log(np.maximum(outputs, LOG_FLOOR))
+        return outputs if self.output_indices is None else np.ascontiguousarray(outputs[:, self.output_indices])
 
     def runner(self, threads: int | None) -> Runner:
         """A runner fed the run's normalized NCHW batches (as every artifact of the run is), giving logits."""
@@ -323,10 +338,13 @@ class FileTeacher(nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def adopt_teacher_file(source: Path, given: TeacherInput, splits: Splits, data_name: str, folder: Path) -> FileTeacher:
-    """Describe and check the teacher file, copy it into the run's ``folder`` and load it; what its outputs are
-    (logits or probabilities) is settled on the first validation batch when ``given.outputs`` is auto."""
-    interface = describe_teacher_file(source, given, splits, data_name)
+def adopt_teacher_file(
+    source: Path, given: TeacherInput, splits: Splits, data_name: str, folder: Path, mapped: bool = False
+) -> FileTeacher:
+    """Describe and check the teacher file (``mapped``: its outputs are picked by a class map), copy it into the
+    run's ``folder`` and load it; what its outputs are (logits or probabilities) is settled on the first validation
+    batch when ``given.outputs`` is auto."""
+    interface = describe_teacher_file(source, given, splits, data_name, mapped)
     if interface.format == "TFLite" and interface.layout != "NHWC":
         raise ModelError(f"the teacher {source.name} takes NCHW input; the TFLite interpreter is fed NHWC here")
     stored = store_teacher_file(source, folder)

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import distributed
 from pipeline.config import TrainConfig
-from pipeline.data import Images, Splits
+from pipeline.data import DECODE_THREADS, Images, Splits
+from pipeline.errors import EdgepipeError
 from pipeline.io import atomic_path
 from pipeline.losses import FeatureTap, Objective, Outputs
 from pipeline.progress import progress_bar
@@ -30,21 +31,75 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def to_input(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+def to_input(x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """A float NCHW batch in channels-last memory (oneDNN's fast path for CPU convolutions)."""
-    return torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+    tensor = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+    return tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, splits: Splits, images: Images, batch_size: int = 512) -> np.ndarray:
-    """Float logits of ``model`` over ``images`` (eval mode, normalized as every artifact expects)."""
+    """Float logits of ``model`` over ``images`` (eval mode, normalized as every artifact expects), streamed in
+    batches (an image folder is decoded a batch at a time)."""
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    chunks = [
-        model(to_input(splits.normalize(images.x[i : i + batch_size]), device)).float().cpu().numpy()
-        for i in range(0, len(images), batch_size)
-    ]
+    chunks = [model(to_input(x, device)).float().cpu().numpy() for x, _ in splits.batches(images, batch_size)]
     return np.concatenate(chunks)
+
+
+class _EpochBatches(Dataset):
+    """Item ``step`` is training batch ``step`` of one epoch: (float32 normalized N×C×H×W, int64 labels, row
+    indices), or the ``_Failed`` data error of that batch.
+
+    In-memory data draws its augmentation from one generator in step order (``workers`` must be 0), exactly as
+    before loaders; a lazy folder's batch ``step`` draws from its own generator seeded by (``seed_parts``, step), so
+    DataLoader workers may build batches in any order and the epoch is still the same."""
+
+    def __init__(self, splits: Splits, order: np.ndarray, batch_size: int, seed_parts: list[int]) -> None:
+        self.splits, self.order, self.batch_size, self.seed_parts = splits, order, batch_size, seed_parts
+        self.steps = math.ceil(len(order) / batch_size)
+        self.shared_rng = None if splits.lazy else np.random.default_rng(seed_parts)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int):
+        index = self.order[step * self.batch_size : (step + 1) * self.batch_size]
+        rng = self.shared_rng if self.shared_rng is not None else np.random.default_rng([*self.seed_parts, step])
+        threads = 1 if torch.utils.data.get_worker_info() else DECODE_THREADS  # a worker decodes its batch alone
+        try:
+            pixels = self.splits.train_batch(index, rng, threads)
+        except EdgepipeError as e:  # raised again in the training process as itself (workers would re-wrap it)
+            return _Failed(type(e), str(e), e.hint)
+        return self.splits.normalize(pixels), self.splits.train.y[index], index
+
+
+@dataclass
+class _Failed:
+    """An edgepipe error raised while building a batch (in a worker process)."""
+
+    kind: type
+    message: str
+    hint: str | None
+
+    def raise_it(self) -> None:
+        raise self.kind(self.message, self.hint)
+
+
+def _epoch_loader(splits: Splits, order: np.ndarray, batch_size: int, seed_parts: list[int], device) -> DataLoader:
+    """Batches of one epoch through torch's DataLoader: for a lazy folder ``splits.workers`` processes decode and
+    prefetch them; in-memory data is batched in this process. The loader has its own generator (its base seed
+    would otherwise be drawn from torch's global one, changing the training's random stream)."""
+    workers = splits.workers if splits.lazy else 0
+    return DataLoader(
+        _EpochBatches(splits, order, batch_size, seed_parts),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator(),
+        prefetch_factor=2 if workers else None,
+    )
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -164,12 +219,13 @@ def fit(job: TrainJob, splits: Splits) -> dict:
             trainee.train()
             sampler.set_epoch(epoch)
             order = np.fromiter(iter(sampler), dtype=np.int64)
-            rng = np.random.default_rng([job.seed, epoch, rank])
-            for step in range(steps_per_epoch):
-                index = order[step * batch_size : (step + 1) * batch_size]
-                x = to_input(splits.normalize(splits.train_batch(index, rng)), device)
-                y = torch.from_numpy(splits.train.y[index]).to(device)
-                loss = trainee(x, y, teacher(x, index))
+            for batch in _epoch_loader(splits, order, batch_size, [job.seed, epoch, rank], device):
+                if isinstance(batch, _Failed):
+                    batch.raise_it()
+                x_batch, y_batch, index = batch
+                x = to_input(x_batch, device)
+                y = y_batch.to(device)
+                loss = trainee(x, y, teacher(x, index.numpy()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -271,7 +271,7 @@ def test_program_teacher_with_the_wrong_class_count_names_both(tmp_path: Path, s
     run = RunDir.create(tmp_path / "run", parse_config(student_config))
     with pytest.raises(ModelError) as caught:
         ensure_teacher(run)
-    assert "(2, 7)" in str(caught.value) and "10 classes" in str(caught.value)
+    assert "gives 7 outputs, the data has 10 classes" in str(caught.value)
     assert_one_line(caught.value)
 
 

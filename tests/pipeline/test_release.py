@@ -88,14 +88,22 @@ def test_bundle_alone_reproduces_reported_accuracy(bundle: Path, test_pixels, na
 
 
 @pytest.mark.parametrize("name", ["onnx-int8", "tflite-int8"])
-def test_readme_code_runs(bundle: Path, test_pixels, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's code blocks, run as written from the bundle directory, give the reported accuracy."""
+def test_readme_code_runs(
+    bundle: Path, test_pixels, name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README's code blocks, run as written from the bundle directory on the test images saved as PNG files,
+    give the reported accuracy."""
+    from PIL import Image
+
     pixels, y, classes = test_pixels
+    paths = [tmp_path / f"{i}.png" for i in range(len(pixels))]
+    for path, image in zip(paths, pixels):
+        Image.fromarray(image[..., 0]).save(path)
     blocks = re.findall(r"```python\n(.*?)```", (bundle / "README.md").read_text(), re.S)
     runtime = "onnxruntime" if name.startswith("onnx") else "ai_edge_litert"
     prepare, run = blocks[0], next(block for block in blocks[1:] if runtime in block)
     monkeypatch.chdir(bundle)
-    namespace = {"pixels": pixels}
+    namespace = {"paths": paths}
     exec(re.sub(r'name = "[^"]+"', f'name = "{name}"', prepare) + run, namespace)
     accuracy = round(float(np.mean([p == classes[t] for p, t in zip(namespace["classes"], y)]) * 100), 2)
     assert accuracy == namespace["entry"]["measurements"][0]["accuracy"]
