@@ -193,7 +193,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A teacher-cnn trained for 2 epochs on digits, shared by every test that only trains students."""
+    """A teacher-cnn trained for 2 epochs on digits, shared by every test that only trains students. Trained at
+    2 intra-op threads whichever test asks first (a module under ``one_thread`` would otherwise give other
+    float sums, so other weights, and results downstream would depend on the order tests run in)."""
+    import torch
+
     from pipeline.config import parse_config
     from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
@@ -205,7 +209,12 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "teacher": {"epochs": 2, "batch_size": 64},
         "export": {"targets": []},
     }
-    ensure_teacher(RunDir.create(root, parse_config(config)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ensure_teacher(RunDir.create(root, parse_config(config)))
+    finally:
+        torch.set_num_threads(threads)
     return root / TEACHER_PATH
 
 
