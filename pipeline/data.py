@@ -435,11 +435,12 @@ def _visible_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under ``folder`` in sorted path order, and the other files (not images, broken links).
+def _list_files(folder: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``folder`` in sorted path order (part by part, as ``Path`` sorts), and the other files
+    (not images, broken links).
 
     Recursive; hidden entries are ignored; links to files and folders are followed, each real folder walked once
-    (a link back up the tree is no loop)."""
+    (a link back up the tree is no loop). Paths stay strings: 50,000 ``Path`` objects take seconds to sort."""
     suffixes = image_suffixes()
     images, others, walked = [], [], set()
     for parent, dirs, files in os.walk(folder, followlinks=True):
@@ -452,10 +453,14 @@ def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
         for name in files:
             if name.startswith("."):
                 continue
-            path = Path(parent, name)
-            is_image = os.path.splitext(name)[1].lower() in suffixes and path.is_file()  # a broken link is not
+            path = os.path.join(parent, name)
+            is_image = os.path.splitext(name)[1].lower() in suffixes and os.path.isfile(path)  # a broken link isn't
             (images if is_image else others).append(path)
-    return sorted(images), sorted(others)
+    return sorted(images, key=_path_parts), sorted(others, key=_path_parts)
+
+
+def _path_parts(path: str) -> list[str]:
+    return path.split(os.sep)
 
 
 @dataclass(frozen=True)
@@ -485,9 +490,9 @@ def _list_class_folders(root: Path) -> _Listing:
                 f"class folder {folder} holds no images (files Pillow opens: .png, .jpg, .jfif, .webp, .tif, …)",
                 "add images or remove the folder",
             )
-        paths += [str(path) for path in images]
+        paths += images
         labels += [label] * len(images)
-        skipped += [str(path) for path in others]
+        skipped += others
     return _Listing([folder.name for folder in folders], paths, np.asarray(labels, np.int64), skipped)
 
 
