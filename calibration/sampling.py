@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import CalibrationConfig
 from pipeline.data import Splits
 from pipeline.errors import DataError
 from pipeline.io import atomic_path
@@ -45,12 +46,32 @@ class CalibrationSet:
         return calibration
 
 
+def calibration_size(config: CalibrationConfig, available: int) -> tuple[int, str | None]:
+    """How many training samples to draw, and a note when that is fewer than ``calibration.size``: left at its
+    default (512) on a training split of fewer samples (``available``), the whole split is the calibration set.
+    A size the user set above the split is kept (``draw_calibration_set`` then says what to do)."""
+    default = CalibrationConfig.model_fields["size"].default
+    if config.size <= available or config.size != default:  # a config written back in full sets size: compare
+        return config.size, None
+    return available, (
+        f"calibration.size is {default} (the default) but the training split has only {available} samples: "
+        f"calibrating on all {available}"
+    )
+
+
 def draw_calibration_set(splits: Splits, size: int, seed: int, selection: str = "stratified") -> CalibrationSet:
     """Pick ``size`` training samples: each class in proportion to its share of the training split
-    (``stratified``), or the same number from every class as far as each class has samples (``balanced``)."""
+    (``stratified``), or the same number from every class as far as each class has samples (``balanced``).
+
+    Raises:
+        DataError: ``size`` is larger than the training split.
+    """
     train = splits.train
     if size > len(train):
-        raise DataError(f"calibration.size is {size} but the training split has only {len(train)} samples")
+        raise DataError(
+            f"calibration.size is {size} but the training split has only {len(train)} samples",
+            f"lower calibration.size to at most {len(train)}, or give more training images",
+        )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(train.y, return_counts=True)
     quotas = _balanced_quotas(counts, size) if selection == "balanced" else _stratified_quotas(counts, size)

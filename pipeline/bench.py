@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
+from pipeline.errors import DataError
 from pipeline.harness import Plan, first_line, measure_plan
 from pipeline.io import hash_json
 from pipeline.manifest import ArtifactRecord, Measurement, Skipped
@@ -176,7 +177,11 @@ def _converted(measurement: Measurement, interpreter_logits: np.ndarray | None, 
 def run_bench(run: RunDir) -> list[Measurement]:
     """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason.
 
-    When the reference is the student itself, its PyTorch row is measured once and recorded for both names."""
+    When the reference is the student itself, its PyTorch row is measured once and recorded for both names.
+
+    Raises:
+        DataError: a test image does not decode (the data's fault, not a row of any artifact: the stage ends).
+    """
     cfg = run.config.bench
     self_reference = _reference_is_student(run)
     splits = run.splits
@@ -191,6 +196,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
             bar.update(task, status=name)
             try:
                 plans = make_plans()
+            except DataError:
+                raise
             except Exception as e:
                 skipped.append(Skipped(artifact=name, runtime=runtime, reason=first_line(e)))
                 bar.advance(task)
@@ -200,6 +207,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 bar.update(task, status=plan.label)
                 try:
                     measurement, logits = measure_plan(plan, x_test, y_test, teacher_top1, cfg)
+                except DataError:  # a test image that does not decode is the data's fault: it ends the stage
+                    raise
                 except Exception as e:
                     skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=first_line(e)))
                     continue

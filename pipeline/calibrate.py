@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from calibration.sampling import CalibrationSet, draw_calibration_set
+import sys
+
+from calibration.sampling import CalibrationSet, calibration_size, draw_calibration_set
 from pipeline.rundir import RunDir
 
 CALIBRATION_PATH = "calibration/calibration.npz"
@@ -18,7 +20,10 @@ def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
     if not force and run.manifest.reusable("calibration", calibration_id, run.root):
         return CalibrationSet.load(path)
     cfg = run.config.calibration
-    calibration = draw_calibration_set(run.splits, cfg.size, run.config.seed, cfg.selection)
+    size, note = calibration_size(cfg, len(run.splits.train))
+    if note is not None:
+        print(f"edgepipe: warning: {note}", file=sys.stderr)
+    calibration = draw_calibration_set(run.splits, size, run.config.seed, cfg.selection)
     calibration.save(path)
     counts = {
         run.splits.classes[c]: int((calibration.labels == c).sum()) for c in sorted(set(calibration.labels.tolist()))
@@ -34,6 +39,7 @@ def run_calibrate(run: RunDir, force: bool = False) -> CalibrationSet:
             "split": "train",
             "per_class": counts,
             "sample_ids": calibration.ids.tolist(),
+            **({"note": note} if note else {}),
         },
     )
     return calibration

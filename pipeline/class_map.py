@@ -18,7 +18,7 @@ from torch import nn
 from pipeline.config import ClassMap
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
-from pipeline.models import ExportedTeacher, LogitsOutput
+from pipeline.models import ExportedTeacher, LogitsOutput, state_dict_of
 
 SHOWN = 3  # missing classes named in an error
 
@@ -269,7 +269,7 @@ def outputs_to_build(
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types; loading the checkpoint itself reports it
         return classes
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    state = state_dict_of(payload)
     return (checkpoint_outputs(state, build(classes)) if isinstance(state, dict) else None) or classes
 
 

@@ -106,7 +106,7 @@ def run(
         raise ConfigError(f"unknown stage {unknown[0]!r} for --force; valid: {', '.join(STAGES)}")
     _quiet_frameworks()
     overrides = {"data.source": data} if data else {}
-    run_dir = run_pipeline(load_config(config, overrides), out, set(force))
+    run_dir = run_pipeline(load_config(config, overrides, absolute=True), out, set(force))
     typer.echo(f"edgepipe: wrote {run_dir / 'report.md'}, {run_dir / 'report.html'} and {run_dir / 'manifest.json'}")
 
 
@@ -131,7 +131,7 @@ def distill(
     distributed.setup_from_env()
     try:
         _quiet_frameworks()
-        run = RunDir.create(run_dir, load_config(config)) if config else _open(run_dir)
+        run = RunDir.create(run_dir, load_config(config, absolute=True)) if config else _open(run_dir)
         run_distill(run, force, baseline or None)
     finally:
         distributed.teardown()

@@ -707,8 +707,10 @@ def parse_config(raw: dict) -> RunConfig:
         raise ConfigError(_describe(e), "see examples/config.yaml for every key") from None
 
 
-def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
-    """Read YAML at ``path`` (the embedded default when None) and apply dotted-key overrides."""
+def load_config(path: Path | None, overrides: dict | None = None, absolute: bool = False) -> RunConfig:
+    """Read YAML at ``path`` (the embedded default when None) and apply dotted-key overrides; ``absolute`` (a
+    config starting a run): the files it names, relative to the current directory, made absolute (see
+    :func:`absolute_paths`), so the run's saved config.yaml works from any directory."""
     raw: dict = {}
     if path is not None:
         if not path.is_file():
@@ -725,7 +727,59 @@ def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return parse_config(raw)
+    config = parse_config(raw)
+    return absolute_paths(config) if absolute else config
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).absolute()) if path else path
+
+
+def _absolute_arch(arch: str | None) -> str | None:
+    """``file.py:factory`` with the file's path absolute; other architectures as they are."""
+    module, colon, factory = (arch or "").rpartition(":")
+    return f"{_absolute(module)}{colon}{factory}" if colon and module.endswith(".py") else arch
+
+
+def _absolute_class_map(spec: str | dict | None) -> str | dict | None:
+    return _absolute(spec) if isinstance(spec, str) else spec
+
+
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every file it names absolute, taken from the current directory: data.source / data.test
+    when paths (not built-in names), teacher/student checkpoints (not auto), ``file.py:factory`` architectures
+    and class-map label files. A config naming no relative file comes back equal (same dump, same artifact ids)."""
+    from pipeline.data import SOURCES
+
+    data = config.data
+    update: dict = {
+        "data": data.model_copy(
+            update={
+                "source": data.source if data.source in SOURCES else _absolute(data.source),
+                "test": _absolute(data.test),
+            }
+        ),
+        "student": config.student.model_copy(
+            update={
+                "arch": _absolute_arch(config.student.arch),
+                "checkpoint": _absolute(config.student.checkpoint),
+                "class_map": _absolute_class_map(config.student.class_map),
+            }
+        ),
+    }
+    if config.teacher is not None:
+        teacher = config.teacher
+        checkpoint = teacher.checkpoint if teacher.checkpoint == "auto" else _absolute(teacher.checkpoint)
+        update["teacher"] = teacher.model_copy(
+            update={
+                "arch": _absolute_arch(teacher.arch),
+                "checkpoint": checkpoint,
+                "class_map": _absolute_class_map(teacher.class_map),
+            }
+        )
+    if config.distill is not None:
+        update["distill"] = config.distill.model_copy(update={"arch": _absolute_arch(config.distill.arch)})
+    return config.model_copy(update=update)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -12,8 +12,10 @@ through ``Splits.train_batch``; ``Splits.train``/``val``/``test`` stay raw.
 
 Image folders: files with an extension Pillow can open (``image_suffixes``, any case) are images; other files are
 skipped and listed (``Splits.skipped``); hidden files and folders are ignored; symbolic links to files and folders
-are followed, each real folder walked once per class (no loops). Each class must have at least one image in every
-split (``data.small_classes``).
+are followed, but each real folder is walked once and each real file listed once across all classes: a link that
+leads to another class folder, the data root or above is not followed, and a file met again is skipped — both
+noted (``Splits.notes``, ``Splits.duplicates``). Each class must have at least one image in every split
+(``data.small_classes``).
 """
 
 from __future__ import annotations
@@ -228,8 +230,9 @@ class Splits:
     ``train``, ``val`` and ``test`` hold the preprocessed but never augmented pixels; ``train_batch`` is the
     one place augmentation happens. ``skipped`` lists the files of an image folder that are not images;
     ``stats_samples`` is how many training images mean/std came from (None: given in the config); ``workers`` how
-    many DataLoader processes decode training batches (0: in this process); ``notes`` the data warnings (small
-    classes kept by ``data.small_classes: warn``).
+    many DataLoader processes decode training batches (0: in this process); ``notes`` the data warnings (links
+    not followed, files met twice, small classes kept by ``data.small_classes: warn``); ``duplicates`` the files
+    skipped because their real file is listed already (each with the path it is listed as).
     """
 
     train: Images
@@ -246,6 +249,7 @@ class Splits:
     stats_samples: int | None = None
     workers: int = 0
     notes: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -333,13 +337,16 @@ def _cropped_arrays(x: np.ndarray, rng: np.random.Generator, crop) -> np.ndarray
 
 @dataclass(frozen=True)
 class Source:
-    """What one data source yields before preprocessing and splitting (``skipped``: files that are not images)."""
+    """What one data source yields before preprocessing and splitting (``skipped``: files that are not images;
+    ``notes``: listing warnings, such as links not followed; ``duplicates``: files skipped as listed already)."""
 
     train: Images
     test: Images | None
     classes: list[str] | None
     layout: str
     skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
 
 
 SourceLoader = Callable[[DataConfig], "tuple[Images, Images | None, list[str]]"]
@@ -435,28 +442,133 @@ def _visible_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_files(folder: Path) -> tuple[list[str], list[str]]:
-    """Image files under ``folder`` in sorted path order (part by part, as ``Path`` sorts), and the other files
-    (not images, broken links).
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
-    Recursive; hidden entries are ignored; links to files and folders are followed, each real folder walked once
-    (a link back up the tree is no loop). Paths stay strings: 50,000 ``Path`` objects take seconds to sort."""
+
+@dataclass
+class _Seen:
+    """What listing one image folder has met so far, so that each real folder is walked once and each real file
+    listed once across all its classes (and across train/ and test/).
+
+    ``classes`` maps the real path of every class folder to its path, ``walked`` each real folder walked to the
+    path it was walked as, ``files`` each real image file listed to its listed path; ``notes`` are the data
+    warnings (links not followed, duplicates skipped) and ``duplicates`` the files skipped as already listed."""
+
+    data_root: str
+    classes: dict[str, str] = field(default_factory=dict)
+    walked: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    def register(self, folders: list[Path]) -> None:
+        """Take ``folders`` as class folders (no link elsewhere may lead into them).
+
+        Raises:
+            DataError: two class folders are one real folder.
+        """
+        for folder in folders:
+            real, path = os.path.realpath(folder), os.fspath(folder)
+            if self.classes.get(real, path) != path:
+                raise DataError(
+                    f"class folders {self.classes[real]} and {folder} are the same folder ({real})",
+                    "remove one of them (a link), or give each class its own folder",
+                )
+            self.classes[real] = path
+
+    def owner(self, real: str) -> tuple[str, str] | None:
+        """(real path, path) of the class folder that real path ``real`` is or lies under, if any."""
+        path = real
+        while path not in self.classes:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+        return path, self.classes[path]
+
+    def enter(self, folder: str, real: str, own_class: str) -> bool:
+        """Whether to walk ``folder`` (real path ``real``) met while listing class folder ``own_class``: not when it
+        leads into another class folder, to the data root or to a folder holding either, nor to a real folder
+        walked already (noted, except a link back up its own tree: a loop adds nothing)."""
+        owner = self.owner(real)
+        if owner is not None and owner[1] != own_class:
+            where = "is" if real == owner[0] else "lies inside"
+            return self._not_followed(folder, real, f"which {where} the class folder {owner[1]}")
+        if owner is None:
+            if _inside(self.data_root, real):
+                return self._not_followed(
+                    folder, real, f"which {'is' if real == self.data_root else 'holds'} the data root"
+                )
+            held = next((path for key, path in self.classes.items() if _inside(key, real)), None)
+            if held is not None:
+                return self._not_followed(folder, real, f"which holds the class folder {held}")
+        if real in self.walked:
+            if not _inside(os.path.realpath(os.path.dirname(folder)), real):
+                self._not_followed(folder, real, f"already listed as {self.walked[real]}")
+            return False
+        self.walked[real] = folder
+        return True
+
+    def _not_followed(self, folder: str, real: str, why: str) -> bool:
+        self.notes.append(f"{folder} leads to {real}, {why}; not followed")
+        return False
+
+    def first_listing(self, images: list[tuple[str, str]], folder: Path) -> list[str]:
+        """The paths of ``images`` ((path, real path), in sorted order) whose real file is not listed yet; the others
+        are skipped: each in ``duplicates``, one note for the class folder."""
+        kept, repeated = [], []
+        for path, real in images:
+            if real in self.files:
+                repeated.append(f"{path} (the same file as {self.files[real]})")
+            else:
+                self.files[real] = path
+                kept.append(path)
+        if repeated:
+            self.duplicates += repeated
+            self.notes.append(
+                f"{len(repeated)} file(s) under {folder} are files listed already, skipped (first: {repeated[0]})"
+            )
+        return kept
+
+
+def _list_files(folder: Path, seen: _Seen) -> tuple[list[str], list[str]]:
+    """Image files under class folder ``folder`` in sorted path order (part by part, as ``Path`` sorts), and the
+    other files (not images, broken links).
+
+    Recursive; hidden entries are ignored; links to files and folders are followed, but each real folder is walked
+    once and each real file listed once across the whole listing (``seen``): a link to another class folder, the
+    data root or above is not followed, a file met again is skipped (both noted in ``seen``). Paths stay strings:
+    50,000 ``Path`` objects take seconds to sort."""
     suffixes = image_suffixes()
-    images, others, walked = [], [], set()
-    for parent, dirs, files in os.walk(folder, followlinks=True):
+    top = os.fspath(folder)
+    images, others = [], []
+    seen.walked.setdefault(os.path.realpath(top), top)
+    stack = [top]
+    while stack:  # depth first, sub-folders in sorted order: the first path met to a folder is the first sorted
+        parent = stack.pop()
         real = os.path.realpath(parent)
-        if real in walked:
-            dirs[:] = []
+        if parent != top and not seen.enter(parent, real, top):
             continue
-        walked.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.startswith("."):
-                continue
-            path = os.path.join(parent, name)
-            is_image = os.path.splitext(name)[1].lower() in suffixes and os.path.isfile(path)  # a broken link isn't
-            (images if is_image else others).append(path)
-    return sorted(images, key=_path_parts), sorted(others, key=_path_parts)
+        subfolders = []
+        try:
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        subfolders.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in suffixes and entry.is_file():  # a broken link isn't
+                        target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+                        images.append((entry.path, target))
+                    else:
+                        others.append(entry.path)
+        except OSError:  # an unreadable folder is passed over, as os.walk does
+            continue
+        stack += sorted(subfolders, reverse=True)
+    images.sort(key=lambda item: _path_parts(item[0]))
+    return seen.first_listing(images, folder), sorted(others, key=_path_parts)
 
 
 def _path_parts(path: str) -> list[str]:
@@ -465,7 +577,7 @@ def _path_parts(path: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _Listing:
-    """An image folder listed: class names, one path and label per image, and the files skipped."""
+    """An image folder listed: class names, one path and label per image, and the files skipped (not images)."""
 
     classes: list[str]
     paths: list[str]
@@ -473,7 +585,13 @@ class _Listing:
     skipped: list[str]
 
 
-def _list_class_folders(root: Path) -> _Listing:
+def _list_class_folders(root: Path, seen: _Seen) -> _Listing:
+    """Every class folder of ``root`` listed (``_list_files``), sharing ``seen`` for links and duplicates.
+
+    Raises:
+        DataError: fewer than 2 class folders, two class folders that are one real folder, or a class folder
+            without images.
+    """
     folders = _visible_dirs(root)
     if len(folders) < 2:
         raise DataError(
@@ -482,9 +600,10 @@ def _list_class_folders(root: Path) -> _Listing:
             "lay it out as PATH/<class>/<image> or PATH/train/<class>/<image> + PATH/test/<class>/<image>, "
             "or give a directory of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte)",
         )
+    seen.register(folders)
     paths, labels, skipped = [], [], []
     for label, folder in enumerate(folders):
-        images, others = _list_files(folder)
+        images, others = _list_files(folder, seen)
         if not images:
             raise DataError(
                 f"class folder {folder} holds no images (files Pillow opens: .png, .jpg, .jfif, .webp, .tif, …)",
@@ -562,10 +681,10 @@ def _decoders(config: DataConfig) -> tuple[Callable, Callable | None]:
     return decoder_for(config), (train_decoder_for(config) if crops else None)
 
 
-def _read_class_folders(root: Path, config: DataConfig) -> tuple[Images, list[str], list[str]]:
-    """A class-folder tree as lazy images: listed, headers checked where the config leaves channels or size open,
-    the first image decoded for the sample shape."""
-    listing = _list_class_folders(root)
+def _read_class_folders(root: Path, config: DataConfig, seen: _Seen) -> tuple[Images, list[str], list[str]]:
+    """A class-folder tree as lazy images: listed (``seen``: what the listing met before), headers checked where the
+    config leaves channels or size open, the first image decoded for the sample shape."""
+    listing = _list_class_folders(root, seen)
     _check_headers(listing.paths, config.channels, config.image_size, root)
     decode, train_decode = _decoders(config)
     sample_shape = decode(Path(listing.paths[0])).shape
@@ -585,28 +704,39 @@ def read_image_folder(
     Labels index the class names sorted by name; samples are ordered by class, then by path, and their ids are
     positions in that order. Images decode as ``config`` says (``decoder_for``; default: converted to
     ``channels`` and resized to ``size`` when given); without channels or size every image must share the first
-    one's (checked from the headers). Files that are not images are listed in ``Source.skipped``.
+    one's (checked from the headers). Files that are not images are listed in ``Source.skipped``; links not
+    followed and files met twice (each real file is listed once, where it is met first) in ``Source.notes`` and
+    ``Source.duplicates``.
 
     Raises:
         DataError: the layout is wrong, a class folder holds no images, a file is unreadable, or images differ in
             channels or size where the config leaves them open.
     """
     config = config or DataConfig(source=str(root), channels=channels, image_size=size)
+    seen = _Seen(os.path.realpath(root))
     if not _is_split_layout(root):
-        train, classes, skipped = _read_class_folders(root, config)
-        return Source(train, None, classes, "image-folder", tuple(skipped))
+        train, classes, skipped = _read_class_folders(root, config, seen)
+        return _folder_source(train, None, classes, "image-folder", skipped, seen)
     others = [d.name for d in _visible_dirs(root) if d.name not in ("train", "test")]
     if others:
         raise DataError(
             f"{root} holds {others} beside train/ and test/",
             "move them out, or point data.test at a separate test folder",
         )
-    train, classes, skipped = _read_class_folders(root / "train", config)
+    if (root / "test").is_dir():
+        seen.register(_visible_dirs(root / "test"))  # a link under train/ must not lead into a test class folder
+    train, classes, skipped = _read_class_folders(root / "train", config, seen)
     if not (root / "test").is_dir():
-        return Source(train, None, classes, "image-folder train/", tuple(skipped))
-    test, test_classes, test_skipped = _read_class_folders(root / "test", config)
+        return _folder_source(train, None, classes, "image-folder train/", skipped, seen)
+    test, test_classes, test_skipped = _read_class_folders(root / "test", config, seen)
     _same_classes(classes, test_classes, f"{root / 'train'}", f"{root / 'test'}")
-    return Source(train, test, classes, "image-folder train/ + test/", tuple(skipped + test_skipped))
+    return _folder_source(train, test, classes, "image-folder train/ + test/", skipped + test_skipped, seen)
+
+
+def _folder_source(
+    train: Images, test: Images | None, classes: list[str], layout: str, skipped: list[str], seen: _Seen
+) -> Source:
+    return Source(train, test, classes, layout, tuple(skipped), tuple(seen.notes), tuple(seen.duplicates))
 
 
 def _same_classes(classes: list[str], other: list[str], where: str, other_where: str) -> None:
@@ -738,9 +868,11 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     """
     source = _load_source(config)
     test, layout, skipped = source.test, source.layout, source.skipped
+    listing_notes, duplicates = source.notes, source.duplicates
     if config.test is not None:
         extra = _load_test(config, source)
         test, layout, skipped = extra.train, f"{layout}; test: {extra.layout}", skipped + extra.skipped
+        listing_notes, duplicates = listing_notes + extra.notes, duplicates + extra.duplicates
     train = conform(source.train, config, config.source)
     if test is not None:
         test = conform(test, config, config.test or config.source)
@@ -758,7 +890,9 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         )
     if int(labels.min()) < 0 or num_classes > len(classes):
         raise DataError(f"labels must lie in 0..{len(classes) - 1}; found {labels.min()}..{num_classes - 1}")
-    notes = _small_classes(config, classes, (train, val, test), carved=source.test is None and config.test is None)
+    notes = listing_notes + _small_classes(
+        config, classes, (train, val, test), carved=source.test is None and config.test is None
+    )
     empty = [name for name, images in (("train", train), ("validation", val), ("test", test)) if len(images) == 0]
     if empty:
         raise DataError(
@@ -799,6 +933,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         stats_samples,
         workers,
         notes,
+        duplicates,
     )
 
 

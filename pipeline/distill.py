@@ -3,6 +3,7 @@ student trained from labels alone with the same budget (to measure the KD gain).
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pipeline.models import (
     arch_fingerprint,
     build_model,
     count_parameters,
+    first_line,
     is_program,
     load_checkpoint,
     load_program,
@@ -36,7 +38,14 @@ from pipeline.models import (
     select_logits,
 )
 from pipeline.rundir import RunDir
-from pipeline.teacher_files import adopt_teacher_file, file_format, file_parameters, load_file_teacher, source_digest
+from pipeline.teacher_files import (
+    adopt_teacher_file,
+    file_format,
+    file_parameters,
+    load_file_teacher,
+    looks_like_probabilities,
+    source_digest,
+)
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 
 CE_ONLY = [LossSpec(name="ce")]
@@ -45,6 +54,7 @@ STUDENT_PATH = "checkpoints/student.pt"
 BUNDLED_TEACHER = Path(__file__).parent / "assets" / "teacher-cnn-fashion-mnist.pt"
 BUNDLED_TEACHER_NOTE = "bundled with edgepipe (pipeline/assets; made by `python bench/bundled_teacher.py`)"
 SELF_REFERENCE_NOTE = "reference: the shipped model itself, no distillation"
+KIND_BATCH = 8  # training images a student's output kind (logits or probabilities) is judged on
 
 
 def _shape(run: RunDir) -> tuple[int, int]:
@@ -167,7 +177,9 @@ def _teacher_id(run: RunDir) -> str:
     if checkpoint:
         foreign = file_format(checkpoint)
         if not (checkpoint.is_file() or (foreign and checkpoint.is_dir())):
-            raise ModelError(f"teacher checkpoint {checkpoint} does not exist", "fix teacher.checkpoint in the config")
+            raise ModelError(
+                f"teacher checkpoint {checkpoint.absolute()} does not exist", "fix teacher.checkpoint in the config"
+            )
         try:
             digest = source_digest(checkpoint)
         except OSError as e:
@@ -343,7 +355,9 @@ def _given_model(run: RunDir, source: Path, spec: StudentConfig) -> tuple[nn.Mod
     """The trained student at ``source`` (TorchScript / .pt2 program, or a state_dict into ``spec.arch``) and its
     kind; in eval mode, never trained here."""
     if not source.is_file():
-        raise ModelError(f"student checkpoint {source} does not exist", "fix student.checkpoint in the config")
+        raise ModelError(
+            f"student checkpoint {source.absolute()} does not exist", "fix student.checkpoint in the config"
+        )
     if is_program(source):
         return load_program(source), "program"
     channels = _shape(run)[0]
@@ -351,13 +365,15 @@ def _given_model(run: RunDir, source: Path, spec: StudentConfig) -> tuple[nn.Mod
     return load_checkpoint(source, spec.arch, channels, outputs_built, spec.arch_kwargs), "state_dict"
 
 
-def check_student(run: RunDir) -> tuple[nn.Module, dict | None, str]:
+def check_student(run: RunDir) -> tuple[nn.Module, dict | None, str, str]:
     """The configured student, built (or loaded from ``student.checkpoint``) and checked against the data before
-    any training: (model answering with its logits, outputs record, kind).
+    any training: (model answering with its logits, outputs record, kind, output kind: "logits" or
+    "probabilities" — a softmax inside the model, see :func:`_output_kind`).
 
     Raises:
-        ModelError: the architecture does not build or import, the checkpoint is missing or does not fit it, or the
-            model does not take the data's input or give one logit per class.
+        ModelError: the architecture does not build or import, the checkpoint is missing or does not fit it, the
+            model does not take the data's input or give one output per class, or a student to distil outputs
+            probabilities.
         ConfigError: a program checkpoint is to be distilled (only a state_dict can be trained).
     """
     spec = run.config.student_model()
@@ -370,8 +386,29 @@ def check_student(run: RunDir) -> tuple[nn.Module, dict | None, str]:
         model, kind = _given_model(run, source, spec)
     if kind == "program":
         _check_program(model, run, source)
+    output_kind = _output_kind(model, run, spec.output)  # before _check_outputs restricts it to a class map's outputs
     model, outputs = _check_outputs(model, run, "student", spec.output)
-    return model, outputs, kind
+    if output_kind == "probabilities" and run.config.distill is not None:
+        raise ModelError(
+            f"the student ({spec.arch}) outputs probabilities (every row of a first batch is ≥ 0 and sums to 1); "
+            "remove the final softmax, it is applied by the loss",
+            "distillation trains on logits; or set distill: null to ship a trained model with its softmax",
+        )
+    return model, outputs, kind, output_kind or "logits"
+
+
+def _output_kind(model: nn.Module, run: RunDir, output: int | str) -> str | None:
+    """What the model outputs on the first training images: "probabilities" (a softmax inside the model: every row
+    ≥ 0 and summing to 1, as for teacher files) or "logits"; None when it does not run on them
+    (:func:`_check_outputs` then says why)."""
+    batch = torch.from_numpy(run.splits.normalize(run.splits.train.x[:KIND_BATCH]))
+    try:
+        with torch.no_grad():
+            scores = pick_output(model.eval()(batch), output, "student.output")
+    except Exception:
+        return None
+    rows = scores.detach().float().reshape(len(scores), -1).numpy()
+    return "probabilities" if looks_like_probabilities(rows) else "logits"
 
 
 def _check_program(model: nn.Module, run: RunDir, source: Path) -> None:
@@ -391,10 +428,38 @@ def _check_program(model: nn.Module, run: RunDir, source: Path) -> None:
         with torch.no_grad():
             model(batch)
     except Exception as e:
-        raise ModelError(
-            f"student program {source} does not take a batch of 3: {str(e).strip().splitlines()[0]}",
+        raise _program_input_error(source, e, tuple(batch.shape)) from e
+
+
+def _program_input_error(source: Path, error: Exception, shape: tuple[int, ...]) -> ModelError:
+    """Why a program refused a data batch of ``shape`` (N, C, H, W), from its guard (torch.export: ``x.size()[d]
+    == n``) or its convolution's complaint (TorchScript: ``to have n channels, but got m``)."""
+    text = str(error)
+    guard = re.search(r"size\(\)\[(\d+)\] == (\d+)", text)
+    conv = re.search(r"to have (\d+) channels, but got (\d+) channels", text)
+    dim, expected = (int(guard[1]), int(guard[2])) if guard else (1, int(conv[1])) if conv else (None, None)
+    if dim == 0:
+        return ModelError(
+            f"student program {source} does not take a batch of {shape[0]}: {first_line(error)}",
             "export it with a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: Dim('batch')},))",
-        ) from e
+        )
+    if dim == 1:
+        convert = {1: "grayscale", 3: "RGB"}.get(expected)
+        return ModelError(
+            f"student program {source} takes {expected} input channels, the data has {shape[1]}",
+            (f"set data.channels: {expected} (every image converted to {convert}), or " if convert else "")
+            + f"give a model made for {shape[1]} channels",
+        )
+    if dim in (2, 3):
+        side = "height" if dim == 2 else "width"
+        return ModelError(
+            f"student program {source} takes inputs of {side} {expected}, the data's is {shape[dim]}",
+            "set data.image_size to the model's input [height, width], or export it with a dynamic height and width",
+        )
+    return ModelError(
+        f"student program {source} does not run on a data batch {shape}: {first_line(error)}",
+        "check the model's expected input (channels, height, width) against the data's",
+    )
 
 
 def _given_key(run: RunDir, spec: StudentConfig, digest: str) -> dict:
@@ -409,7 +474,7 @@ def _given_key(run: RunDir, spec: StudentConfig, digest: str) -> dict:
 def ship_given_student(run: RunDir, force: bool = False) -> nn.Module:
     """``distill: null``: the trained student, checked, saved into the run as ``student`` exactly as given (never
     in training mode, its BatchNorm statistics untouched) and recorded with its source and sha256."""
-    model, outputs, kind = check_student(run)
+    model, outputs, kind, output_kind = check_student(run)
     spec = run.config.student_model()
     source = Path(spec.checkpoint)
     digest = sha256_file(source)
@@ -440,6 +505,7 @@ def ship_given_student(run: RunDir, force: bool = False) -> nn.Module:
         info={
             **meta,
             "given": True,
+            "output_kind": output_kind,
             "parameters": count_parameters(model),
             **class_map_info(model, run.splits.classes),
             **({"outputs": outputs} if outputs else {}),

@@ -262,7 +262,7 @@ def _qat_step(
     before = _mtime(log)
     try:
         ensure_qat_student(run, reduce_range, left_out, force=bool(force & set(qat_names)))
-    except RunStateError:
+    except (RunStateError, DataError):  # an unreadable training image ends the stage: the data's fault
         raise
     except Exception as e:  # noqa: BLE001 (training that fails costs the QAT-KD rows, never the post-training ones)
         failure = target_failure(run, e, QAT_STUDENT, "qat", log, before)

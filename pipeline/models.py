@@ -68,7 +68,11 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
         if module_name.endswith(".py"):
             path = Path(module_name)
             if not path.is_file():
-                raise ModelError(f"model file {path} does not exist (from arch {spec!r})")
+                raise ModelError(
+                    f"model file {path.absolute()} does not exist (from arch {spec!r})",
+                    f"a relative path is taken from the directory edgepipe starts in ({Path.cwd()}); give the "
+                    "file's path from there, or an absolute one",
+                )
             loader_spec = importlib.util.spec_from_file_location(f"edgepipe_user_{path.stem}", path)
             module = importlib.util.module_from_spec(loader_spec)
             loader_spec.loader.exec_module(module)
@@ -80,7 +84,16 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
         raise ModelError(f"cannot import {module_name!r} for arch {spec!r}: {e}") from e
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelError(f"{module_name!r} has no callable {attr!r} (arch {spec!r})")
+        defined = sorted(
+            name
+            for name, value in vars(module).items()
+            if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+        )
+        raise ModelError(
+            f"{module_name!r} has no callable {attr!r} (arch {spec!r})",
+            f"name after ':' a function or class that returns the nn.Module; {module_name} defines "
+            + (", ".join(defined[:8]) if defined else "none"),
+        )
     return factory
 
 
@@ -115,12 +128,24 @@ def _library_builder(library: str, arch: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(spec.module)
     except Exception as e:  # a torchvision built for another torch raises RuntimeError, not ImportError
         raise ModelError(
-            f"arch {arch!r} needs {library}, which does not import here: {first_line(e)}",
-            f"install the {library} build that matches torch {torch.__version__} (pip install 'edgepipe[{library}]'; "
-            "the PyPI torchvision needs PyPI's CUDA torch, not a +cpu build), or give the architecture as "
-            "file.py:factory",
+            f"arch {arch!r} needs {library}, which does not import here: {first_line(e)}", _library_hint(library)
         ) from e
     return getattr(module, spec.builder)
+
+
+def _library_hint(library: str) -> str:
+    """How to get ``library`` importing next to this torch (timm imports torchvision, so it fails with it)."""
+    cpu = "+cpu" in torch.__version__
+    torchvision = (
+        f"the torchvision built for torch {torch.__version__} (PyPI's torchvision needs PyPI's CUDA torch; with a "
+        "+cpu torch take it from PyTorch's CPU wheel index)"
+    )
+    if library == "timm":
+        situation = "timm imports torchvision when it is imported" + (
+            ", and torchvision does not import next to this CPU torch" if cpu else ""
+        )
+        return f"{situation}; install {torchvision} and timm, or give the architecture as file.py:factory"
+    return f"install {torchvision} (pip install 'edgepipe[{library}]'), or give the architecture as file.py:factory"
 
 
 def _build_library_model(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> nn.Module:
@@ -336,21 +361,52 @@ def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
 def load_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:
     """Load a state_dict checkpoint (``weights_only=True``) into ``arch``; mismatches name the first bad keys."""
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
+        raise ModelError(f"checkpoint {path.absolute()} does not exist", "fix the checkpoint path in the config")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
+        if "Weights only load failed" in str(e):
+            raise ModelError(
+                f"checkpoint {path} is a pickled object (e.g. a whole model saved by torch.save(model)), which "
+                "edgepipe does not unpickle: it loads checkpoints weights_only",
+                "save torch.save(model.state_dict(), path) instead, or the model as a TorchScript program "
+                "(torch.jit.save) or a torch.export .pt2",
+            ) from e
         raise ModelError(
-            f"checkpoint {path} is unreadable or corrupt: {str(e).splitlines()[0]}",
+            f"checkpoint {path} is unreadable or corrupt: {first_line(e)}",
             "re-create it with torch.save(model.state_dict(), path)",
         ) from e
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise ModelError(f"checkpoint {path} holds no state_dict")
+    state = state_dict_of(payload)
+    if state is None:
+        raise ModelError(
+            f"checkpoint {path} holds no state_dict",
+            "save torch.save(model.state_dict(), path), or a dict holding it under 'state_dict' or 'model'",
+        )
     model = build_model(arch, in_channels, num_classes, kwargs)
     _check_state(model.state_dict(), state, path, arch)
     model.load_state_dict(state)
     return model.eval()
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # where training scripts wrap a state_dict
+STATE_DICT_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
+
+
+def state_dict_of(payload: object) -> dict | None:
+    """The state_dict in a loaded checkpoint: the payload itself (tensors by name), or the dict under its first
+    key of :data:`STATE_DICT_KEYS` (``{'state_dict': sd, 'meta': …}``, ``{'model': sd, 'optimizer': …}``), with a
+    prefix of :data:`STATE_DICT_PREFIXES` removed when every key has it; None when the payload is not a dict."""
+    if not isinstance(payload, dict):
+        return None
+    state = next((payload[key] for key in STATE_DICT_KEYS if isinstance(payload.get(key), dict)), payload)
+    state = {key: value for key, value in state.items() if isinstance(key, str)}
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in STATE_DICT_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state, stripped = {key.removeprefix(prefix): value for key, value in state.items()}, True
+    return state
 
 
 def _check_state(expected: dict, found: dict, path: Path, arch: str) -> None:

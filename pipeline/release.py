@@ -41,9 +41,11 @@ class _Record(BaseModel):
 class OutputMeaning(_Record):
     """What the output tensor holds."""
 
-    kind: Literal["logits"] = "logits"
+    kind: Literal["logits", "probabilities"] = Field(
+        "logits", description="probabilities: a model that ends in a softmax (softmax_applied), shipped as trained."
+    )
     labels_file: str = Field(LABELS_FILE, description="Output index i is the class on line i + 1 of this file.")
-    softmax_applied: bool = False
+    softmax_applied: bool = Field(False, description="The model applies the softmax itself (kind: probabilities).")
     formula: str
     class_map: dict[str, int] | None = Field(
         None,
@@ -255,6 +257,7 @@ def _bundle_file(
     class_map = run.manifest.lineage_info(record.name, "class_map")
     source_outputs = run.manifest.lineage_info(record.name, "source_outputs") if class_map else None
     carried = f" (outputs {list(class_map.values())} of the source model's {source_outputs})" if class_map else ""
+    kind = run.manifest.lineage_info(record.name, "output_kind") or "logits"  # a given student may end in a softmax
     entry = BundledArtifact(
         name=record.name,
         file=source.name,
@@ -267,8 +270,10 @@ def _bundle_file(
         output=output,
         preprocessing=run.manifest.data.preprocessing,
         output_meaning=OutputMeaning(
-            formula=("logits = scale * (q - zero_point); " if int8_out else "")
-            + f"class = labels[argmax(logits)] over the {len(labels)} lines of {LABELS_FILE}{carried}",
+            kind=kind,
+            softmax_applied=kind == "probabilities",
+            formula=(f"{kind} = scale * (q - zero_point); " if int8_out else "")
+            + f"class = labels[argmax({kind})] over the {len(labels)} lines of {LABELS_FILE}{carried}",
             class_map=class_map,
             source_outputs=source_outputs,
         ),

@@ -62,7 +62,7 @@ def model_input(pixels):
 
 
 def logits(y):
-    """The raw output → float logits (softmax not applied)."""
+    """The raw output → float scores: logits, or probabilities where entry["output_meaning"]["kind"] says so."""
     if out["scale"] is not None:  # int8 output
         return (y.astype(np.float32) - out["zero_point"]) * out["scale"]
     return y
@@ -117,6 +117,11 @@ def render_readme(manifest: "ReleaseManifest") -> str:
         f"(`output_meaning.class_map` in `manifest.json`: each label's source output index)."
         for entry in manifest.artifacts.values()
         if (mapped := entry.output_meaning.class_map)
+    ]
+    lines += [
+        f"\n{entry.name} outputs probabilities (softmax applied inside the model), not logits."
+        for entry in manifest.artifacts.values()
+        if entry.output_meaning.softmax_applied
     ]
     lines += [
         f"\n**{entry.name} is over its accuracy budget** ({entry.over_budget}); it was shipped with "

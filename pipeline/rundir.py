@@ -97,10 +97,15 @@ class RunDir:
 
     def _log_data(self, splits: Splits) -> None:
         """Write DATA_LOG (files skipped, data warnings) and say the warnings on stderr (rank 0 only)."""
-        if not distributed.is_main() or not (splits.skipped or splits.notes or self.path(DATA_LOG).is_file()):
+        if not distributed.is_main() or not (
+            splits.skipped or splits.notes or splits.duplicates or self.path(DATA_LOG).is_file()
+        ):
             return
         lines = [f"warning: {note}" for note in splits.notes]
-        lines += [f"skipped {len(splits.skipped)} file(s) that are not images:", *splits.skipped]
+        if splits.skipped:
+            lines += [f"skipped {len(splits.skipped)} file(s) that are not images:", *splits.skipped]
+        if splits.duplicates:
+            lines += [f"skipped {len(splits.duplicates)} file(s) listed already:", *splits.duplicates]
         write_text_atomic(self.path(DATA_LOG), "\n".join(lines) + "\n")
         for note in splits.notes:
             print(f"edgepipe: warning: {note}", file=sys.stderr)

@@ -24,7 +24,7 @@ from calibration.readers import ort_reader
 from pipeline.config import OnnxQuantConfig, RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.environment import cpu_facts
-from pipeline.errors import ExportError
+from pipeline.errors import DataError, ExportError
 from pipeline.int8_search import fallback_cost, land, search_int8, top1
 from pipeline.layer_errors import onnx_layer_errors
 from pipeline.runtimes import onnxruntime_runner
@@ -88,7 +88,7 @@ def stage(name: str, exporter: str = "dynamo", log_path: Path | None = None) -> 
     calibrator are named ``calibration``); ``exporter`` and ``log_path`` as for ``failure``."""
     try:
         yield
-    except ExportError:
+    except (ExportError, DataError):  # an unreadable validation image is the data's fault, not this target's
         raise
     except Exception as e:
         in_calibrator = any(f.filename.endswith("calibrate.py") for f in traceback.extract_tb(e.__traceback__))
@@ -221,7 +221,7 @@ class OnnxInt8(Target):
             )
             land(result, inputs.output_path)
             cost = fallback_cost(result, _runner, x_val[:1])
-        except ExportError:
+        except (ExportError, DataError):
             raise
         except Exception as e:
             raise failure("int8 search", e, exporter, log) from e

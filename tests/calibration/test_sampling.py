@@ -121,3 +121,38 @@ def test_balanced_gives_a_small_class_all_it_has(digits_splits) -> None:
     counts = np.bincount(drawn.labels, minlength=len(train_counts))
     assert len(drawn) == size
     assert counts[train_counts.argmin()] == train_counts.min()
+
+
+def test_default_size_larger_than_the_split_takes_the_whole_split(tmp_path: Path, capsys) -> None:
+    """calibration.size left at its default (512) on a 60-image training split: all 60 are drawn, the record says
+    60 and why, a warning goes to stderr; the cache id stays that of the default config."""
+    from pipeline.calibrate import run_calibrate
+    from pipeline.config import parse_config
+    from pipeline.manifest import Manifest
+    from pipeline.rundir import RunDir
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", x=rng.integers(0, 256, (100, 8, 8), dtype=np.uint8), y=np.arange(100) % 2)
+    config = parse_config({"data": {"source": str(tmp_path / "small.npz")}})
+    run = RunDir(tmp_path / "run", config, Manifest(edgepipe_version="test", config=config.model_dump(mode="json")))
+    available = len(run.splits.train)
+    assert available < 512
+    calibration = run_calibrate(run)
+    assert len(calibration) == available
+    info = run.manifest.artifacts["calibration"].info
+    assert info["size"] == available and "the training split has only" in info["note"]
+    assert f"calibrating on all {available}" in capsys.readouterr().err
+
+
+def test_size_set_above_the_split_is_an_error_with_a_hint(digits_splits) -> None:
+    """calibration.size set larger than the training split: the error says how far to lower it."""
+    from calibration.sampling import calibration_size
+    from pipeline.config import CalibrationConfig
+
+    available = len(digits_splits.train)
+    assert calibration_size(CalibrationConfig(size=available + 1), available) == (available + 1, None)
+    assert calibration_size(CalibrationConfig(), 2000) == (512, None)
+    assert calibration_size(CalibrationConfig(), 145)[0] == 145
+    with pytest.raises(DataError) as caught:
+        draw_calibration_set(digits_splits, available + 1, seed=0)
+    assert caught.value.hint == f"lower calibration.size to at most {available}, or give more training images"

@@ -134,3 +134,38 @@ def test_config_is_frozen() -> None:
     with pytest.raises(Exception):
         config.distill.epochs = 10  # type: ignore[misc]
     assert config.distill.epochs == RunConfig().distill.epochs
+
+
+def test_a_new_run_stores_the_files_it_names_absolute(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative files (taken from the current directory) are saved absolute; names and specs that are no files stay."""
+    raw = {
+        "data": {"source": "images", "test": "test.npz"},
+        "teacher": {"arch": "nets/t.py:make", "checkpoint": "t.pt", "class_map": "labels.txt"},
+        "student": {"arch": "s.py:make", "checkpoint": "w.pt", "class_map": {"0": 3}},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(tmp_path / "run.yaml", absolute=True)
+    assert config.data.source == str(tmp_path / "images") and config.data.test == str(tmp_path / "test.npz")
+    assert config.teacher.arch == f"{tmp_path / 'nets' / 't.py'}:make"
+    assert config.teacher.checkpoint == str(tmp_path / "t.pt")
+    assert config.teacher.class_map == str(tmp_path / "labels.txt")
+    assert config.student.arch == f"{tmp_path / 's.py'}:make" and config.student.checkpoint == str(tmp_path / "w.pt")
+    assert config.student.class_map == {"0": 3}
+    assert load_config(tmp_path / "run.yaml").student.checkpoint == "w.pt"  # an existing run's config: as saved
+
+    others = {
+        "data": {"source": "digits"},
+        "teacher": {"arch": "torchvision:resnet18", "checkpoint": "auto"},
+        "distill": {"arch": "pkg.nets:make"},
+    }
+    assert load_config(None, others, absolute=True) == load_config(None, others)
+    distilled = load_config(None, {"distill.arch": "d.py:make"}, absolute=True)
+    assert distilled.distill.arch == f"{tmp_path / 'd.py'}:make"
+
+
+def test_default_config_is_unchanged_by_absolute_paths(tiny_config_dict: dict, write_config) -> None:
+    """The embedded default (and the suite's digits config) name no files: same dump, so same artifact ids."""
+    assert dump_config(load_config(None, absolute=True)) == dump_config(load_config(None))
+    tiny = write_config(tiny_config_dict)
+    assert dump_config(load_config(tiny, absolute=True)) == dump_config(load_config(tiny))

@@ -121,3 +121,50 @@ def test_own_test_folder_needs_two_training_images(tmp_path: Path) -> None:
         load_splits(DataConfig(source=str(tmp_path / "data")), seed=0)
     assert "'b' has 3 image(s) (train 1, val 0, test 2)" in str(caught.value)
     assert "at least 2 images" in caught.value.hint
+
+
+def test_links_to_other_classes_or_the_root_not_followed_and_noted(tmp_path: Path, capsys) -> None:
+    """A link to the class's own folder is a quiet loop; a link to the data root or another class folder is not
+    walked, a folder linked from two classes is listed once (the first class), a file met twice is listed once;
+    each is noted in the manifest, the log and on stderr."""
+    root = folder(tmp_path / "data", {"cat": 3, "dog": 3, "fish": 3, "frog": 3, "owl": 3})
+    extra = folder(tmp_path / "outside", {"extra": 10}) / "extra"
+    os.symlink(".", root / "cat" / "self")
+    os.symlink(root.resolve(), root / "dog" / "root")
+    os.symlink(root / "cat", root / "dog" / "kitty")
+    os.symlink(extra, root / "fish" / "more")
+    os.symlink(extra, root / "frog" / "more2")
+    os.symlink(root / "fish" / "00.png", root / "owl" / "zz.png")
+    source = read_image_folder(root)
+    assert np.bincount(source.train.y).tolist() == [3, 3, 13, 3, 3]
+    paths = [os.path.realpath(p) for p in source.train.x.paths]
+    assert len(paths) == len(set(paths))  # no file carries two labels
+    run = run_dir(tmp_path, {"source": str(root)})
+    _ = run.splits  # loading records the data
+    notes = run.manifest.data.notes
+    assert any("dog/root leads to" in n and "which is the data root; not followed" in n for n in notes)
+    assert any("dog/kitty leads to" in n and "which is the class folder" in n for n in notes)
+    assert any("frog/more2 leads to" in n and "already listed as" in n and "fish/more" in n for n in notes)
+    assert any("1 file(s) under" in n and "owl/zz.png" in n for n in notes)
+    assert not any("self" in n for n in notes)
+    log = run.path(DATA_LOG).read_text()
+    assert "not followed" in log and "skipped 1 file(s) listed already:" in log and "not images" not in log
+    assert capsys.readouterr().err.count("edgepipe: warning:") == len(notes) == 4
+
+
+def test_link_under_train_into_test_not_followed(tmp_path: Path) -> None:
+    """train/ and test/ folders: a link under train/ into a test class folder is not walked (no test image trains)."""
+    folder(tmp_path / "data" / "train", {"a": 4, "b": 4})
+    folder(tmp_path / "data" / "test", {"a": 2, "b": 2})
+    os.symlink(tmp_path / "data" / "test" / "a", tmp_path / "data" / "train" / "a" / "peek")
+    source = read_image_folder(tmp_path / "data")
+    assert len(source.train) == 8 and len(source.test) == 4
+    assert len(source.notes) == 1 and "train/a/peek leads to" in source.notes[0]
+
+
+def test_two_class_folders_one_real_folder(tmp_path: Path) -> None:
+    """Two class folders that are one real folder (a linked class): one line naming both."""
+    root = folder(tmp_path / "data", {"a": 3, "b": 3})
+    os.symlink(root / "a", root / "c")
+    with pytest.raises(DataError, match="class folders .*a and .*c are the same folder"):
+        read_image_folder(root)

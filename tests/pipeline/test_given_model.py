@@ -354,3 +354,156 @@ def test_library_architectures_by_name(tmp_path: Path) -> None:
     torch.save(model.state_dict(), tmp_path / "w.pt")
     loaded = load_checkpoint(tmp_path / "w.pt", "torchvision:tiny_net", 1, 10)
     assert torch.equal(loaded.state_dict()["1.weight"], model.state_dict()["1.weight"])
+
+
+SOFTMAX_FACTORY = """
+import torch
+
+
+def make(in_channels, num_classes, softmax=False):
+    layers = [torch.nn.Flatten(), torch.nn.Linear(in_channels * 64, num_classes)]
+    return torch.nn.Sequential(*layers, *([torch.nn.Softmax(dim=1)] if softmax else []))
+"""
+
+
+def _factory_dir(folder: Path, softmax: bool = False) -> Path:
+    """``folder`` holding my.py (factory ``make``) and w.pt, its trained-like weights for 1-channel digits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "my.py").write_text(SOFTMAX_FACTORY)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.save(model.state_dict(), folder / "w.pt")
+    return folder
+
+
+def test_relative_paths_work_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started with relative file paths opens from elsewhere: its config.yaml holds them absolute."""
+    import yaml
+
+    tester = _factory_dir(tmp_path / "tester")
+    raw = _config(Path("w.pt"), ["onnx-fp32"], arch="my.py:make")
+    (tester / "g_rel.yaml").write_text(yaml.safe_dump(raw))
+    cli = CliRunner()
+    monkeypatch.chdir(tester)
+    result = cli.invoke(app, ["distill", "runs/g_rel", "--config", "g_rel.yaml"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tester / "runs/g_rel/config.yaml").read_text())
+    assert saved["student"] == {
+        **saved["student"],
+        "arch": f"{tester / 'my.py'}:make",
+        "checkpoint": str(tester / "w.pt"),
+    }
+    monkeypatch.chdir(tmp_path)
+    for args in (["export", "tester/runs/g_rel", "-t", "onnx-fp32"], ["bench", "tester/runs/g_rel"]):
+        result = cli.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+    measured = {m.artifact for m in RunDir.open(tester / "runs/g_rel").manifest.measurements}
+    assert {"student", "onnx-fp32"} <= measured
+
+
+def test_missing_model_file_names_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=f"model file {tmp_path / 'nets' / 'my.py'} does not exist") as caught:
+        build_model("nets/my.py:make", 1, 10)
+    assert str(tmp_path) in caught.value.hint and "absolute" in caught.value.hint
+    _factory_dir(tmp_path)
+    with pytest.raises(ModelError, match="has no callable 'nope'") as caught:
+        build_model("my.py:nope", 1, 10)
+    assert "defines make" in caught.value.hint
+
+
+def test_softmax_student_ships_as_probabilities(tmp_path: Path) -> None:
+    """distill: null with a model ending in softmax: recorded, bundled and documented as probabilities."""
+    from pipeline.release import build_release
+    from pipeline.run import run_pipeline
+
+    folder = _factory_dir(tmp_path / "model")
+    raw = _config(folder / "w.pt", ["onnx-fp32"], arch=f"{folder / 'my.py'}:make", arch_kwargs={"softmax": True})
+    run_pipeline(parse_config(raw), tmp_path / "run", set())
+    run = RunDir.open(tmp_path / "run")
+    assert run.manifest.artifacts["student"].info["output_kind"] == "probabilities"
+    bundle = build_release(run, ["onnx-fp32"], tmp_path / "bundle")
+    meaning = bundle.artifacts["onnx-fp32"].output_meaning
+    assert meaning.kind == "probabilities" and meaning.softmax_applied
+    assert "probabilities (softmax applied inside the model)" in (tmp_path / "bundle" / "README.md").read_text()
+
+
+def test_plain_student_is_recorded_as_logits(shipped_run: Path) -> None:
+    assert RunDir.open(shipped_run).manifest.artifacts["student"].info["output_kind"] == "logits"
+
+
+def test_softmax_student_to_distill_is_one_line(tmp_path: Path) -> None:
+    folder = _factory_dir(tmp_path / "model")
+    raw = {
+        "data": {"source": "digits"},
+        "student": {"arch": f"{folder / 'my.py'}:make", "arch_kwargs": {"softmax": True}},
+        "teacher": {"checkpoint": None},
+        "export": {"targets": []},
+    }
+    code, output = _cli_error(tmp_path, raw)
+    assert code == ModelError.exit_code
+    _assert_one_line(output, "outputs probabilities", "remove the final softmax, it is applied by the loss")
+    assert not list((tmp_path / "out").glob("checkpoints/*"))  # the teacher did not train
+
+
+@pytest.mark.parametrize("name", ["rgb.pt2", "rgb.pt"])
+def test_program_with_other_input_channels(tmp_path: Path, name: str) -> None:
+    """A 3-channel program on 1-channel data: the channels are named, not the batch."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    example = torch.zeros(2, 3, 8, 8)
+    if name.endswith(".pt2"):
+        batch = ({0: torch.export.Dim("batch")},)
+        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=batch), tmp_path / name)
+    else:
+        torch.jit.save(torch.jit.trace(model, example), tmp_path / name)
+    code, output = _cli_error(tmp_path, _config(tmp_path / name, []))
+    assert code == ModelError.exit_code
+    _assert_one_line(output, "takes 3 input channels, the data has 1", "data.channels: 3")
+    assert "dynamic batch" not in output
+
+
+def test_pickled_whole_model_is_named(tmp_path: Path) -> None:
+    torch.save(_trained_like(), tmp_path / "whole.pt")
+    with pytest.raises(ModelError, match="pickled object .* does not unpickle") as caught:
+        load_checkpoint(tmp_path / "whole.pt", "student-cnn", 1, 10)
+    assert "model.state_dict()" in caught.value.hint and "Weights only" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"model": sd, "epoch": 3},
+        lambda sd: {"state_dict": sd},
+        lambda sd: {"model_state_dict": sd, "optimizer": {"lr": 0.1}},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"model": {f"_orig_mod.module.{k}": v for k, v in sd.items()}},
+    ],
+)
+def test_state_dict_wrappers_and_prefixes(tmp_path: Path, wrap) -> None:
+    model = _trained_like()
+    torch.save(wrap(model.state_dict()), tmp_path / "w.pt")
+    loaded = load_checkpoint(tmp_path / "w.pt", "student-cnn", 1, 10)
+    assert torch.equal(loaded.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_prefix_on_some_keys_only_is_kept(tmp_path: Path) -> None:
+    state = _trained_like().state_dict()
+    state = {("module." + k if k.startswith("0.") else k): v for k, v in state.items()}
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ModelError, match="unexpected keys \\['module.0.weight'"):
+        load_checkpoint(tmp_path / "w.pt", "student-cnn", 1, 10)
+
+
+def test_timm_that_does_not_import_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm fails at import when torchvision does; the hint says so (not torchvision's own install advice)."""
+    (tmp_path / "libs" / "timm").mkdir(parents=True)
+    (tmp_path / "libs" / "timm" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "libs"))
+    for name in [n for n in sys.modules if n.split(".")[0] == "timm"]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModelError, match="needs timm, which does not import here: operator torchvision") as caught:
+        build_model("timm:lite", 1, 10)
+    assert "timm imports torchvision" in caught.value.hint and "file.py:factory" in caught.value.hint
+    sys.modules.pop("timm", None)

@@ -170,3 +170,45 @@ def test_unreadable_file_in_a_worker_is_one_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         fit(_job(splits, tmp_path, "broken"), splits)
     assert broken.name in str(caught.value) and "\n" not in str(caught.value) and caught.value.hint
+
+
+def test_truncated_test_image_ends_the_run_with_one_data_error(tmp_path: Path) -> None:
+    """A truncated JPEG in test/ is the data's fault, not a runtime's: `edgepipe run` exits 3 with one line naming
+    the file and the remedy (no bench row recorded as skipped, no traceback); the artifacts built before stay."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = tmp_path / "data"
+    for split, count in (("train", 6), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = (np.random.default_rng(100 * c + i).integers(0, 60, (48, 48, 3)) + 90 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i:02d}.jpg", quality=95)
+    bad = root / "test" / "c1" / "01.jpg"
+    bad.write_bytes(bad.read_bytes()[:-200])  # the header reads; the pixels do not
+    config = {
+        "seed": 0,
+        "data": {"source": str(root)},
+        "teacher": {"epochs": 1, "batch_size": 8},
+        "distill": {"epochs": 1, "batch_size": 8},
+        "calibration": {"size": 4},
+        "export": {"targets": ["onnx-fp32"]},
+        "bench": {"warmup": 1, "min_runs": 2, "min_seconds": 0, "eval_batch": 8, "batch_sizes": [1]},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    edgepipe = shutil.which("edgepipe", path=str(Path(sys.executable).parent)) or "edgepipe"
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [edgepipe, "run", str(tmp_path / "config.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("edgepipe: error:")]
+    assert str(bad) in line and "truncated" in line and "remove or replace the file" in line
+    assert (out / "artifacts" / "student-onnx-fp32.onnx").is_file()
+    assert not json.loads((out / "manifest.json").read_text()).get("skipped")
