@@ -273,6 +273,29 @@ def _train(
     return model.cpu().to(memory_format=torch.contiguous_format)
 
 
+def _store_model(
+    run: RunDir, model: nn.Module, kind: str, source: Path, path: Path, arch: str, arch_kwargs: dict
+) -> dict:
+    """Keep a loaded model in the run at ``path`` — a program file copied byte for byte, a state_dict model saved
+    with its metadata — and return that metadata (arch, arch_kwargs, in_channels, num_classes, kind)."""
+    channels, classes = _shape(run)
+    meta = {
+        "arch": arch if kind == "state_dict" else f"program:{source.name}",
+        "arch_kwargs": arch_kwargs,
+        "in_channels": channels,
+        "num_classes": classes,
+        "kind": kind,
+    }
+    if distributed.is_main():
+        if kind == "program":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, path)
+        else:
+            save_checkpoint(model, path, meta)
+    distributed.barrier()
+    return meta
+
+
 def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
     """Load the configured teacher (checkpoint or program), or train one; reuse the run's when unchanged."""
     cfg = run.config.teacher
@@ -292,20 +315,7 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         teacher = load_checkpoint(source, cfg.arch, channels, outputs_built, cfg.arch_kwargs)
         kind, path = "state_dict", run.path(TEACHER_PATH)
     teacher, outputs = _check_outputs(teacher, run, "teacher", cfg.output)
-    meta = {
-        "arch": cfg.arch if kind == "state_dict" else f"program:{source.name}",
-        "arch_kwargs": cfg.arch_kwargs,
-        "in_channels": channels,
-        "num_classes": classes,
-        "kind": kind,
-    }
-    if distributed.is_main():
-        if kind == "program":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, path)
-        else:
-            save_checkpoint(teacher, path, meta)
-    distributed.barrier()
+    meta = _store_model(run, teacher, kind, source, path, cfg.arch, cfg.arch_kwargs)
     run.record(
         "teacher",
         "distill",
@@ -481,22 +491,8 @@ def ship_given_student(run: RunDir, force: bool = False) -> nn.Module:
     student_id = run.artifact_id("student", _given_key(run, spec, digest), [])
     if not force and run.manifest.reusable("student", student_id, run.root):
         return load_student(run)
-    channels, classes = _shape(run)
-    meta = {
-        "arch": spec.arch if kind == "state_dict" else f"program:{source.name}",
-        "arch_kwargs": spec.arch_kwargs,
-        "in_channels": channels,
-        "num_classes": classes,
-        "kind": kind,
-    }
     path = run.path(STUDENT_PATH if kind == "state_dict" else f"checkpoints/student{source.suffix or '.pt'}")
-    if distributed.is_main():
-        if kind == "program":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, path)
-        else:
-            save_checkpoint(model, path, meta)
-    distributed.barrier()
+    meta = _store_model(run, model, kind, source, path, spec.arch, spec.arch_kwargs)
     run.record(
         "student",
         "distill",
