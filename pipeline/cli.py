@@ -227,8 +227,8 @@ def bench(
         raise ConfigError(f"{target}: a model file needs --data", "e.g. --data fashion-mnist or --data path/to/images")
     from pipeline.file_bench import bench_file, render_measurement
 
-    measurement, splits = bench_file(target, *_file_bench_config(data, mean, std, threads, batch))
-    typer.echo(render_measurement(measurement, splits))
+    measurement, splits, source = bench_file(target, *_file_bench_config(data, mean, std, threads, batch))
+    typer.echo(render_measurement(measurement, splits, source))
     if json_out:
         from pipeline.io import write_text_atomic
 

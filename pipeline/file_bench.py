@@ -17,6 +17,7 @@ from pipeline.manifest import Measurement, TensorSpec
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, tflite_profile
 from pipeline.runtimes import Runner, fed, onnxruntime_runner, tflite_runner, to_nhwc
+from pipeline.teacher_files import recorded_preprocessing
 
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
@@ -77,7 +78,7 @@ def _fit_data(data: DataConfig, spec: TensorSpec) -> DataConfig:
         updates["channels"] = c
     if data.image_size is None and isinstance(h, int) and isinstance(w, int):
         updates["image_size"] = (h, w)
-    return data.model_copy(update=updates)
+    return _validated(data, updates)
 
 
 def _check_shapes(splits: Splits, spec: TensorSpec, outputs: list[TensorSpec], path: Path) -> None:
@@ -97,10 +98,41 @@ def _check_shapes(splits: Splits, spec: TensorSpec, outputs: list[TensorSpec], p
         )
 
 
-def bench_file(path: Path, data: DataConfig, bench: BenchConfig, seed: int = 0) -> tuple[Measurement, Splits]:
-    """Measure one ONNX or TFLite file on its runtime over the data's test split."""
+def _as_recorded(data: DataConfig, recorded: dict) -> DataConfig:
+    """The data config fed as edgepipe recorded for the file: its channels, size, resize mode, crop ratio, channel
+    order and mean/std (the user's --mean/--std win)."""
+    updates = {
+        "channels": recorded.get("channels") if recorded.get("channels") in (1, 3) else data.channels,
+        "image_size": tuple(recorded["resize"]) if recorded.get("resize") else data.image_size,
+        "resize": recorded.get("resize_mode") or "stretch",
+        "channel_order": recorded.get("channel_order") if recorded.get("channel_order") == "BGR" else "RGB",
+        "mean": data.mean or recorded["mean"],
+        "std": data.std or recorded["std"],
+    }
+    if updates["resize"] == "center-crop":
+        updates["crop_ratio"] = recorded.get("crop_ratio", data.crop_ratio)
+    return _validated(data, updates)
+
+
+def _validated(data: DataConfig, updates: dict) -> DataConfig:
+    """``data`` with ``updates``, validated; one --mean/--std value stands for every channel of a 3-channel input."""
+    merged = data.model_dump() | updates
+    if merged["channels"] == 3 and merged["mean"] is not None and len(merged["mean"]) == 1:
+        merged["mean"], merged["std"] = merged["mean"] * 3, merged["std"] * 3
+    return DataConfig.model_validate(merged)
+
+
+def bench_file(path: Path, data: DataConfig, bench: BenchConfig, seed: int = 0) -> tuple[Measurement, Splits, str]:
+    """Measure one ONNX or TFLite file on its runtime over the data's test split, fed as edgepipe recorded for
+    the file when it did (released file, or a run's artifact with its manifest.json); returns the measurement, the
+    splits and where the preprocessing came from."""
     fmt, inputs, outputs = describe_file(path)
-    splits = load_splits(_fit_data(data, inputs[0]), seed)
+    recorded = recorded_preprocessing(path)
+    if recorded is not None:
+        data, source = _as_recorded(data, recorded[0]), f"preprocessing from {recorded[1]}"
+    else:
+        data, source = _fit_data(data, inputs[0]), "preprocessing from the options and the data"
+    splits = load_splits(data, seed)
     _check_shapes(splits, inputs[0], outputs, path)
     shape = list(splits.input_shape)
     if fmt == "onnx":
@@ -122,10 +154,10 @@ def bench_file(path: Path, data: DataConfig, bench: BenchConfig, seed: int = 0) 
         )
     plan.file_bytes = lambda: path.stat().st_size
     measurement, _ = measure_plan(plan, splits.normalize(splits.test.x), splits.test.y, None, bench)
-    return measurement, splits
+    return measurement, splits, source
 
 
-def render_measurement(m: Measurement, splits: Splits) -> str:
+def render_measurement(m: Measurement, splits: Splits, source: str) -> str:
     """What `edgepipe bench FILE` prints: accuracy, the data's preprocessing, latency and footprint tables."""
     from pipeline.report import md_table
     from pipeline.report_sections import (
@@ -139,7 +171,8 @@ def render_measurement(m: Measurement, splits: Splits) -> str:
     c, h, w = splits.input_shape
     lines = [
         f"{m.artifact} on {m.runtime} ({m.provider}): test top-1 {m.accuracy:.2f} % on {len(splits.test)} images "
-        f"({c}×{h}×{w}, x = (pixel / 255 − {splits.mean}) / {splits.std}, stats from {splits.stats_from})",
+        f"({c}×{h}×{w}, x = (pixel / 255 − {splits.mean}) / {splits.std}, stats from {splits.stats_from}; "
+        f"{source})",
         "",
         *md_table(TIMING_HEADER, timing_rows([m])),
         "",

@@ -157,13 +157,24 @@ def _manifest_preprocessing(path: Path) -> tuple[dict, Path] | None:
     return None
 
 
+def recorded_preprocessing(path: Path) -> tuple[dict, str] | None:
+    """The preprocessing record edgepipe keeps for an ONNX/TFLite file (a manifest ``Preprocessing``: mean, std,
+    channels, resize, resize_mode, channel_order, …) and where it was found: the entry ``edgepipe release``
+    embedded in the file, else a run's or release's manifest.json beside it that lists the file's sha256; None
+    for other files."""
+    fmt = file_format(path)
+    if fmt not in ("ONNX", "TFLite"):
+        return None
+    found = _embedded_preprocessing(path, fmt)
+    if found is not None:
+        return found, "metadata embedded in the file"
+    beside = _manifest_preprocessing(path)
+    return (beside[0], f"{beside[1]} (lists the file's sha256)") if beside else None
+
+
 def _normalization(path: Path, fmt: str, given: TeacherInput) -> tuple[float, list[float], list[float], str]:
     """(pixel_scale, mean, std, where from): the file's own word first, else ``teacher.input``."""
-    found, source = None, None
-    if fmt in ("ONNX", "TFLite"):
-        found, source = _embedded_preprocessing(path, fmt), "metadata embedded in the file"
-        if found is None and (beside := _manifest_preprocessing(path)):
-            found, source = beside[0], f"{beside[1]} (lists the file's sha256)"
+    found, source = recorded_preprocessing(path) or (None, None)
     if found is not None:
         said = (found.get("pixel_scale", 1 / 255), found["mean"], found["std"])
         stated = (given.pixel_scale, given.mean, given.std)

@@ -192,3 +192,14 @@ def test_bundle_code_reproduces_accuracy_on_an_image_folder(tmp_path: Path, monk
     labels = [path.parent.name for path in test_files]
     accuracy = round(float(np.mean([p == t for p, t in zip(namespace["classes"], labels)]) * 100), 2)
     assert accuracy == reported
+
+    # `edgepipe bench FILE --data`: fed as the file's embedded entry says (mean 0.3 / std 0.4, not the folder's own
+    # statistics), it scores the reported figure too
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    args = ["bench", str(bundle / "student-onnx-fp32.onnx"), "--data", str(tmp_path / "digits"), "--batch", "1"]
+    result = CliRunner().invoke(app, [*args, "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"test top-1 {reported:.2f} %" in result.output and "metadata embedded in the file" in result.output
