@@ -20,7 +20,6 @@ noted (``Splits.notes``, ``Splits.duplicates``). Each class must have at least o
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 import warnings
@@ -35,7 +34,7 @@ import numpy as np
 from pipeline.augment import augment_batch, random_resized_crop
 from pipeline.config import AugmentConfig, DataConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.image_decode import decoder_for, native_channels, rule_for, train_decoder_for
+from pipeline.image_decode import decoder_for, image_suffixes, native_channels, rule_for, train_decoder_for
 from pipeline.registry import Registry
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -55,25 +54,8 @@ PROGRESS_MIN_FILES = 2000
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 STATS_SAMPLES = 2000  # lazy folders: mean/std from a seeded sample of at most this many training images
 LOADER_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader processes decoding a lazy folder's training batches
-NOT_DECODED = {"MPEG"}  # Pillow identifies these files but cannot decode their pixels
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap height and width
-
-
-@functools.cache
-def image_suffixes() -> frozenset[str]:
-    """Lower-case file extensions of the formats Pillow can open and decode (its registered readers; identify-only
-    stubs such as HDF5/BUFR/GRIB/WMF and MPEG left out): ``.jpg``, ``.jfif``, ``.png``, ``.webp``, ``.tif`` …"""
-    from PIL import Image, ImageFile
-
-    Image.init()
-
-    def decodes(fmt: str) -> bool:
-        factory = Image.OPEN.get(fmt, (None,))[0]
-        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
-        return factory is not None and not stub and fmt not in NOT_DECODED
-
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodes(fmt))
 
 
 class LazyPixels:

@@ -43,8 +43,8 @@ IDENTIFY_ONLY_FORMATS = {"MPEG"}  # Pillow opens these but decodes no pixels
 
 
 @lru_cache(maxsize=1)
-def image_suffixes() -> tuple[str, ...]:
-    """Lower-case file suffixes (with the dot) of every format this Pillow decodes, sorted (.jfif, .tif, .webp …).
+def image_suffixes() -> frozenset[str]:
+    """Lower-case file suffixes (with the dot) of every format this Pillow decodes (.jfif, .tif, .webp …).
 
     Left out: Pillow's stub formats (identified, never decoded: HDF5, GRIB, BUFR, WMF off Windows), MPEG, and
     EPS/PS without Ghostscript.
@@ -59,7 +59,7 @@ def image_suffixes() -> tuple[str, ...]:
             return False
         return fmt != "EPS" or bool(EpsImagePlugin.gs_binary)
 
-    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if decodable(fmt)))
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodable(fmt))
 
 
 def native_channels(image: "Image.Image") -> int:
