@@ -8,21 +8,23 @@ cannot convert loses only its tf2onnx row (skipped, with the reason)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from pipeline import progress as view
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
 from pipeline.errors import DataError
 from pipeline.harness import Plan, first_line, measure_plan
 from pipeline.io import hash_json
-from pipeline.manifest import ArtifactRecord, Measurement, Skipped
+from pipeline.machine_load import load_snapshot, threads_warning
+from pipeline.manifest import ArtifactRecord, BenchLoad, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, tflite_profile, torch_profile
-from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
 from pipeline.runtimes import (
@@ -40,16 +42,19 @@ SHIPPED_SOURCES = ("student", PRUNED_STUDENT)  # students whose float files ship
 
 
 def _torch_plan(run: RunDir, name: str) -> Plan:
-    model = load_model(run, name)
+    """A model of the run on PyTorch, loaded from its checkpoint by the first runner (that is the load time), and
+    never timed at more threads than idle cores."""
+    model = functools.cache(lambda: load_model(run, name))
     record = run.require(name)
     shape = tuple(run.splits.test.x.shape[1:])
     return Plan(
         artifact=name,
         runtime="pytorch",
-        make_runner=lambda threads: torch_runner(model, threads),
+        make_runner=lambda threads: torch_runner(model(), threads),
         file_bytes=lambda: record.bytes,
-        profile=lambda: torch_profile(model, shape),
+        profile=lambda: torch_profile(model(), shape),
         probe=ProbeSpec(kind="torch", input_shape=list(shape), run_dir=str(run.root.resolve()), name=name),
+        idle_cores_only=True,
     )
 
 
@@ -141,8 +146,11 @@ def _model_entry(run: RunDir, name: str, shape: list[int]) -> tuple[str, str, Ca
 
 
 def _reference_is_student(run: RunDir) -> bool:
-    """The teacher record is the shipped student itself (``distill: null`` without a teacher): measured once."""
-    return run.manifest.artifacts["teacher"].info.get("same_model_as") == "student"
+    """The teacher record is the shipped student itself (``distill: null`` without a teacher): measured once.
+
+    Raises:
+        RunStateError: the run has no teacher yet (its hint names the command that makes it)."""
+    return run.require("teacher").info.get("same_model_as") == "student"
 
 
 def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
@@ -178,6 +186,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
     """Measure every model on the test split; a runtime that fails is recorded as skipped with its reason.
 
     When the reference is the student itself, its PyTorch row is measured once and recorded for both names.
+    The machine's load before and after goes to the manifest's ``bench_load`` (with a warning for thread counts
+    above the usable cores); the cores idle at the start cap the thread counts of PyTorch rows.
 
     Raises:
         DataError: a test image does not decode (the data's fault, not a row of any artifact: the stage ends).
@@ -189,24 +199,29 @@ def run_bench(run: RunDir) -> list[Measurement]:
     teacher_top1 = None
     measurements, skipped = [], []
     groups = _plans(run)
+    before = load_snapshot()  # its idle cores cap PyTorch's thread counts for the whole stage
+    warning = threads_warning(cfg.thread_counts(), before.usable_cores)
+    if warning:
+        view.warn(f"edgepipe: warning: {warning}")
     # runtimes' first-use banners (TFLite's XNNPACK line) and converter chatter go to the run's log
-    with progress_bar() as bar, captured_output(run.path("logs/bench.log")):
-        task = bar.add_task("bench", total=len(groups), status="")
+    with view.task("bench", total=len(groups)) as bar, captured_output(run.path("logs/bench.log")):
         for name, runtime, make_plans in groups:
-            bar.update(task, status=name)
+            bar.update(name)
+            said = {id(row) for row in (*measurements, *skipped)}
             try:
                 plans = make_plans()
             except DataError:
                 raise
             except Exception as e:
                 skipped.append(Skipped(artifact=name, runtime=runtime, reason=first_line(e)))
-                bar.advance(task)
+                _say_rows(said, [*measurements, *skipped])
+                bar.advance()
                 continue
             logits_of: dict[str, np.ndarray] = {}
             for plan in plans:
-                bar.update(task, status=plan.label)
+                bar.update(plan.label)
                 try:
-                    measurement, logits = measure_plan(plan, x_test, y_test, teacher_top1, cfg)
+                    measurement, logits = measure_plan(plan, x_test, y_test, teacher_top1, cfg, before.idle_cores)
                 except DataError:  # a test image that does not decode is the data's fault: it ends the stage
                     raise
                 except Exception as e:
@@ -222,7 +237,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 measurements.append(measurement)
                 if self_reference and name == "student":
                     measurements.insert(0, measurement.model_copy(update={"artifact": "teacher"}))
-            bar.advance(task)
+            _say_rows(said, [*measurements, *skipped])
+            bar.advance()
     if "CUDAExecutionProvider" not in onnxruntime_providers():
         skipped.append(
             Skipped(
@@ -233,5 +249,20 @@ def run_bench(run: RunDir) -> list[Measurement]:
         )
     run.manifest.measurements = measurements
     run.manifest.skipped = skipped
+    run.manifest.bench_load = BenchLoad(before=before, after=load_snapshot(), warnings=[warning] if warning else [])
     run.save()
     return measurements
+
+
+def _say_rows(said: set[int], rows: list[Measurement | Skipped]) -> None:
+    """One progress line per row not in ``said`` (ids of the rows there before): its top-1 and headline p50 (batch
+    1, 1 thread), or why it was skipped."""
+    for row in rows:
+        if id(row) in said:
+            continue
+        if isinstance(row, Skipped):
+            view.log(f"{row.artifact} on {row.runtime}: skipped ({row.reason})")
+            continue
+        p50 = next((t.latency.p50_ms for t in row.timings if t.latency.batch == 1 and t.threads == 1), None)
+        latency = f", p50 {p50:.3g} ms (batch 1, 1 thread)" if p50 is not None else ""
+        view.log(f"{row.artifact} on {row.runtime}: top-1 {row.accuracy:.2f} %{latency}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -80,7 +83,66 @@ def _open(run_dir: Path):
     return RunDir.open(run_dir)
 
 
+class ProgressMode(str, Enum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+
+
+QuietOption = typer.Option(
+    False, "--quiet", "-q", help="No progress view: only warnings, errors and the command's result lines."
+)
+ProgressOption = typer.Option(
+    ProgressMode.auto,
+    "--progress",
+    help="auto: a live view on a terminal, one line per event otherwise; rich: the live view; plain: one line per "
+    "event (stage started/done, epoch, target, bench row), no colours or redrawing: CI logs.",
+)
+
+
+@contextlib.contextmanager
+def _progress_view(command: str, root: Path, progress_mode: ProgressMode, quiet: bool) -> Iterator:
+    """The command's progress view (its first line said at once, before any heavy import), with everything else
+    the process prints — libraries' C and Python output, logging — appended to ``root``/logs/run.log. Yields the
+    view (pipeline.progress.View)."""
+    from pipeline import progress
+    from pipeline.converter_log import captured_run_output
+
+    with progress.view(progress.choose_mode(progress_mode.value, quiet)) as view:
+        view.header(f"edgepipe {command} → {root}")
+        with captured_run_output(root, f"edgepipe {command}") as log, view.copying_to(log):
+            yield view
+
+
 RunDirArg = typer.Argument(..., help="A run directory made by `edgepipe run`.", file_okay=False)
+VERSION_TOOLS = ("torch", "onnxruntime", "tensorflow")
+
+
+def version_line() -> str:
+    """``edgepipe X.Y.Z (python …, torch …, onnxruntime …, tensorflow …)`` from package metadata (nothing imported:
+    instant)."""
+    import platform
+
+    from pipeline import __version__
+    from pipeline.environment import tool_version
+
+    tools = ", ".join(f"{tool} {tool_version(tool) or 'not installed'}" for tool in VERSION_TOOLS)
+    return f"edgepipe {__version__} (python {platform.python_version()}, {tools})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the versions and exit."
+    ),
+) -> None:
+    """Distill a PyTorch teacher, or take a trained model, into small, verified ONNX and TFLite artifacts."""
 
 
 @app.command()
@@ -92,21 +154,27 @@ def run(
     ),
     data: Optional[str] = typer.Option(None, help="Override data.source: fashion-mnist, digits, or a path."),
     force: list[str] = typer.Option([], help=f"Redo a stage even if cached: {', '.join(STAGES)}."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Run every stage: distill → calibrate → export → bench → report (with `distill: null`, the trained
     `student.checkpoint` is shipped as-is instead of distilled).
 
-    The report is always written; then exit 5 when a target failed to build (the others are built), else 8 when an
-    artifact is over its accuracy budget or the accuracy gate failed."""
-    from pipeline.config import load_config
-    from pipeline.run import run_pipeline
-
+    Progress: the stages with the current one's bars, elapsed time and an estimated total; what libraries print goes
+    to OUT/logs/run.log. The report is always written; then exit 5 when a target failed to build (the others are
+    built), else 8 when an artifact is over its accuracy budget or the accuracy gate failed."""
     unknown = [stage for stage in force if stage not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r} for --force; valid: {', '.join(STAGES)}")
     _quiet_frameworks()
     overrides = {"data.source": data} if data else {}
-    run_dir = run_pipeline(load_config(config, overrides, absolute=True), out, set(force))
+    with _progress_view("run", out, progress_mode, quiet):
+        from pipeline.config import load_config
+
+        run_config = load_config(config, overrides, absolute=True)  # a config error shows before torch is imported
+        from pipeline.run import run_pipeline
+
+        run_dir = run_pipeline(run_config, out, set(force))
     typer.echo(f"edgepipe: wrote {run_dir / 'report.md'}, {run_dir / 'report.html'} and {run_dir / 'manifest.json'}")
 
 
@@ -117,24 +185,29 @@ def distill(
     force: bool = typer.Option(False, help="Retrain even if cached (an interrupted training resumes without it)."),
     baseline: bool = typer.Option(False, help="Also train the student from labels alone, same budget (KD gain)."),
     config: Optional[Path] = typer.Option(None, help="Start RUN_DIR from this YAML config (default: open RUN_DIR)."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Train (or load) the teacher and distil the student; with `distill: null`, check and take in the trained
     student instead.
 
-    Under `torchrun --nproc-per-node N -m pipeline distill RUN_DIR` it trains with DistributedDataParallel.
+    Under `torchrun --nproc-per-node N -m pipeline distill RUN_DIR` it trains with DistributedDataParallel (only
+    rank 0 shows progress).
     """
-    from pipeline import distributed
-    from pipeline.config import load_config
-    from pipeline.distill import run_distill
-    from pipeline.rundir import RunDir
+    rank_0 = os.environ.get("RANK", "0") == "0"  # torchrun's rank, known before torch is imported
+    with _progress_view("distill", run_dir, progress_mode, quiet or not rank_0) as view, view.stage("distill"):
+        from pipeline import distributed
+        from pipeline.config import load_config
+        from pipeline.distill import run_distill
+        from pipeline.rundir import RunDir
 
-    distributed.setup_from_env()
-    try:
-        _quiet_frameworks()
-        run = RunDir.create(run_dir, load_config(config, absolute=True)) if config else _open(run_dir)
-        run_distill(run, force, baseline or None)
-    finally:
-        distributed.teardown()
+        distributed.setup_from_env()
+        try:
+            _quiet_frameworks()
+            run = RunDir.create(run_dir, load_config(config, absolute=True)) if config else _open(run_dir)
+            run_distill(run, force, baseline or None)
+        finally:
+            distributed.teardown()
 
 
 @app.command()
@@ -142,28 +215,41 @@ def distill(
 def prune(
     run_dir: Path = RunDirArg,
     force: bool = typer.Option(False, help="Prune again even if cached."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Prune the distilled student as the run's `prune:` section says and KD fine-tune it from the teacher."""
-    from pipeline.prune import run_prune
-    from pipeline.report_prune import prune_summary_lines
+    with _progress_view("prune", run_dir, progress_mode, quiet) as view, view.stage("prune"):
+        from pipeline.prune import run_prune
+        from pipeline.report_prune import prune_summary_lines
 
-    record = run_prune(_open(run_dir), force)
+        record = run_prune(_open(run_dir), force)
     for line in prune_summary_lines(record):
         typer.echo(line)
 
 
 @app.command()
 @reports_errors
-def quantize(run_dir: Path = RunDirArg, force: bool = typer.Option(False, help="Redraw and requantize.")) -> None:
+def quantize(
+    run_dir: Path = RunDirArg,
+    force: bool = typer.Option(False, help="Redraw and requantize."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
+) -> None:
     """Draw the calibration set and build the int8 targets (static post-training quantization)."""
-    from pipeline.calibrate import run_calibrate
-    from pipeline.export import run_export
-    from targets import TARGETS
+    with _progress_view("quantize", run_dir, progress_mode, quiet) as view:
+        from pipeline.calibrate import run_calibrate
+        from pipeline.export import run_export
+        from pipeline.progress import Stage
+        from targets import TARGETS
 
-    run = _open(run_dir)
-    run_calibrate(run, force)
-    int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
-    run_export(run, int8, set(int8) if force else set())
+        run = _open(run_dir)
+        int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
+        view.plan([Stage("calibrate", quick=True), Stage("export", f"{len(int8)} int8 targets")])
+        with view.stage("calibrate"):
+            run_calibrate(run, force)
+        with view.stage("export"):
+            run_export(run, int8, set(int8) if force else set())
     _raise_if_export_failed(run)
 
 
@@ -179,20 +265,30 @@ def _raise_if_export_failed(run) -> None:
 def export(
     run_dir: Path = RunDirArg,
     target: list[str] = typer.Option([], "--target", "-t", help="Target to (re)build; all configured when omitted."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Export targets; a named --target is rebuilt, the others it needs are reused. A target that fails does not
     stop the others: exit 5 after building them (8 when an artifact is over its accuracy budget)."""
-    from pipeline.export import run_export
     from targets import TARGETS
 
     for name in target:
         TARGETS.get(name)
-    run = _open(run_dir)
-    if any(TARGETS.get(name).needs_calibration for name in target or run.config.export.targets):
+    with _progress_view("export", run_dir, progress_mode, quiet) as view:
         from pipeline.calibrate import run_calibrate
+        from pipeline.export import run_export
+        from pipeline.progress import Stage
 
-        run_calibrate(run)
-    records = run_export(run, target or None, set(target))
+        run = _open(run_dir)
+        names = target or run.config.export.targets
+        calibrates = any(TARGETS.get(name).needs_calibration for name in names)
+        export_stage = Stage("export", f"{len(names)} target{'s' if len(names) != 1 else ''}")
+        view.plan([Stage("calibrate", quick=True), export_stage] if calibrates else [export_stage])
+        if calibrates:
+            with view.stage("calibrate"):
+                run_calibrate(run)
+        with view.stage("export"):
+            records = run_export(run, target or None, set(target))
     for record in records:
         typer.echo(f"{record.name}: {record.path} ({record.bytes} bytes, sha256 {record.sha256[:12]})")
     _raise_if_export_failed(run)
@@ -207,32 +303,50 @@ def bench(
         None, help="With a file: per-channel mean of pixel/255, e.g. 0.5 or 0.48,0.46,0.41."
     ),
     std: Optional[str] = typer.Option(None, help="With a file: per-channel std of pixel/255 (default: train split's)."),
-    threads: list[str] = typer.Option([], help="Intra-op thread count to time (repeat; 'all' = every core)."),
-    batch: list[int] = typer.Option([], help="Batch size to time (repeat; 1 is always timed)."),
+    threads: list[str] = typer.Option(
+        [], help="Intra-op thread count to time (repeat; 'all' = the cores this process may use)."
+    ),
+    batch: list[int] = typer.Option(
+        [], help="Batch size to time (repeat; 1 is always timed; a file with a fixed batch size is timed at it only)."
+    ),
+    resize: bool = typer.Option(
+        False, help="With a file: bring data of another size or channel count to the model's (else refused)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="With a file: write the measurement as JSON here."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Measure accuracy, latency and footprint of every model of a run, or of any ONNX/TFLite file.
 
-    With a file, the data is brought to the model's input size and channels and its test split measured.
+    With a file, its test split is fed as edgepipe recorded for the file (else as the data is) and normalized with
+    --mean/--std, else the recorded mean/std, else the training split's; data of another size or channel count than
+    the model's is refused unless --resize.
     """
     if target.is_dir() or (data is None and target.suffix not in (".onnx", ".tflite")):
-        from pipeline.bench import run_bench
-
-        if data or mean or std or threads or batch or json_out:
+        if data or mean or std or threads or batch or json_out or resize:
             raise ConfigError("a run directory is measured as its config says", "change bench: in RUN_DIR/config.yaml")
-        run_bench(_open(target))
+        with _progress_view("bench", target, progress_mode, quiet) as view, view.stage("bench"):
+            from pipeline.bench import run_bench
+            from pipeline.sanity import record_warnings
+
+            run = _open(target)
+            run_bench(run)
+            record_warnings(run)  # said now; the report shows them too
         return
     _quiet_frameworks()
     if data is None:
         raise ConfigError(f"{target}: a model file needs --data", "e.g. --data fashion-mnist or --data path/to/images")
+    data_config, bench_config = _file_bench_config(data, mean, std, threads, batch)  # before the heavy imports
     from pipeline.file_bench import bench_file, render_measurement
 
-    measurement, splits, source = bench_file(target, *_file_bench_config(data, mean, std, threads, batch))
-    typer.echo(render_measurement(measurement, splits, source))
+    result = bench_file(target, data_config, bench_config, resize=resize)
+    for warning in result.warnings:
+        typer.echo(f"edgepipe: warning: {warning}", err=True)
+    typer.echo(render_measurement(result))
     if json_out:
         from pipeline.io import write_text_atomic
 
-        write_text_atomic(json_out, measurement.model_dump_json(indent=2) + "\n")
+        write_text_atomic(json_out, result.measurement.model_dump_json(indent=2) + "\n")
 
 
 def _floats(text: str | None) -> list[str] | None:

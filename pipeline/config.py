@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,10 +18,19 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.manifest import SanityKind
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+STRUCTURE_ONLY = {"structure_only": True}  # validation context: skip the checks that import torch
+
+
+def _structure_only(info: ValidationInfo) -> bool:
+    """Whether this validation skips the checks that import torch (loss parameters, teacher files)."""
+    return bool(info.context and info.context.get("structure_only"))
 
 
 class RandomResizedCropConfig(_Section):
@@ -201,6 +209,13 @@ class TrainConfig(_Section):
         None, ge=1, description="Early stop after this many epochs without a better val accuracy; off when empty."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device; auto picks CUDA when present.")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        exclude_if=lambda value: value == "auto",  # the default stays out of dumps, so cache ids made before it hold
+        description="Intra-op threads of training (torch.set_num_threads); auto: the cores idle when training starts "
+        "(at most torch's own count, shared among torchrun processes), since threads on busy cores wait for each "
+        "other. The bytes of a checkpoint depend on it: pin it for byte-identical reruns. Recorded as `threads`.",
+    )
 
 
 class LossSpec(BaseModel):
@@ -215,7 +230,9 @@ class LossSpec(BaseModel):
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
-    def _params_fit_the_loss(self) -> "LossSpec":
+    def _params_fit_the_loss(self, info: ValidationInfo) -> "LossSpec":
+        if _structure_only(info):
+            return self
         from pipeline.losses import check_loss_params
 
         check_loss_params(self.name, self.params)
@@ -308,7 +325,8 @@ class DistillConfig(TrainConfig):
     arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
     epochs: int = Field(10, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
     losses: list[LossSpec] = Field(
-        default_factory=lambda: [LossSpec(name="hinton", temperature=2.0, alpha=0.5)],
+        # a known-good default, built unchecked: checking it imports torch (pipeline.losses)
+        default_factory=lambda: [LossSpec.model_construct(name="hinton", temperature=2.0, alpha=0.5)],
         min_length=1,
         description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
     )
@@ -437,22 +455,44 @@ class ExportConfig(_Section):
 
 
 class BenchConfig(_Section):
+    """How latency is timed: per batch size, every thread count takes turns in ``rounds`` rounds; a figure is the
+    median of its round p50s, re-measured once when the rounds disagree by more than ``max_spread``."""
+
     warmup: int = Field(10, ge=0, description="Untimed runs before timing, at every batch size and thread count.")
-    min_runs: int = Field(50, ge=1, description="Minimum timed runs at every batch size and thread count.")
-    min_seconds: float = Field(0.5, ge=0, description="Minimum timed seconds at every batch size and thread count.")
+    min_runs: int = Field(
+        50, ge=1, description="Minimum timed runs at every batch size and thread count, split evenly across rounds."
+    )
+    min_seconds: float = Field(
+        0.5, ge=0, description="Minimum timed seconds at every batch size and thread count, split across rounds."
+    )
+    rounds: int = Field(
+        5, ge=1, description="Interleaved rounds per batch size; the p50 is the median of the rounds' p50s."
+    )
+    max_spread: float = Field(
+        0.25,
+        gt=0,
+        description="Largest (max - min) / median of a figure's round p50s before it is re-measured (fresh rounds), "
+        "then marked noisy when it still disagrees.",
+    )
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         [1, 8, 64], min_length=1, description="Batch sizes timed; 1 is always timed (the headline latency)."
     )
     threads: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
-        [1, "all"], min_length=1, description="Intra-op thread counts timed on every runtime; 'all': every core."
+        [1, "all"],
+        min_length=1,
+        description="Intra-op thread counts timed on every runtime; 1 is always timed (the headline latency); 'all': "
+        "the cores this process may use (CPU affinity, cgroup quota). PyTorch rows are never timed at more threads "
+        "than the cores idle at bench start.",
     )
     eval_batch: int = Field(256, ge=1, description="Batch size of the accuracy pass over the test split.")
     memory: bool = Field(True, description="Measure peak resident memory of a fresh process per artifact × runtime.")
 
     def thread_counts(self) -> list[int]:
-        """The configured thread counts as numbers, ascending, without repeats."""
-        cores = os.cpu_count() or 1
-        return sorted({cores if t == "all" else t for t in self.threads})
+        """The configured thread counts as numbers ('all': machine_load.usable_cores()), 1 included, ascending,
+        without repeats."""
+        from pipeline.machine_load import usable_cores
+
+        return sorted({1, *(usable_cores() if t == "all" else t for t in self.threads)})
 
     def batches(self) -> list[int]:
         """The configured batch sizes, ascending, batch 1 included."""
@@ -467,26 +507,31 @@ class GateLimits(_Section):
         None, ge=0, description="int8 artifacts: points of test top-1 below the fp32 student."
     )
     min_agreement: float | None = Field(None, ge=0, le=100, description="Percent top-1 agreement with the teacher.")
-    max_p50_ms: float | None = Field(None, gt=0, description="p50 latency at batch 1, most threads measured (ms).")
+    max_p50_ms: float | None = Field(None, gt=0, description="p50 latency at batch 1 and 1 thread (ms).")
     max_bytes: int | None = Field(None, gt=0, description="File size in bytes.")
 
 
 class GateConfig(GateLimits):
     """The accuracy gate of a release build: limits for every exported artifact, overridden per target.
 
-    `run`, `report` and `release` exit 8 when an artifact breaks a limit (the report still written, marked
-    FAILED; no bundle written)."""
+    `run`, `report` and `release` exit 8 when an artifact breaks a limit, or when a sanity warning is not in
+    ``allow_warnings`` (the report still written, marked FAILED; no bundle written)."""
 
     targets: dict[str, GateLimits] = Field(
         {},
         description="Per artifact (a target name, or <target>-qat for a QAT-KD one): limits that replace the ones "
         "above where set.",
     )
+    allow_warnings: list[SanityKind] = Field(
+        [],
+        description="Sanity warnings that do not fail a configured gate: chance-level, teacher-not-better, "
+        "kd-below-baseline (each is still reported).",
+    )
 
     def limits_for(self, artifact: str) -> GateLimits:
         """The limits of ``artifact``: its own where set, else the general ones."""
         own = self.targets.get(artifact)
-        general = GateLimits(**self.model_dump(exclude={"targets"}))
+        general = GateLimits(**self.model_dump(exclude={"targets", "allow_warnings"}))
         if own is None:
             return general
         return general.model_copy(update=own.model_dump(exclude_none=True))
@@ -670,12 +715,12 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _logit_losses_for_file_teachers(self) -> "RunConfig":
+    def _logit_losses_for_file_teachers(self, info: ValidationInfo) -> "RunConfig":
+        if self.teacher is None or _structure_only(info):
+            return self
         from pipeline.losses import reads_teacher_features
         from pipeline.teacher_files import file_format
 
-        if self.teacher is None:
-            return self
         fmt = file_format(Path(self.teacher.checkpoint)) if self.teacher.checkpoint not in (None, "", "auto") else None
         feature_losses = [spec.name for spec in self.kd.losses if reads_teacher_features(spec.name)]
         if not fmt and self.teacher.input != TeacherInput():
@@ -700,8 +745,10 @@ def _describe(error: ValidationError) -> str:
 
 
 def parse_config(raw: dict) -> RunConfig:
-    """Validate a mapping into a RunConfig; the error names the first offending key."""
+    """Validate a mapping into a RunConfig; the error names the first offending key. The structure is checked first,
+    without the loss and teacher-file checks (they import torch), so a misspelt key is reported within a second."""
     try:
+        RunConfig.model_validate(raw, context=STRUCTURE_ONLY)
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_describe(e), "see examples/config.yaml for every key") from None

@@ -649,11 +649,10 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     if total < PROGRESS_MIN_FILES:
         yield lambda n: None
         return
-    from pipeline.progress import progress_bar
+    from pipeline import progress
 
-    with progress_bar() as bar:
-        task = bar.add_task(label, total=total, status="")
-        yield lambda n: bar.update(task, advance=n)
+    with progress.task(label, total=total) as bar:
+        yield bar.advance
 
 
 def _decoders(config: DataConfig) -> tuple[Callable, Callable | None]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline import distributed
+from pipeline import progress as view
 from pipeline.class_map import (
     class_map_info,
     class_map_key,
@@ -23,6 +24,7 @@ from pipeline.config import ClassMap, LossSpec, StudentConfig, TrainConfig
 from pipeline.errors import ConfigError, ModelError
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
+from pipeline.machine_load import training_threads
 from pipeline.manifest import ArtifactRecord
 from pipeline.models import (
     arch_fingerprint,
@@ -38,6 +40,7 @@ from pipeline.models import (
     select_logits,
 )
 from pipeline.rundir import RunDir
+from pipeline.runtimes import torch_threads_kept
 from pipeline.teacher_files import (
     adopt_teacher_file,
     file_format,
@@ -172,7 +175,7 @@ def _output_only_if_set(cfg: dict, output: int | str) -> dict:
 
 
 def _teacher_id(run: RunDir) -> str:
-    cfg = run.config.teacher.model_dump(exclude={"output", "class_map"})
+    cfg = run.config.teacher.model_dump(exclude={"output", "class_map", "threads"})
     checkpoint = teacher_source(run)
     if checkpoint:
         foreign = file_format(checkpoint)
@@ -225,7 +228,9 @@ def _train(
     objective = Objective(losses, model, teacher, _example(run))
     teacher_logits = None
     if objective.needs_teacher and not objective.teacher_layers and run.splits.fixed_train_inputs:
-        teacher_logits = predict_logits(teacher, run.splits, run.splits.train)
+        with torch_threads_kept():  # the threads the training will take, for the same reason
+            torch.set_num_threads(training_threads(cfg.threads, torch.get_num_threads())[0])
+            teacher_logits = predict_logits(teacher, run.splits, run.splits.train, label="teacher logits")
     progress_path = run.path(f"checkpoints/{name}.progress.pt")
     job = TrainJob(
         name=name,
@@ -546,10 +551,16 @@ def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) 
             ensure_teacher(run, force)
         return student
     spec = run.config.student_model()
+    view.status("checking the student against the data")
     check_student(run)  # fail fast: before the teacher trains
     initial = Path(spec.checkpoint) if spec.checkpoint else None
+    view.status("teacher")
     teacher = ensure_teacher(run, force)
-    distill_cfg = {**cfg.model_dump(exclude={"baseline", "output"}), "arch": spec.arch, "arch_kwargs": spec.arch_kwargs}
+    distill_cfg = {
+        **cfg.model_dump(exclude={"baseline", "output", "threads"}),  # threads shape the bytes, not what is trained
+        "arch": spec.arch,
+        "arch_kwargs": spec.arch_kwargs,
+    }
     key = {
         "distill": _output_only_if_set(distill_cfg, spec.output),
         "model": arch_fingerprint(spec.arch),

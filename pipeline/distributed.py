@@ -63,3 +63,12 @@ def device_for(preference: str) -> torch.device:
     if use_cuda:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank (a collective: every rank calls it); ``value`` itself without torchrun."""
+    if world_size() <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -7,6 +7,7 @@ is still built."""
 
 from __future__ import annotations
 
+import time
 import traceback
 from functools import cached_property
 from pathlib import Path
@@ -14,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from calibration.sampling import CalibrationSet
+from pipeline import progress as view
 from pipeline.calibrate import CALIBRATION_PATH
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
 from pipeline.errors import DataError, EdgepipeError, ExportError, ModelError, RunStateError
 from pipeline.io import atomic_path
 from pipeline.manifest import ArtifactRecord, TargetFailure
-from pipeline.progress import progress_bar
 from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.prune_measure import gzip_bytes
 from pipeline.qat_stage import QAT_STUDENT, ensure_qat_student, qat_targets
@@ -227,17 +228,33 @@ def target_failure(
 
 
 def _build_all(exporter: Exporter, names: list[str]) -> list[ArtifactRecord]:
-    """The records of ``names`` that were built; the others are in ``exporter.failures``."""
-    with progress_bar() as bar:
-        task = bar.add_task(f"export{exporter.suffix}", total=len(names), status="")
-        records = []
+    """The records of ``names`` that were built; the others are in ``exporter.failures``. Each target is a step
+    of the progress view's bar and one line (built, reused, failed or skipped)."""
+    records = []
+    with view.task(f"export{exporter.suffix}", total=len(names)) as bar:
         for name in names:
-            bar.update(task, status=name + exporter.suffix)
-            record = exporter.attempt(name)
+            bar.update(name + exporter.suffix)
+            record = _attempt(exporter, name)
             if record is not None:
                 records.append(record)
-            bar.advance(task)
+            bar.advance()
     return records
+
+
+def _attempt(exporter: Exporter, name: str) -> ArtifactRecord | None:
+    """``exporter.attempt(name)``, said as one line of the progress view."""
+    artifact = name + exporter.suffix
+    previous = exporter.run.manifest.artifacts.get(artifact)
+    started = time.perf_counter()
+    record = exporter.attempt(name)
+    if record is None:
+        failure = exporter.failures[name]
+        view.log(f"{artifact} {'skipped' if failure.stage == 'skipped' else 'failed'}: {failure.reason}")
+    elif record is previous:
+        view.log(f"{artifact} reused")
+    else:
+        view.log(f"{artifact} built in {view.duration(time.perf_counter() - started)}")
+    return record
 
 
 def _with_parents(names: list[str]) -> set[str]:

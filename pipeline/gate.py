@@ -16,6 +16,7 @@ from pipeline.report_prune import exported_student
 NATIVE_RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 QAT_SUFFIX = "-qat"  # builds from pipeline.qat_stage.QAT_STUDENT (not imported: the report stays torch-free)
 BUDGET_RUNTIME = "export stage (validation split)"
+WARNINGS_HINT = "if the figures are right after all, accept them with `gate.allow_warnings: [{kinds}]`"
 
 
 class _Figures(BaseModel):
@@ -57,7 +58,9 @@ def _checks(figures: _Figures, limits) -> list[tuple[str, float | None, float | 
 
 
 def gate_configured(gate: GateConfig) -> bool:
-    return any(value is not None for value in gate.model_dump(exclude={"targets"}).values()) or any(
+    """Whether any limit is set (``allow_warnings`` alone sets none)."""
+    limits = gate.model_dump(exclude={"targets", "allow_warnings"})
+    return any(value is not None for value in limits.values()) or any(
         any(value is not None for value in limits.model_dump().values()) for limits in gate.targets.values()
     )
 
@@ -146,17 +149,20 @@ def _failure_text(failure: TargetFailure, root: Path | None = None) -> str:
 def run_error(manifest: Manifest, root: Path | None = None, gate: bool = True) -> EdgepipeError | None:
     """The run's verdict as one error, or None when it passed: ExportError (exit 5) when a target failed to build,
     else GateError (exit 8) when an artifact is over budget or, with ``gate``, the accuracy gate the report stage
-    evaluated (``manifest.gate``) failed. The line names every failed, skipped and over-budget artifact and every
-    broken limit; log paths are under ``root`` when given."""
+    evaluated (``manifest.gate``) failed or a sanity warning fails it (``manifest.warnings``, ``fails_gate``). The
+    line names every failed, skipped and over-budget artifact, every broken limit and failing warning; log paths are
+    under ``root`` when given."""
     failed = [f for f in manifest.failures if f.stage != "skipped"]
     skipped = [f.target for f in manifest.failures if f.stage == "skipped"]
     budget = over_budget(manifest)
     checks = manifest.gate.checks if gate and manifest.gate else []
     limits = [c for c in checks if not c.passed and c.limit != WITHIN_BUDGET]
+    warnings = [w for w in manifest.warnings if w.fails_gate] if gate else []
     parts = [f"{len(failed)} failed to build: " + ", ".join(_failure_text(f, root) for f in failed)] if failed else []
     parts += [f"skipped: {', '.join(skipped)} (they depend on a failed target)"] if skipped else []
     parts += [f"over budget: {', '.join(f'{name} ({why})' for name, why in budget.items())}"] if budget else []
     parts += [f"accuracy gate failed: {'; '.join(str(c) for c in limits)}"] if limits else []
+    parts += [f"sanity warnings fail the gate: {'; '.join(str(w) for w in warnings)}"] if warnings else []
     message = "; ".join(parts)
     written = f"the report ({root / 'report.md'})" if root else "the report"
     report = f"{written} is written and marked FAILED" if gate else "`edgepipe bench` and `report` show the rest"
@@ -165,8 +171,11 @@ def run_error(manifest: Manifest, root: Path | None = None, gate: bool = True) -
         built = any(record.stage == "export" for record in manifest.artifacts.values())
         others = "the other targets were built" if built else "no target was built"
         return ExportError(message, "; ".join([*dict.fromkeys(hints), f"{others}; {report}"]))
-    if budget or limits:
-        return GateError(message, f"{report}; `release` refuses an artifact over budget unless --allow-over-budget")
+    if budget or limits or warnings:
+        hints = [report]
+        hints += ["`release` refuses an artifact over budget unless --allow-over-budget"] if budget or limits else []
+        hints += [WARNINGS_HINT.format(kinds=", ".join(dict.fromkeys(w.kind for w in warnings)))] if warnings else []
+        return GateError(message, "; ".join(hints))
     return None
 
 

@@ -145,3 +145,37 @@ def load_snapshot() -> LoadSnapshot:
         cgroup_quota_cores=_cgroup_quota_cores(),
         clock_mhz=_clock_mhz(),
     )
+
+
+def threads_warning(thread_counts: list[int], usable: int | None = None) -> str | None:
+    """A warning when a thread count to time exceeds the cores this process may use (``usable``: usable_cores(),
+    read when None); None when every count fits. Such a count is still measured: its threads share cores."""
+    usable = usable_cores() if usable is None else usable
+    over = sorted({t for t in thread_counts if t > usable})
+    if not over:
+        return None
+    counts = ", ".join(map(str, over))
+    return (
+        f"{counts} thread(s) exceed the {usable} core(s) this process may use (CPU affinity, cgroup quota): "
+        f"measured, but those threads share cores and their figures say little about a machine with {counts} cores"
+    )
+
+
+def training_threads(configured: int | str, current: int) -> tuple[int, str]:
+    """Intra-op threads for training, and where the count came from.
+
+    Args:
+        configured: ``threads`` of the training section: a count, or "auto".
+        current: torch's thread count now (it honours OMP_NUM_THREADS, which torchrun sets).
+
+    Returns:
+        A configured count as given; for "auto" the cores idle now, shared among the training processes on this
+        machine (torchrun's LOCAL_WORLD_SIZE), at most ``current``, at least 1: threads on busy cores spin-wait for
+        a descheduled peer (an epoch on a busy 2-core machine ran 30× slower at 2 threads).
+    """
+    if configured != "auto":
+        return int(configured), "config"
+    idle = idle_cores()
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = max(1, min(current, idle // processes))
+    return threads, f"auto: {idle} of {usable_cores()} usable cores idle at the start"

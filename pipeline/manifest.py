@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import RunStateError
 from pipeline.io import sha256_file, write_text_atomic
+from pipeline.machine_load import LoadSnapshot
 
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
@@ -125,15 +126,29 @@ class ArtifactRecord(_Record):
 
 
 class LatencyStats(_Record):
-    """Milliseconds per call over ``runs`` timed calls of one pre-built batch."""
+    """Milliseconds per call over ``runs`` timed calls of one pre-built batch, in ``rounds`` rounds taken in turn
+    with the other thread counts of the same batch (load on the machine hits them alike).
+
+    Fields added after schema 2's first release have defaults, so older manifests (one round) still load."""
 
     batch: int
-    runs: int
-    p50_ms: float
-    p90_ms: float
+    runs: int = Field(description="Timed calls, all rounds together.")
+    p50_ms: float = Field(description="Median of the round p50s (one round: the p50 of its calls).")
+    p90_ms: float = Field(description="Over every timed call of every round, as p99, mean and stdev.")
     p99_ms: float
     mean_ms: float
     stdev_ms: float
+    rounds: int = Field(1, description="Rounds of timed calls; each round times every thread count of the batch.")
+    round_p50_ms: list[float] = Field([], description="The p50 of each round, in the order measured.")
+    spread: float | None = Field(
+        None, description="(max - min) / median of round_p50_ms: how far the rounds disagree; 0 with one round."
+    )
+    remeasured: bool = Field(
+        False, description="The first rounds' spread exceeded bench.max_spread: these are the figures of fresh rounds."
+    )
+    noisy: bool = Field(
+        False, description="Still beyond bench.max_spread after the re-measure: the p50 is an unsteady figure."
+    )
 
 
 class Timing(_Record):
@@ -143,6 +158,14 @@ class Timing(_Record):
     latency: LatencyStats
     throughput_ips: float = Field(description="Images per second at the p50: batch / p50.")
     gmac_per_s: float | None = Field(None, description="Achieved GMAC/s at the p50: macs × batch / p50.")
+
+
+class ThreadCap(_Record):
+    """Configured thread counts a row was timed below: its runtime's threads spin-wait for a busy peer."""
+
+    requested: list[int] = Field(description="The configured thread counts above the cap (not timed).")
+    cap: int = Field(description="The most threads timed: the idle cores at bench start.")
+    reason: str = Field(description="Why, one line.")
 
 
 class Parity(_Record):
@@ -174,6 +197,18 @@ class Measurement(_Record):
     )
     parity: Parity | None = Field(None, description="Runs of a converted artifact: agreement with its own runtime.")
     timings: list[Timing] = Field(description="Every configured batch size × thread count.")
+    load_ms: float | None = Field(
+        None,
+        description="Milliseconds to make the model runnable at 1 thread and batch 1, before any call: PyTorch "
+        "loads the checkpoint and builds the module in eval mode, onnxruntime creates its session, the TFLite "
+        "interpreter loads the file and allocates its tensors.",
+    )
+    first_call_ms: float | None = Field(
+        None, description="The first call after loading (batch 1, 1 thread, before any warm-up), milliseconds."
+    )
+    thread_cap: ThreadCap | None = Field(
+        None, description="Thread counts this row was not timed at, and why (PyTorch: the idle cores)."
+    )
     sha256: str | None = Field(
         None, description="sha256 of the artifact measured (its record's): a figure belongs to exactly that file."
     )
@@ -184,13 +219,14 @@ class Measurement(_Record):
     )
 
     def timing(self, batch: int, threads: int | None = None) -> Timing | None:
-        """The timing at ``batch`` and ``threads`` (the most threads measured when None)."""
+        """The timing at ``batch`` and ``threads`` (the fewest threads measured when None)."""
         rows = [t for t in self.timings if t.latency.batch == batch and threads in (None, t.threads)]
-        return max(rows, key=lambda t: t.threads, default=None)
+        return min(rows, key=lambda t: t.threads, default=None)
 
     @property
     def headline(self) -> Timing:
-        """Batch 1 at the most threads measured: the latency the tables and plots compare."""
+        """Batch 1 at 1 thread (always timed; the fewest threads of a manifest that lacks it): the latency the
+        tables, plots, gate and compare read. One thread holds its figure on a busy machine."""
         return self.timing(1) or self.timings[0]
 
     @property
@@ -248,9 +284,39 @@ class TargetFailure(_Record):
     depends_on: str | None = Field(None, description="skipped: the failed artifact it is converted from.")
 
 
+class BenchLoad(_Record):
+    """The machine's load around one bench: latency figures depend on it."""
+
+    before: LoadSnapshot = Field(description="Read just before the first row was measured.")
+    after: LoadSnapshot = Field(description="Read just after the last row.")
+    warnings: list[str] = Field([], description="Thread counts above the usable cores (measured all the same).")
+
+
 class GateResult(_Record):
-    passed: bool
+    passed: bool = Field(description="Every check passed and no sanity warning fails the gate (`warnings`).")
     checks: list[GateCheck] = []
+
+
+SanityKind = Literal["chance-level", "teacher-not-better", "kd-below-baseline"]
+
+
+class SanityWarning(_Record):
+    """A figure that looks wrong though nothing failed (pipeline/sanity.py); the report and stderr say it."""
+
+    kind: SanityKind = Field(
+        description="chance-level: a student or exported artifact not above chance on the test split; "
+        "teacher-not-better: the teacher scores no higher than the student distilled from it; kd-below-baseline: "
+        "the distilled student scores below the same student trained from labels alone (distill.baseline)."
+    )
+    artifact: str = Field(description="The artifact the warning is about.")
+    message: str = Field(description="What was seen, with the figures, one line.")
+    fails_gate: bool = Field(
+        False,
+        description="The gate is configured and gate.allow_warnings does not accept this kind: the run fails (exit 8).",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
 
 
 class Manifest(_Record):
@@ -267,6 +333,10 @@ class Manifest(_Record):
         [], description="Artifacts the export stage could not build (the others were built), and those skipped."
     )
     gate: GateResult | None = Field(None, description="The accuracy gate, evaluated by the report stage.")
+    bench_load: BenchLoad | None = Field(None, description="The machine's load before and after the bench stage.")
+    warnings: list[SanityWarning] = Field(
+        [], description="Sanity warnings the report stage found in the measurements (chance level, teacher, baseline)."
+    )
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import distributed
+from pipeline import distributed, progress
 from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
 from pipeline.config import PruneConfig, TrainConfig
 from pipeline.distill import load_student, load_teacher
@@ -30,7 +30,6 @@ from pipeline.losses import Objective
 from pipeline.manifest import ArtifactRecord
 from pipeline.model_profile import torch_profile
 from pipeline.models import count_parameters, save_checkpoint
-from pipeline.progress import console
 from pipeline.prune_measure import ExportContext, export_chain, gzip_bytes, p50_ms, val_top1
 from pipeline.prune_ops import (
     check_layer_names,
@@ -67,7 +66,7 @@ def shipped_student(run: RunDir) -> str:
         return "student"
     record = run.manifest.artifacts.get(PRUNED_STUDENT)
     if record is None:
-        raise RunStateError(f"{run.root} has a prune: section but no pruned student", "run `edgepipe prune RUN_DIR`")
+        raise RunStateError(f"{run.root} has a prune: section but no pruned student", run.how_to_make(PRUNED_STUDENT))
     return PRUNED_STUDENT if record.info.get("shipped") else "student"
 
 
@@ -191,7 +190,7 @@ def _structured(session: _Session, student: nn.Module) -> tuple[nn.Module, dict]
 
 def _log(text: str) -> None:
     if distributed.is_main():
-        console.log(text)
+        progress.log(text)
 
 
 def _step_entry(session: _Session, model: nn.Module, step: int, ratio: float) -> dict:

@@ -20,12 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, ExportError, GateError, RunStateError
-from pipeline.gate import NATIVE_RUNTIMES, QAT_SUFFIX, evaluate_gate, file_over_budget, raise_if_failed
+from pipeline.gate import (
+    NATIVE_RUNTIMES,
+    QAT_SUFFIX,
+    WARNINGS_HINT,
+    evaluate_gate,
+    file_over_budget,
+    raise_if_failed,
+)
 from pipeline.io import cannot_write, sha256_file, write_errors_name
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
 from pipeline.model_metadata import embed_metadata
 from pipeline.release_readme import render_readme
 from pipeline.rundir import RunDir
+from pipeline.sanity import sanity_warnings
 from targets import TARGETS
 
 RELEASE_SCHEMA_VERSION = 1
@@ -106,7 +114,8 @@ def build_release(
     """Write the bundle of artifacts ``names`` of ``run`` to ``out`` (a non-empty ``out`` only with ``force``).
 
     Raises GateError for an artifact over its accuracy budget unless ``allow_over_budget`` (its entry then says so)
-    and when a shipped artifact breaks the accuracy gate; nothing is written then."""
+    and when a shipped artifact breaks the accuracy gate or has a sanity warning that fails it; nothing is written
+    then."""
     if not names:
         raise ConfigError("release needs at least one --target", f"exported: {', '.join(_exported(run))}")
     records = [_shippable(run, name) for name in dict.fromkeys(names)]
@@ -115,6 +124,7 @@ def build_release(
     _check_out(run, out, force)
     shipped = {record.name for record in records}
     raise_if_failed(evaluate_gate(run.manifest, run.config.gate, shipped, budget=False))  # the budget: just above
+    _refuse_warnings(run, shipped)
     measured = {record.name: _measurements(run, record) for record in records}
     labels = run.manifest.data.classes
     with _staged_dir(out) as stage:
@@ -133,6 +143,22 @@ def _exported(run: RunDir) -> list[str]:
         for name, record in run.manifest.artifacts.items()
         if record.stage == "export" and not (name in TARGETS and TARGETS.get(name).reference)
     ]
+
+
+def _refuse_warnings(run: RunDir, shipped: set[str]) -> None:
+    """GateError naming the sanity warnings that fail the gate and concern what ships: an artifact of ``shipped`` at
+    chance level, or the student every artifact is built from (teacher-not-better, kd-below-baseline)."""
+    failing = [
+        w
+        for w in sanity_warnings(run.manifest, run.config.gate)
+        if w.fails_gate and (w.kind != "chance-level" or w.artifact in shipped)
+    ]
+    if failing:
+        kinds = ", ".join(dict.fromkeys(w.kind for w in failing))
+        raise GateError(
+            f"sanity warnings fail the gate: {'; '.join(str(w) for w in failing)}",
+            f"{WARNINGS_HINT.format(kinds=kinds)}; no bundle written",
+        )
 
 
 def _refuse_over_budget(run: RunDir, records: list[ArtifactRecord]) -> None:
@@ -157,9 +183,10 @@ def _shippable(run: RunDir, name: str) -> ArtifactRecord:
     failure = next((f for f in run.manifest.failures if f.target == name), None)
     if failure is not None and (record is None or record.stage != "export"):
         log = f"; log: {run.path(failure.log)}" if failure.log else ""
+        again = f"`edgepipe export {run.root} --target {name}`"
         raise ExportError(
             f"{name} was not built in {run.root}: {failure.reason}{log}",
-            failure.hint or "the report's FAILED block says why; fix it and run `edgepipe export` again",
+            failure.hint or f"the report's FAILED block says why; fix it and run {again}",
         )
     if record is None or record.stage != "export":
         if name not in TARGETS:
@@ -167,14 +194,12 @@ def _shippable(run: RunDir, name: str) -> ArtifactRecord:
             close = difflib.get_close_matches(name, exported, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "`edgepipe targets` lists the targets"
             raise ConfigError(f"unknown artifact {name!r}; exported in {run.root}: {', '.join(exported)}", hint)
-        raise RunStateError(f"{run.root} has no exported {name}", f"run `edgepipe export {run.root} --target {name}`")
+        raise RunStateError(f"{run.root} has no exported {name}", run.how_to_make(name))
     if name in TARGETS and TARGETS.get(name).reference:
         raise ConfigError(f"{name} is a reference build for the report, not for shipping", "pick another --target")
     path = run.path(record.path)
     if not path.is_file() or sha256_file(path) != record.sha256:
-        raise RunStateError(
-            f"{path} is missing or changed since it was exported", f"run `edgepipe export {run.root} --target {name}`"
-        )
+        raise RunStateError(f"{path} is missing or changed since it was exported", run.how_to_make(name))
     if len(record.inputs) != 1 or len(record.outputs) != 1:
         raise RunStateError(
             f"{name} records {len(record.inputs)} inputs and {len(record.outputs)} outputs; need 1 each"

@@ -109,7 +109,8 @@ def render_readme(manifest: "ReleaseManifest") -> str:
     for entry in manifest.artifacts.values():
         lines += [
             f"| {entry.name} | `{entry.file}` | {m.runtime} ({m.provider}) | {_tensor(entry.input)} | "
-            f"{_tensor(entry.output)} | {m.accuracy:.2f} % | {m.latency.p50_ms:.3f} ms ({m.threads} threads) |"
+            f"{_tensor(entry.output)} | {m.accuracy:.2f} % | {m.latency.p50_ms:.3f} ms "
+            f"({m.threads} thread{'s' if m.threads != 1 else ''}) |"
             for m in entry.measurements
         ]
     lines += [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import report_prune
+from pipeline import report_prune, sanity
 from pipeline.gate import evaluate_gate
 from pipeline.io import write_text_atomic
 from pipeline.manifest import Manifest
@@ -54,6 +54,13 @@ def _md_int8_section(manifest: Manifest) -> list[str]:
     return lines + [""]
 
 
+def no_measurements_line(manifest: Manifest) -> str:
+    """What a report without measurements says to run: bench, after distill when the run has no teacher yet (bench
+    needs it)."""
+    distill = "" if "teacher" in manifest.artifacts else "`edgepipe distill RUN_DIR`, then "
+    return f"No measurements yet: run {distill}`edgepipe bench RUN_DIR`."
+
+
 def render_report(manifest: Manifest) -> str:
     """Markdown: what was run on what, one row per artifact × runtime, and what could not be measured."""
     lines = ["# edgepipe report", ""]
@@ -63,15 +70,14 @@ def render_report(manifest: Manifest) -> str:
     gate = gate_lines(manifest)
     if gate:
         lines += [gate[0], "", *(f"- {b}" for b in gate[1:]), ""]
+    lines += sanity.md_lines(manifest)
     lines += [*(f"- {b}" for b in summary_bullets(manifest)), ""]
     models = model_bullets(manifest)
     if models:
         lines += [f"- {b}" for b in models] + [""]
     teacher, student = teacher_and_student(manifest)
     if teacher is None:
-        return "\n".join(
-            lines + ["No measurements yet: run `edgepipe bench RUN_DIR`.", ""] + _md_data_section(manifest)
-        )
+        return "\n".join(lines + [no_measurements_line(manifest), ""] + _md_data_section(manifest))
     rows = main_rows(manifest, teacher, student)
     lines += [main_caption(manifest), "", *md_table(main_header(manifest), rows), ""]
     parity = parity_bullets(manifest)
@@ -106,10 +112,15 @@ def _md_data_section(manifest: Manifest) -> list[str]:
 
 
 def run_report(run: RunDir) -> str:
-    """Evaluate the accuracy gate, then write ``report.md`` and ``report.html`` beside the manifest and return the
-    markdown (a failed gate is raised by the caller after this, so the report is always written)."""
-    run.manifest.gate = evaluate_gate(run.manifest, run.config.gate)
-    run.save()
+    """Evaluate the accuracy gate and the sanity warnings (said on stderr), then write ``report.md`` and
+    ``report.html`` beside the manifest and return the markdown (a failed gate is raised by the caller after this, so
+    the report is always written)."""
+    gate = evaluate_gate(run.manifest, run.config.gate)
+    run.manifest.gate = gate
+    failing = [w for w in sanity.record_warnings(run) if w.fails_gate]  # saves the manifest
+    if gate is not None and failing:
+        run.manifest.gate = gate.model_copy(update={"passed": False})
+        run.save()
     text = render_report(run.manifest)
     write_text_atomic(run.path("report.md"), text)
     write_text_atomic(run.path("report.html"), render_html(run.manifest))

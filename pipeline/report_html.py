@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from pipeline import plots, report_prune
+from pipeline import plots, report_prune, sanity
 from pipeline.manifest import Manifest, Measurement
 from pipeline.report_sections import (
     CLASS_COUNTS_CAPTION,
@@ -86,8 +86,9 @@ def _figures(manifest: Manifest) -> str:
         [
             _figure(
                 plots.accuracy_latency_svg(measurements),
-                "Test top-1 against p50 latency at batch 1, one point per artifact × runtime (marker: runtime). "
-                "The dashed step line is the Pareto front: rows that no other row beats on both accuracy and latency.",
+                "Test top-1 against p50 latency at batch 1, one point per artifact × runtime (colour: artifact; "
+                "marker: runtime; hollow: a noisy p50, its timing rounds disagreed). The dashed step line is the "
+                "Pareto front: rows that no other row beats on both accuracy and latency.",
                 "figure-accuracy-latency",
             ),
             _figure(
@@ -97,9 +98,11 @@ def _figures(manifest: Manifest) -> str:
             ),
             _figure(
                 plots.latency_svg(measurements),
-                "Latency at batch 1 per artifact × runtime, from the recorded statistics: the line runs from p50 "
-                "to p99, with p90 and the mean marked. The manifest keeps p50/p90/p99/mean/stdev, not the raw "
-                "samples, so this is not a box plot (no quartiles or extremes).",
+                "Latency at batch 1 per artifact × runtime, from the recorded statistics: the solid line runs from "
+                "p50 to p99, with p90 and the mean (×) marked; a dotted line runs out to a mean outside p50–p99. "
+                "A mean beyond p99 means a few calls were far slower than the rest (outliers pull the mean, not "
+                "the percentiles). Hollow marks: a noisy row (its timing rounds disagreed). The manifest keeps "
+                "p50/p90/p99/mean/stdev, not the raw samples, so this is not a box plot (no quartiles or extremes).",
                 "figure-latency",
             ),
         ]
@@ -136,6 +139,7 @@ def render_html(manifest: Manifest) -> str:
     if gate:
         css = "gate-failed" if not manifest.gate.passed else "gate-passed"
         parts += [f'<p class="{css}">{_inline(gate[0])}</p>', _list(gate[1:])]
+    parts += sanity.html_parts(manifest, _inline, _list)
     parts.append(_list(summary_bullets(manifest)))
     models = model_bullets(manifest)
     if models:

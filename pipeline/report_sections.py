@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from pipeline.gate import over_budget
-from pipeline.manifest import Manifest, Measurement, TargetFailure
+from pipeline.manifest import LatencyStats, Manifest, Measurement, TargetFailure
 from pipeline.report_prune import exported_student
 
 MAIN_HEADER = [
@@ -31,6 +31,8 @@ TIMING_HEADER = [
     "batch",
     "threads",
     "runs",
+    "rounds",
+    "spread",
     "p50 ms",
     "p90 ms",
     "p99 ms",
@@ -38,7 +40,17 @@ TIMING_HEADER = [
     "img/s",
     "GMAC/s",
 ]
-FOOTPRINT_HEADER = ["artifact", "runtime", "file", "parameters", "MMAC / image", "peak RSS MiB", "runtime RSS MiB"]
+FOOTPRINT_HEADER = [
+    "artifact",
+    "runtime",
+    "file",
+    "parameters",
+    "MMAC / image",
+    "peak RSS MiB",
+    "runtime RSS MiB",
+    "load ms",
+    "first call ms",
+]
 INT8_HEADER = [
     "artifact",
     "calibration · settings",
@@ -70,8 +82,49 @@ def summary_bullets(manifest: Manifest) -> list[str]:
         f"mean {data.preprocessing.mean}, std {data.preprocessing.std}",
         f"machine: {cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, AVX2 {cpu.get('avx2')}, "
         f"AVX-512 {cpu.get('avx512')}, VNNI {cpu.get('vnni')}",
+        *bench_load_bullets(manifest),
         f"created {manifest.created}, edgepipe {manifest.edgepipe_version}; all versions in manifest.json",
     ]
+
+
+def _load_figures(snapshot) -> tuple[str, str]:
+    """The 1-minute load average and the busy cores of a load snapshot, "?" where unknown."""
+    load = f"{snapshot.load_average[0]:.2f}" if snapshot.load_average else "?"
+    busy = f"{snapshot.busy_cores:.1f}" if snapshot.busy_cores is not None else "?"
+    return load, busy
+
+
+def noisy_figures(manifest: Manifest) -> list[str]:
+    """Each timing still noisy after its re-measure, as "artifact on runtime (batch B, T thr)"."""
+    return [
+        f"{m.artifact} on {m.runtime} (batch {t.latency.batch}, {t.threads} thr)"
+        for m in shown_measurements(manifest)
+        for t in m.timings
+        if t.latency.noisy
+    ]
+
+
+def bench_load_bullets(manifest: Manifest) -> list[str]:
+    """The machine's load around the bench (load average and busy cores before → after, usable cores) with the
+    noisy figures, then thread counts capped at the idle cores and thread warnings; empty for older manifests."""
+    bench = manifest.bench_load
+    if bench is None:
+        return []
+    (load_before, busy_before), (load_after, busy_after) = _load_figures(bench.before), _load_figures(bench.after)
+    noisy = noisy_figures(manifest)
+    bullets = [
+        f"bench load: load average {load_before} → {load_after} (1 min), busy cores {busy_before} → {busy_after} "
+        f"of {bench.before.usable_cores} usable ({bench.before.idle_cores} idle at the start); noisy figures: "
+        + (", ".join(noisy) if noisy else "none")
+    ]
+    capped: dict[tuple, list[str]] = {}
+    for m in shown_measurements(manifest):
+        if m.thread_cap is not None:
+            capped.setdefault((m.runtime, tuple(m.thread_cap.requested), m.thread_cap.reason), []).append(m.artifact)
+    for (runtime, requested, reason), names in capped.items():
+        counts = ", ".join(map(str, requested))
+        bullets.append(f"{', '.join(names)} on {runtime}: not timed at {counts} thread(s): {reason}")
+    return bullets + [f"warning: {w}" for w in bench.warnings]
 
 
 CLASS_COUNTS_HEADER = ["class", "train", "val", "test"]
@@ -147,18 +200,42 @@ def row_runtime(m: Measurement) -> str:
 
 
 def _largest_batch(m: Measurement):
-    return max(m.timings, key=lambda t: (t.latency.batch, t.threads))
+    """The timing at the largest batch and the headline's thread count (else the fewest threads there)."""
+    batch = max(t.latency.batch for t in m.timings)
+    return m.timing(batch, m.threads) or m.timing(batch)
+
+
+NOISY_NOTE = (
+    "noisy: the p50s of its timing rounds still differed by more than bench.max_spread of their median after a "
+    "re-measure (spread = (max − min) / median), so the machine's load moved that figure; time it again on a "
+    "quieter machine before relying on it."
+)
 
 
 def main_caption(manifest: Manifest) -> str:
     first = manifest.measurements[0]
     reference = reference_name(manifest)
     return (
-        f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1 at the most threads measured "
-        f"({first.threads}), after warm-up; every batch size and thread count is in the latency table. "
-        f"Size ×: {reference} file bytes / row file bytes. Speed-up: {reference} p50 / row p50. "
-        f"Throughput: images/s at batch {_largest_batch(first).latency.batch}."
+        f"Accuracy on the test split ({manifest.data.test} samples). Latency: batch 1 at {first.threads} "
+        "thread (the headline: one thread holds its figure on a busy machine), the median of interleaved rounds' "
+        "p50s after warm-up; every batch size and thread count is in the latency table. "
+        f"Size ×: {reference} file bytes / row file bytes. Speed-up: {reference} p50 / row p50, both at batch 1 "
+        f"and {first.threads} thread. Throughput: images/s at batch {_largest_batch(first).latency.batch}, "
+        f"{first.threads} thread. "
+        f"A p50 marked {NOISY_NOTE}"
     )
+
+
+def p50_cell(stats: LatencyStats) -> str:
+    """A p50 in ms, marked when noisy: ``0.289 (noisy: spread 40 %)``."""
+    return f"{stats.p50_ms:.3f}" + (f" (noisy: spread {stats.spread * 100:.0f} %)" if stats.noisy else "")
+
+
+def speedup(reference: Measurement, m: Measurement) -> float | None:
+    """``reference`` p50 / ``m`` p50 at the batch and thread count of ``m``'s headline; None when the reference
+    has no timing there."""
+    timing = reference.timing(m.latency.batch, m.threads)
+    return timing.latency.p50_ms / m.latency.p50_ms if timing else None
 
 
 def main_rows(manifest: Manifest, teacher: Measurement, student: Measurement | None) -> list[list[str]]:
@@ -177,7 +254,7 @@ def failure_cells(failure: TargetFailure) -> list[str]:
 
 def main_cells(m: Measurement, teacher: Measurement, student: Measurement | None, over: bool = False) -> list[str]:
     """One main-table row (columns of ``MAIN_HEADER``); ``over``: the artifact is over its accuracy budget."""
-    speedup = teacher.latency.p50_ms / m.latency.p50_ms
+    faster = speedup(teacher, m)
     vs_student = f"{m.accuracy - student.accuracy:+.2f}" if student else "—"
     size, teacher_size = m.file_bytes, teacher.file_bytes
     return [
@@ -189,9 +266,9 @@ def main_cells(m: Measurement, teacher: Measurement, student: Measurement | None
         f"{m.accuracy - teacher.accuracy:+.2f}",
         vs_student,
         f"{m.agreement:.2f}" if m.agreement is not None else "—",
-        f"{m.latency.p50_ms:.3f}",
+        p50_cell(m.latency),
         f"{m.latency.p90_ms:.3f}",
-        f"{speedup:.2f}×",
+        f"{faster:.2f}×" if faster is not None else "—",
         f"{_largest_batch(m).throughput_ips:,.0f}",
     ]
 
@@ -209,7 +286,9 @@ def timing_rows(measurements: list[Measurement]) -> list[list[str]]:
                     str(stats.batch),
                     str(t.threads),
                     str(stats.runs),
-                    f"{stats.p50_ms:.3f}",
+                    str(stats.rounds),
+                    f"{stats.spread * 100:.0f} %" if stats.spread is not None else "—",
+                    p50_cell(stats),
                     f"{stats.p90_ms:.3f}",
                     f"{stats.p99_ms:.3f}",
                     f"{stats.mean_ms:.3f} ± {stats.stdev_ms:.3f}",
@@ -231,6 +310,8 @@ def footprint_rows(measurements: list[Measurement]) -> list[list[str]]:
             f"{m.macs / 1e6:.3f}" if m.macs is not None else "—",
             f"{m.peak_rss_mib:.1f}" if m.peak_rss_mib is not None else "—",
             f"{m.runtime_rss_mib:.1f}" if m.runtime_rss_mib is not None else "—",
+            f"{m.load_ms:.1f}" if m.load_ms is not None else "—",
+            f"{m.first_call_ms:.2f}" if m.first_call_ms is not None else "—",
         ]
         for m in measurements
     ]
@@ -252,11 +333,16 @@ FOOTPRINT_CAPTION = (
     "stored weights (BatchNorm folded; int8 scales and zero points included); TFLite files the elements of their "
     "constant tensors. MACs: multiply-accumulates of convolutions and matrix products per image. Peak RSS: a fresh "
     "process that imports the runtime, loads the model and runs one image; runtime RSS: the same process after "
-    "the import, before loading."
+    "the import, before loading. Load: from nothing to the model ready for a batch of 1 at 1 thread (PyTorch: "
+    "checkpoint read and module built; onnxruntime: session created; TFLite: interpreter built, tensors allocated); "
+    "first call: the first batch of 1 after it, before any warm-up."
 )
 TIMING_CAPTION = (
-    "Milliseconds per call of one pre-built batch: warm-up, then timed calls until both the minimum count and "
-    "time are met. GMAC/s: MACs × batch / p50."
+    "Milliseconds per call of one pre-built batch. Per batch size the thread counts take turns in rounds (warm-up "
+    "first; each round times each thread count for a share of the minimum count and time): p50 is the median of "
+    "the rounds' p50s, spread = (max − min) / median of them; p90, p99 and mean ± sd pool every call. A figure "
+    "whose spread exceeds bench.max_spread is timed again in fresh rounds and marked noisy if it still does. "
+    "GMAC/s: MACs × batch / p50."
 )
 
 
@@ -455,9 +541,10 @@ def gate_lines(manifest: Manifest) -> list[str]:
     if gate is None:
         return []
     broken = [c for c in gate.checks if not c.passed]
-    verdict = (
-        f"**FAILED: accuracy gate** — {len(broken)} of {len(gate.checks)} limits broken"
-        if broken
-        else f"**Accuracy gate passed** — {len(gate.checks)} limits checked"
-    )
+    if broken:
+        verdict = f"**FAILED: accuracy gate** — {len(broken)} of {len(gate.checks)} limits broken"
+    elif not gate.passed:
+        verdict = f"**FAILED: accuracy gate** — sanity warnings fail it (see Warnings); {len(gate.checks)} limits kept"
+    else:
+        verdict = f"**Accuracy gate passed** — {len(gate.checks)} limits checked"
     return [verdict, *(str(c) for c in broken), *(str(c) for c in gate.checks if c.passed)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import progress
 from pipeline.bench import run_bench
 from pipeline.calibrate import run_calibrate
 from pipeline.config import RunConfig
@@ -16,22 +17,52 @@ from pipeline.rundir import RunDir
 from targets import TARGETS
 
 
+def planned_stages(config: RunConfig) -> list[progress.Stage]:
+    """The stages ``config`` runs, in order: data, distill, prune (with a ``prune:`` section), calibrate (when an
+    export target is int8), export, bench, report."""
+    calibrates = any(TARGETS.get(name).needs_calibration for name in config.export.targets)
+    targets = len(config.export.targets)
+    stages = [
+        progress.Stage("data"),
+        progress.Stage("distill", "" if config.distill is not None else "take in the trained student"),
+        progress.Stage("prune") if config.prune is not None else None,
+        progress.Stage("calibrate", quick=True) if calibrates else None,
+        progress.Stage("export", f"{targets} target{'s' if targets != 1 else ''}"),
+        progress.Stage("bench"),
+        progress.Stage("report", quick=True),
+    ]
+    return [stage for stage in stages if stage is not None]
+
+
+def _run_stage(name: str, run: RunDir, force: set[str]) -> None:
+    if name == "distill":
+        run_distill(run, force="distill" in force)
+    elif name == "prune":
+        run_prune(run, force="prune" in force)
+    elif name == "calibrate":
+        run_calibrate(run, force="calibrate" in force)
+    elif name == "export":
+        run_export(run, force=set(run.config.export.targets) if "export" in force else set())
+    elif name == "bench":
+        run_bench(run)
+    elif name == "report":
+        run_report(run)
+
+
 def run_pipeline(config: RunConfig, out: Path, force: set[str]) -> Path:
-    """distill (or, with ``distill: null``, take in the trained student) → (prune) → calibrate → export → bench →
-    report into ``out``; ``force`` names stages to redo. Every model is checked against the data before any
-    training.
+    """Load the data, then distill (or, with ``distill: null``, take in the trained student) → (prune) → calibrate
+    → export → bench → report into ``out``; ``force`` names stages to redo. Every model is checked against the data
+    before any training. Each stage is reported to the progress view (:func:`planned_stages`).
 
     A target that fails to build does not stop the others (they are benched and reported). After the report is
     written: ExportError (exit 5) when a target failed to build, else GateError (exit 8) when an artifact is over
     its accuracy budget or the accuracy gate failed."""
-    run = RunDir.create(out, config)
-    run_distill(run, force="distill" in force)
-    if config.prune is not None:
-        run_prune(run, force="prune" in force)
-    if any(TARGETS.get(name).needs_calibration for name in config.export.targets):
-        run_calibrate(run, force="calibrate" in force)
-    run_export(run, force=set(config.export.targets) if "export" in force else set())
-    run_bench(run)
-    run_report(run)
+    stages = planned_stages(config)
+    progress.plan(stages)
+    with progress.stage("data"):
+        run = RunDir.create(out, config)
+    for stage in stages[1:]:
+        with progress.stage(stage.name):
+            _run_stage(stage.name, run, force)
     raise_if_run_failed(run.manifest, run.root)
     return out

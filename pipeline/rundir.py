@@ -8,13 +8,40 @@ from pathlib import Path
 
 from pipeline import __version__, augment, distributed
 from pipeline.config import RunConfig, dump_config, load_config
+from pipeline.converter_log import attach_run_log
 from pipeline.data import Splits, load_splits
 from pipeline.environment import environment, stage_tool_versions
 from pipeline.errors import RunStateError
-from pipeline.io import hash_json, sha256_file, write_text_atomic
+from pipeline.io import cannot_write, hash_json, sha256_file, write_text_atomic
 from pipeline.manifest import ArtifactRecord, DataRecord, Manifest, Preprocessing
+from pipeline.report_prune import PRUNED_STUDENT
+from pipeline.run_lock import lock_run
 
 DATA_LOG = "logs/data.log"  # the image folder's skipped files and the data warnings
+
+
+def _hold_writer_lock(root: Path, make: bool) -> None:
+    """Rank 0 takes the writer lock of ``root`` (made first when ``make``; skipped while it does not exist); every
+    rank then raises rank 0's refusal, so no rank waits at a barrier for one that has left (a collective: all ranks
+    call it).
+
+    Raises:
+        RunStateError: another process writes ``root``, or ``root`` cannot be made.
+    """
+    refusal = None
+    if distributed.is_main() and (make or root.is_dir()):
+        try:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise cannot_write(root, e) from e
+            lock_run(root)
+            attach_run_log(root)  # the command's spooled output joins RUN/logs/run.log now that it is ours
+        except RunStateError as e:
+            refusal = (str(e), e.hint)
+    refusal = distributed.from_main(refusal)
+    if refusal is not None:
+        raise RunStateError(*refusal)
 
 
 class RunDir:
@@ -29,8 +56,10 @@ class RunDir:
     def create(cls, root: Path, config: RunConfig) -> "RunDir":
         """Start (or continue) a run at ``root`` with ``config``; earlier artifacts stay for reuse.
 
-        The data is loaded before anything is written, so a bad data source leaves no run directory behind.
+        The data is loaded before anything is written, so a bad data source leaves no run directory behind. The
+        process holds the run's writer lock from before it reads what an earlier run left (see :func:`lock_run`).
         """
+        _hold_writer_lock(root, make=False)
         manifest_path = root / "manifest.json"
         previous = Manifest.load(manifest_path) if manifest_path.is_file() else None
         manifest = Manifest(
@@ -41,7 +70,8 @@ class RunDir:
         )
         run = cls(root, config, manifest)
         _ = run.splits
-        if distributed.is_main():  # write_text_atomic makes ``root``; one it cannot make is a RunStateError
+        _hold_writer_lock(root, make=True)
+        if distributed.is_main():
             write_text_atomic(root / "config.yaml", dump_config(config))
         run.save()
         distributed.barrier()
@@ -49,12 +79,13 @@ class RunDir:
 
     @classmethod
     def open(cls, root: Path) -> "RunDir":
-        """Open an existing run (for the single-stage commands)."""
+        """Open an existing run (for the single-stage commands), holding its writer lock (see :func:`lock_run`)."""
         if not (root / "manifest.json").is_file() or not (root / "config.yaml").is_file():
             raise RunStateError(
                 f"{root} is not an edgepipe run directory (no manifest.json/config.yaml)",
                 "create one with `edgepipe run --out DIR`",
             )
+        _hold_writer_lock(root, make=False)
         return cls(root, load_config(root / "config.yaml"), Manifest.load(root / "manifest.json"))
 
     @cached_property
@@ -134,11 +165,39 @@ class RunDir:
             }
         )
 
-    def require(self, name: str) -> ArtifactRecord:
+    def has(self, name: str) -> bool:
+        """Whether artifact ``name`` is recorded and its file is there."""
         record = self.manifest.artifacts.get(name)
-        if record is None or not self.path(record.path).is_file():
-            raise RunStateError(f"{self.root} has no {name} artifact", "run the stage that makes it first")
-        return record
+        return record is not None and self.path(record.path).is_file()
+
+    def require(self, name: str) -> ArtifactRecord:
+        """The record of artifact ``name``; a RunStateError whose hint says how to make it when it is missing."""
+        if not self.has(name):
+            raise RunStateError(f"{self.root} has no {name} artifact", self.how_to_make(name))
+        return self.manifest.artifacts[name]
+
+    def how_to_make(self, name: str) -> str:
+        """The hint for a missing artifact ``name``: the commands that make it, in order, the first one runnable in
+        this run as it is, e.g. "run `edgepipe distill RUN`, then `edgepipe export RUN --target onnx-int8`"."""
+        commands = dict.fromkeys(self._commands_for(name))
+        return "run " + ", then ".join(f"`{command}`" for command in commands)
+
+    def _commands_for(self, name: str) -> list[str]:
+        command, needs = self._producer(name)
+        return [*(c for need in needs if not self.has(need) for c in self._commands_for(need)), command]
+
+    def _producer(self, name: str) -> tuple[str, list[str]]:
+        """The command that makes artifact ``name`` and the artifacts it needs that another command makes."""
+        if name in ("teacher", "student"):
+            return f"edgepipe distill {self.root}", []
+        if name == "baseline":
+            return f"edgepipe distill {self.root} --baseline", []
+        if name == PRUNED_STUDENT:
+            return f"edgepipe prune {self.root}", ["teacher", "student"]
+        shipped = ["student"] + ([PRUNED_STUDENT] if self.config.prune is not None else [])
+        if name in ("calibration", "student-qat"):  # the QAT-KD student: an int8 target's fallback (quantize)
+            return f"edgepipe quantize {self.root}", ["teacher", *shipped]
+        return f"edgepipe export {self.root} --target {name.removesuffix('-qat')}", shipped
 
     def record(
         self, name: str, stage: str, artifact_id: str, path: Path, parent: str | None = None, **fields

@@ -8,30 +8,37 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline.machine_load import usable_cores
 from pipeline.manifest import TensorSpec
 
 
 def cpu_threads(threads: int | None) -> int:
-    return threads or os.cpu_count() or 1
+    """``threads``, or when None every core this process may use (CPU affinity, cgroup quota)."""
+    return threads or usable_cores()
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass
 class Runner:
     """``predict`` maps a float NCHW batch to float logits; ``timed_call`` returns a zero-arg callable
-    running one pre-built batch (inputs prepared outside the timed region)."""
+    running one pre-built batch (inputs prepared outside the timed region); ``enter`` makes the runner's
+    process-wide settings current (torch's thread count) before its timed calls, when runners take turns."""
 
     runtime: str
     provider: str
     threads: int
     predict: Callable[[np.ndarray], np.ndarray]
     timed_call: Callable[[np.ndarray], Callable[[], object]]
+    enter: Callable[[], None] = _nothing
 
 
 def fed(runner: Runner, convert: Callable[[np.ndarray], np.ndarray], outputs=lambda y: y) -> Runner:
@@ -42,6 +49,7 @@ def fed(runner: Runner, convert: Callable[[np.ndarray], np.ndarray], outputs=lam
         runner.threads,
         lambda x: outputs(runner.predict(convert(x))),
         lambda x: runner.timed_call(convert(x)),
+        runner.enter,
     )
 
 
@@ -75,8 +83,9 @@ def torch_runner(model, threads: int | None) -> Runner:
     """A PyTorch module in eval mode (the teacher and the float student).
 
     torch's thread count is process-wide: ``predict`` sets it for its own call only (a training later in the same
-    process must not inherit it: its float sums, hence its weights, depend on the thread count), ``timed_call``
-    sets it when the timed callable is built and leaves it for the timing loop."""
+    process must not inherit it: its float sums, hence its weights, depend on the thread count); ``timed_call``
+    sets it when the timed callable is built and ``enter`` sets it again before each window of timed calls (runners
+    of several thread counts take turns); both leave it for the timing loop."""
     import torch
 
     threads = cpu_threads(threads)
@@ -101,7 +110,7 @@ def torch_runner(model, threads: int | None) -> Runner:
 
         return call
 
-    return Runner("pytorch", "CPU", threads, predict, timed_call)
+    return Runner("pytorch", "CPU", threads, predict, timed_call, lambda: torch.set_num_threads(threads))
 
 
 def session_options(threads: int):

@@ -16,12 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import distributed
+from pipeline import progress as view
 from pipeline.config import TrainConfig
 from pipeline.data import DECODE_THREADS, Images, Splits
 from pipeline.errors import EdgepipeError
 from pipeline.io import atomic_path
 from pipeline.losses import FeatureTap, Objective, Outputs
-from pipeline.progress import progress_bar
+from pipeline.machine_load import training_threads
+from pipeline.runtimes import torch_threads_kept
 
 
 def seed_everything(seed: int) -> None:
@@ -38,12 +40,22 @@ def to_input(x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, splits: Splits, images: Images, batch_size: int = 512) -> np.ndarray:
-    """Float logits of ``model`` over ``images`` (eval mode, normalized as every artifact expects), streamed in
-    batches (an image folder is decoded a batch at a time)."""
+def predict_logits(
+    model: nn.Module, splits: Splits, images: Images, batch_size: int = 512, label: str | None = None
+) -> np.ndarray:
+    """Float logits (N × classes) of ``model`` over ``images`` (eval mode, normalized as every artifact expects),
+    streamed in batches (an image folder is decoded a batch at a time); with ``label``, a bar of the progress view
+    counts the batches."""
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    chunks = [model(to_input(x, device)).float().cpu().numpy() for x, _ in splits.batches(images, batch_size)]
+    batches = splits.batches(images, batch_size)
+    if label is None:
+        return np.concatenate([model(to_input(x, device)).float().cpu().numpy() for x, _ in batches])
+    chunks = []
+    with view.task(label, total=math.ceil(len(images) / batch_size)) as bar:
+        for x, _ in batches:
+            chunks.append(model(to_input(x, device)).float().cpu().numpy())
+            bar.advance()
     return np.concatenate(chunks)
 
 
@@ -174,10 +186,13 @@ def _load_progress(job: TrainJob) -> dict | None:
     return state if state.get("job_id") == job.job_id else None
 
 
+@torch_threads_kept()  # the training's thread count is its own: what runs after it keeps the one it had
 def fit(job: TrainJob, splits: Splits) -> dict:
     """Train ``job.model``; restore the weights of its best val epoch. Returns what happened, for the manifest."""
     cfg, world, rank = job.cfg, distributed.world_size(), distributed.rank()
     device = distributed.device_for(cfg.device)
+    threads, threads_from = training_threads(cfg.threads, torch.get_num_threads())
+    torch.set_num_threads(threads)
     seed_everything(job.seed)
     job.model.to(device).to(memory_format=torch.channels_last)
     job.objective.to(device)
@@ -209,10 +224,7 @@ def fit(job: TrainJob, splits: Splits) -> dict:
         torch.set_rng_state(progress["torch_rng"])
         state.update({k: progress[k] for k in ("epoch", "best_accuracy", "best_epoch", "best_state", "history")})
         state["resumed_from"] = progress["epoch"]
-    with progress_bar(disable=not distributed.is_main()) as bar:
-        task = bar.add_task(
-            job.name, total=cfg.epochs * steps_per_epoch, completed=state["epoch"] * steps_per_epoch, status=""
-        )
+    with view.task(job.name, total=cfg.epochs * steps_per_epoch, completed=state["epoch"] * steps_per_epoch) as bar:
         for epoch in range(state["epoch"], cfg.epochs):
             if _stale(state, cfg):
                 break
@@ -230,7 +242,7 @@ def fit(job: TrainJob, splits: Splits) -> dict:
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
+                bar.advance(status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}", boundary=False)
             _end_epoch(job, splits, state, epoch, loss.item(), bar)
             _save_progress(job, trainee.module if world > 1 else trainee, optimizer, schedule, state)
     job.model.load_state_dict(state["best_state"])
@@ -243,6 +255,8 @@ def fit(job: TrainJob, splits: Splits) -> dict:
         "resumed_from_epoch": state["resumed_from"],
         "processes": world,
         "device": str(device),
+        "threads": threads,
+        "threads_from": threads_from,
         "history": state["history"],
     }
 
@@ -252,7 +266,9 @@ def _stale(state: dict, cfg: TrainConfig) -> bool:
     return cfg.patience is not None and state["epoch"] - state["best_epoch"] >= cfg.patience
 
 
-def _end_epoch(job: TrainJob, splits: Splits, state: dict, epoch: int, last_loss: float, bar) -> None:
+def _end_epoch(job: TrainJob, splits: Splits, state: dict, epoch: int, last_loss: float, bar: view.Task) -> None:
+    """Validate, keep the best epoch, and say the epoch's line; ``bar``'s ETA is measured up to here (validation
+    included)."""
     distributed.sync_buffers(job.model)
     val_accuracy = accuracy(predict_logits(job.model, splits, splits.val), splits.val.y)
     state["epoch"] = epoch + 1
@@ -263,8 +279,9 @@ def _end_epoch(job: TrainJob, splits: Splits, state: dict, epoch: int, last_loss
             best_epoch=epoch + 1,
             best_state={k: v.detach().cpu().clone() for k, v in job.model.state_dict().items()},
         )
+    bar.mark()
     if distributed.is_main():
-        bar.console.log(
+        view.log(
             f"{job.name} epoch {epoch + 1}/{job.cfg.epochs}: loss {last_loss:.4f}, "
             f"val top-1 {val_accuracy:.2f}% (best {state['best_accuracy']:.2f}% at {state['best_epoch']})"
         )

@@ -22,8 +22,8 @@ BUILD_FACTS = "finished_run_build.json"
 TINY_CONFIG: dict = {
     "seed": 0,
     "data": {"source": "digits"},
-    "teacher": {"epochs": 2, "batch_size": 64},
-    "distill": {"epochs": 2, "batch_size": 64},
+    "teacher": {"epochs": 2, "batch_size": 64, "threads": 1},  # pinned: checkpoint bytes depend on the count
+    "distill": {"epochs": 2, "batch_size": 64, "threads": 1},
     "calibration": {"size": 64},
     "export": {"targets": list(ALL_TARGETS)},
     "bench": {"warmup": 1, "min_runs": 5, "min_seconds": 0, "eval_batch": 128, "batch_sizes": [1, 16]},
@@ -95,7 +95,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def finished_run_build(finished_run: Path) -> dict:
     """How ``finished_run`` was built: ``seconds`` per stage from nothing (a cache test compares a re-run) and
-    ``torch_threads`` it trained with (a retraining gives the same bytes only with the same thread count)."""
+    ``torch_threads``, torch's thread count around the stages (training itself runs at the pinned ``threads`` of
+    TINY_CONFIG, but the teacher's logits for distillation are computed at this count: a retraining gives the same
+    bytes only with the same counts)."""
     return json.loads((finished_run.parent / BUILD_FACTS).read_text())
 
 
@@ -194,10 +196,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A teacher-cnn trained for 2 epochs on digits, shared by every test that only trains students. Trained at
-    2 intra-op threads whichever test asks first (a module under ``one_thread`` would otherwise give other
-    float sums, so other weights, and results downstream would depend on the order tests run in)."""
-    import torch
-
+    2 intra-op threads (``teacher.threads``) whichever test asks first and however busy the machine (other float
+    sums would give other weights, and results downstream would depend on the order tests run in)."""
     from pipeline.config import parse_config
     from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
@@ -206,20 +206,15 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = {
         "seed": 0,
         "data": {"source": "digits"},
-        "teacher": {"epochs": 2, "batch_size": 64},
+        "teacher": {"epochs": 2, "batch_size": 64, "threads": 2},
         "export": {"targets": []},
     }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ensure_teacher(RunDir.create(root, parse_config(config)))
-    finally:
-        torch.set_num_threads(threads)
+    ensure_teacher(RunDir.create(root, parse_config(config)))
     return root / TEACHER_PATH
 
 
 def with_p50(measurement, p50_ms: float):
-    """A copy of ``measurement`` whose headline latency (batch 1, most threads) has p50 ``p50_ms``."""
+    """A copy of ``measurement`` whose headline latency (batch 1, 1 thread) has p50 ``p50_ms``."""
     headline = measurement.headline
     timings = [
         t.model_copy(update={"latency": t.latency.model_copy(update={"p50_ms": p50_ms})}) if t is headline else t

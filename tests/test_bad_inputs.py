@@ -29,6 +29,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.converter_log import RUN_LOG
 from pipeline.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -633,6 +634,12 @@ def snapshot(root: Path) -> dict[str, str] | None:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _run_log(root: Path) -> bytes:
+    """The run log under ``root`` (empty when there is none)."""
+    log = root / RUN_LOG
+    return log.read_bytes() if log.is_file() else b""
+
+
 @functools.cache
 def can_drop_dac() -> bool:
     return bool(shutil.which("setpriv")) and subprocess.run([*DROP_DAC, "true"], capture_output=True).returncode == 0
@@ -656,13 +663,14 @@ def invoke(call: Call) -> Result:
 
 
 def assert_whole_files_only(out: Path) -> None:
-    """A fresh --out is absent, or holds only a started run: config.yaml and a loadable manifest, no artifact."""
+    """A fresh --out is absent, or holds only a started run: config.yaml, a loadable manifest and the command's log
+    (logs/run.log), no artifact."""
     if not out.exists():
         return
     from pipeline.manifest import Manifest
 
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert set(files) <= {"config.yaml", "manifest.json"}, files
+    assert set(files) <= {"config.yaml", "manifest.json", "logs/run.log"}, files
     if "manifest.json" in files:
         assert Manifest.load(out / "manifest.json").artifacts == {}
     if "config.yaml" in files:
@@ -679,9 +687,11 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_config_dict: dict):
 
 @pytest.mark.parametrize(("build", "exit_code"), CASES)
 def test_bad_input(env: Env, build: Callable[[Env], Call], exit_code: int) -> None:
-    """One `edgepipe: error:` line, the documented exit code, every watched file untouched, no temp file."""
+    """One `edgepipe: error:` line, the documented exit code, every watched file untouched (a run's log only
+    appended to: it records the failed command), no temp file."""
     call = build(env)
     before = {root: snapshot(root) for root in call.watch}
+    logs_before = {root: _run_log(root) for root in call.watch}
     result = invoke(call)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith(ERROR)]
@@ -689,7 +699,12 @@ def test_bad_input(env: Env, build: Callable[[Env], Call], exit_code: int) -> No
     assert "Traceback" not in result.stderr + result.stdout
     assert result.exit_code == exit_code, errors[0]
     for root, files in before.items():
-        assert snapshot(root) == files, f"{root} changed"
+        log = _run_log(root)
+        assert log.startswith(logs_before[root]), f"{root}/{RUN_LOG} was rewritten, not appended to"
+        after = snapshot(root)
+        if after is not None and files is not None:
+            after.pop(RUN_LOG, None), files.pop(RUN_LOG, None)
+        assert after == files, f"{root} changed"
     if call.fresh is not None:
         assert_whole_files_only(call.fresh)
     scratch = [p for p in env.tmp.rglob("*") if TEMP_FILE.match(p.name)]  # files, and release's staging dirs

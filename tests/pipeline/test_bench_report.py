@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.config import BenchConfig
+from pipeline.machine_load import usable_cores
 from pipeline.manifest import Manifest
 from pipeline.report import render_report
 from pipeline.runtimes import onnxruntime_providers
@@ -44,22 +44,38 @@ def test_one_measurement_per_artifact_and_runtime(manifest: Manifest) -> None:
 
 
 def test_every_batch_and_thread_count_is_timed(manifest: Manifest) -> None:
-    """Each row holds one timing per configured batch size × thread count, percentiles ordered, runs at the
-    configured minimum, throughput and GMAC/s derived from the p50."""
+    """Each row holds one timing per configured batch size × thread count (PyTorch's capped at the idle cores of
+    bench start, saying so), timed in rounds whose p50s' median is the p50; percentiles ordered, runs at the
+    configured minimum, throughput and GMAC/s derived from the p50; the headline is batch 1 at 1 thread."""
     bench = BenchConfig(**manifest.config["bench"])
-    grid = {(b, t) for b in bench.batches() for t in bench.thread_counts()}
-    assert bench.thread_counts() == sorted({1, os.cpu_count()})
+    assert bench.thread_counts() == sorted({1, usable_cores()})
+    idle = manifest.bench_load.before.idle_cores
     for m in manifest.measurements:
         assert 0 <= m.accuracy <= 100 and 0 <= m.agreement <= 100
+        counts = {min(t, idle) for t in bench.thread_counts()} if m.runtime == "pytorch" else bench.thread_counts()
+        grid = {(b, t) for b in bench.batches() for t in counts}
         assert {(t.latency.batch, t.threads) for t in m.timings} == grid and len(m.timings) == len(grid)
+        capped = [t for t in bench.thread_counts() if t > idle] if m.runtime == "pytorch" else []
+        assert (m.thread_cap.requested if m.thread_cap else []) == capped
         for t in m.timings:
             stats = t.latency
-            assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+            assert 0 < stats.p50_ms <= stats.p99_ms and stats.p90_ms <= stats.p99_ms
             assert stats.mean_ms > 0 and stats.stdev_ms >= 0 and stats.runs >= bench.min_runs
-            # throughput is recorded to 0.1 image/s: a slow row (< 50 images/s) must not break a relative bound
-            assert t.throughput_ips == pytest.approx(stats.batch * 1000 / stats.p50_ms, rel=1e-3, abs=0.05 + 1e-9)
+            assert stats.rounds == bench.rounds == len(stats.round_p50_ms)
+            assert stats.p50_ms == sorted(stats.round_p50_ms)[bench.rounds // 2]  # 5 rounds: the middle one
+            assert stats.spread >= 0 and (stats.remeasured or not stats.noisy)
+            assert t.throughput_ips == round(stats.batch * 1000 / stats.p50_ms, 1)
             assert t.gmac_per_s == pytest.approx(m.macs * stats.batch / stats.p50_ms / 1e6, rel=1e-2)
-        assert m.latency.batch == 1 and m.threads == max(bench.thread_counts())
+        assert m.latency.batch == 1 and m.threads == 1
+        assert m.load_ms > 0 and m.first_call_ms > 0
+
+
+def test_bench_load_is_recorded(manifest: Manifest) -> None:
+    """The load facts before and after the bench, with the usable cores of this process."""
+    load = manifest.bench_load
+    assert load.before.usable_cores == load.after.usable_cores == usable_cores()
+    assert 1 <= load.before.idle_cores <= load.before.usable_cores
+    assert load.before.time <= load.after.time and load.warnings == []
 
 
 def test_footprint(manifest: Manifest) -> None:
@@ -177,3 +193,59 @@ def test_cuda_session_runs(finished_run: Path, manifest: Manifest) -> None:
     cpu = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(gpu, cpu, atol=1e-3, rtol=1e-3)
     assert any(m.provider == "CUDA" for m in manifest.measurements)
+
+
+def _noisy_headline(m, spread: float = 0.4):
+    """``m`` with its headline timing marked noisy at ``spread``."""
+    headline = m.headline
+    stats = headline.latency.model_copy(update={"noisy": True, "remeasured": True, "spread": spread})
+    timings = [t.model_copy(update={"latency": stats}) if t is headline else t for t in m.timings]
+    return m.model_copy(update={"timings": timings})
+
+
+def test_report_marks_noisy_figures_and_the_load(manifest: Manifest) -> None:
+    """A noisy headline p50 is marked in the main and latency tables and named in the load line; the caption says
+    the headline is 1 thread and what noisy means; load and first call are in the footprint table."""
+    from pipeline.report_sections import (
+        FOOTPRINT_HEADER,
+        MAIN_HEADER,
+        TIMING_HEADER,
+        bench_load_bullets,
+        footprint_rows,
+        main_caption,
+        main_cells,
+        timing_rows,
+    )
+
+    measurements = [_noisy_headline(m) if m.artifact == "onnx-int8" else m for m in manifest.measurements]
+    noisy = manifest.model_copy(update={"measurements": measurements})
+    (m,) = [m for m in measurements if m.artifact == "onnx-int8"]
+    teacher = measurements[0]
+    cells = dict(zip(MAIN_HEADER, main_cells(m, teacher, None)))
+    assert cells["p50 ms"] == f"{m.latency.p50_ms:.3f} (noisy: spread 40 %)"
+    assert cells["speed-up"] == f"{teacher.timing(1, 1).latency.p50_ms / m.latency.p50_ms:.2f}×"
+    rows = [dict(zip(TIMING_HEADER, row)) for row in timing_rows([m])]
+    assert rows[0]["p50 ms"].endswith("(noisy: spread 40 %)") and rows[0]["spread"] == "40 %"
+    (load, *_) = bench_load_bullets(noisy)
+    assert load.startswith("bench load: load average ") and "onnx-int8 on onnxruntime (batch 1, 1 thr)" in load
+    caption = main_caption(noisy)
+    assert "batch 1 at 1 thread" in caption and "noisy: the p50s of its timing rounds" in caption
+    footprint = dict(zip(FOOTPRINT_HEADER, footprint_rows([m])[0]))
+    assert footprint["load ms"] == f"{m.load_ms:.1f}" and footprint["first call ms"] == f"{m.first_call_ms:.2f}"
+
+
+def test_capped_pytorch_rows_and_thread_warnings_are_reported(manifest: Manifest) -> None:
+    from pipeline.manifest import ThreadCap
+    from pipeline.report_sections import bench_load_bullets
+
+    cap = ThreadCap(requested=[2], cap=1, reason="1 core(s) idle at bench start; pytorch: spins")
+    measurements = [
+        m.model_copy(update={"thread_cap": cap if m.runtime == "pytorch" else None}) for m in manifest.measurements
+    ]
+    load = manifest.bench_load.model_copy(update={"warnings": ["8 thread(s) exceed the 2 core(s)"]})
+    bullets = bench_load_bullets(manifest.model_copy(update={"measurements": measurements, "bench_load": load}))
+    assert bullets[1:] == [
+        "teacher, student on pytorch: not timed at 2 thread(s): 1 core(s) idle at bench start; pytorch: spins",
+        "warning: 8 thread(s) exceed the 2 core(s)",
+    ]
+    assert bench_load_bullets(manifest.model_copy(update={"bench_load": None})) == []

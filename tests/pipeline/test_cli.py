@@ -66,6 +66,35 @@ def test_subprocess_targets_and_help() -> None:
     assert "Usage: edgepipe" in helped.stdout and "export" in helped.stdout
 
 
+def test_version_names_the_tools_without_importing_them() -> None:
+    """`--version` prints edgepipe's, Python's and the runtimes' versions from package metadata alone."""
+    code = (
+        "import sys\nfrom pipeline.cli import main\nsys.argv = ['edgepipe', '--version']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None)\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorflow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    version, imported = done.stdout.strip().splitlines()
+    assert version.startswith("edgepipe 0.") and "python 3." in version and "torch " in version
+    assert imported == "[]", done.stderr
+
+
+def test_a_config_error_imports_no_torch(tmp_path: Path) -> None:
+    """A misspelt key is reported before torch, TensorFlow or onnxruntime are imported (the error is instant), also
+    when the config has a distill.losses section (its parameter check needs torch: it comes second)."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("data: {sourc: x}\ndistill: {losses: [{name: hinton, temperature: 2.0, alpha: 0.5}]}\n")
+    code = (
+        "import sys\nfrom pipeline.cli import main\n"
+        f"sys.argv = ['edgepipe', 'run', {str(config)!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print(e.code)\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorflow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "[]"], done.stderr
+    assert "unknown config key 'data.sourc'" in done.stderr
+
+
 def test_wrong_config_key(cli: CliRunner, write_config, tiny_config_dict: dict, tmp_path: Path) -> None:
     """A misspelled nested key exits 2 with one error line naming it."""
     tiny_config_dict["distill"]["temprature"] = 3.0

@@ -15,25 +15,26 @@ CHILD = textwrap.dedent(
     """
     import ctypes, logging, os, sys, warnings
     from pathlib import Path
+    from pipeline import progress
     from pipeline.converter_log import captured_output
-    from pipeline.progress import console, progress_bar
 
     log = Path(sys.argv[1])
-    with progress_bar() as bar:
-        task = bar.add_task("export", total=2, status="")
+    with captured_output(log):
+        os.write(2, b"fd2 mlir dump\\n")
+        os.write(1, b"fd1 chatter\\n")
+        ctypes.CDLL(None).printf(b"c stdio line\\n")
+        print("python print")
+        print("python stderr", file=sys.stderr)
+        logging.warning("Please consider to run pre-processing")
+        warnings.warn("a converter warning")
+        progress.console.print("progress line")
+    with progress.view("plain") as view, view.stage("export"), progress.task("export", total=1) as bar:
         with captured_output(log):
-            os.write(2, b"fd2 mlir dump\\n")
-            os.write(1, b"fd1 chatter\\n")
-            ctypes.CDLL(None).printf(b"c stdio line\\n")
-            print("python print")
-            print("python stderr", file=sys.stderr)
-            logging.warning("Please consider to run pre-processing")
-            warnings.warn("a converter warning")
-            console.print("progress line")
-            bar.advance(task)
-        with captured_output(log):
-            os.write(2, b"second capture\\n")
-        bar.advance(task)
+            with captured_output(log):  # a converter's capture inside the command's
+                os.write(2, b"second capture\\n")
+                print("edgepipe: warning: said on the terminal", file=sys.stderr)
+            progress.log("event line")
+            bar.advance()
     print("after capture", file=sys.stderr)
     logging.warning("root logging restored")
     """
@@ -41,8 +42,9 @@ CHILD = textwrap.dedent(
 
 
 def test_captured_output_keeps_progress_on_the_terminal(tmp_path: Path) -> None:
-    """Everything a converter writes lands in the log (appended); the progress console and anything written after
-    the capture still reach the original stderr."""
+    """Everything a converter writes lands in the log (appended), nested captures included; the progress console,
+    the view's lines, edgepipe's own warnings and anything written after the capture still reach the original
+    stderr."""
     log = tmp_path / "logs" / "tflite-fp32.log"
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(log)], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
@@ -60,7 +62,8 @@ def test_captured_output_keeps_progress_on_the_terminal(tmp_path: Path) -> None:
     ):
         assert line in captured, line
         assert line not in done.stdout + done.stderr, line
-    assert "progress line" in done.stderr and "progress line" not in captured
+    for line in ("progress line", "export: event line", "edgepipe: warning: said on the terminal"):
+        assert line in done.stderr and line not in captured, line
     assert "after capture" in done.stderr and "root logging restored" in done.stderr
 
 

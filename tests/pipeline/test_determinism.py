@@ -12,7 +12,9 @@ Two causes of differing bytes were found and fixed (see the comments where they 
   another order (teacher epoch-2 loss 0.2353 on one thread, 0.2363 on two) — ``torch_runner.predict`` and
   ``run_bench`` now give the thread count back.
 Building both runs in one process is the harder case: leftover global state shows up here, not across processes.
-The bytes do depend on torch's thread count (float sums split differently), so both runs here use one thread.
+The bytes do depend on torch's thread count (float sums split differently): training picks its count from the idle
+cores unless `teacher.threads` / `distill.threads` pin it, so both runs pin one training thread (and run the rest
+at one thread too).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def _fresh_run(root: Path) -> dict[str, str]:
     from pipeline.export import run_export
     from pipeline.rundir import RunDir
 
-    run = RunDir.create(root, parse_config(copy.deepcopy(TINY_CONFIG)))
+    config = copy.deepcopy(TINY_CONFIG)
+    config["teacher"]["threads"] = config["distill"]["threads"] = 1  # never chosen from the machine's load
+    run = RunDir.create(root, parse_config(config))
     run_distill(run)
     run_calibrate(run)
     run_export(run, list(TARGETS))

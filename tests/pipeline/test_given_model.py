@@ -204,7 +204,7 @@ def _cli_error(tmp_path: Path, raw: dict) -> tuple[int, str]:
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
     return result.exit_code, result.output
 
 

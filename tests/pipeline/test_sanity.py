@@ -1,0 +1,145 @@
+"""Sanity warnings: chance level, a teacher no better than its student, a KD student below its baseline; recorded,
+reported, said on stderr, and failing a configured gate (exit 8) unless accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import GateConfig, parse_config
+from pipeline.errors import GateError
+from pipeline.gate import raise_if_run_failed
+from pipeline.manifest import (
+    ArtifactRecord,
+    DataRecord,
+    GateResult,
+    LatencyStats,
+    Manifest,
+    Measurement,
+    Preprocessing,
+    Timing,
+)
+from pipeline.report import render_report
+from pipeline.sanity import chance_threshold, sanity_warnings
+
+LIMITED = GateConfig(max_drop_vs_teacher=50)
+
+
+TRAINED = {"arch": "cnn", "losses": [{"name": "ce", "weight": 1}], "epochs_run": 1, "best_epoch": 1, "val_accuracy": 9}
+
+
+def _record(name: str, stage: str, **info) -> ArtifactRecord:
+    return ArtifactRecord(name=name, id=name, stage=stage, path=f"{name}.bin", bytes=1, sha256="0", info=info)
+
+
+def _row(artifact: str, accuracy: float, runtime: str = "pytorch") -> Measurement:
+    latency = LatencyStats(batch=1, runs=1, p50_ms=1, p90_ms=1, p99_ms=1, mean_ms=1, stdev_ms=0)
+    timing = Timing(threads=1, latency=latency, throughput_ips=1000)
+    return Measurement(artifact=artifact, runtime=runtime, provider="CPU", accuracy=accuracy, timings=[timing])
+
+
+def manifest(
+    accuracies: dict[str, float], test: int = 10000, largest: int = 1000, distill: dict | None = None, **teacher_info
+) -> Manifest:
+    """A benched 10-class run: teacher, student (and baseline) PyTorch rows, an exported onnx-fp32 at the
+    student's accuracy; the test split's largest class holds ``largest`` images."""
+    counts = {"test": {str(c): largest if c == 0 else (test - largest) // 9 for c in range(10)}}
+    preprocessing = Preprocessing(mean=[0.5], std=[0.5], channels=1, height=8, width=8)
+    data = DataRecord(
+        source="digits", classes=[str(c) for c in range(10)], train=1, val=1, test=test, seed=0,
+        preprocessing=preprocessing, counts=counts,
+    )  # fmt: skip
+    artifacts = {
+        "teacher": _record("teacher", "distill", **TRAINED, parameters=4000, **teacher_info),
+        "student": _record("student", "distill", **TRAINED, parameters=170),
+        "onnx-fp32": _record("onnx-fp32", "export", format="onnx", precision="fp32"),
+    }
+    rows = [_row(name, accuracy) for name, accuracy in accuracies.items()]
+    rows.append(_row("onnx-fp32", accuracies["student"], "onnxruntime"))
+    if "baseline" in accuracies:
+        artifacts["baseline"] = _record("baseline", "distill", **TRAINED, parameters=170)
+    config = {"distill": {"epochs": 1} if distill is None else distill}
+    return Manifest(edgepipe_version="0", config=config, data=data, artifacts=artifacts, measurements=rows)
+
+
+def kinds(found) -> list[tuple[str, str]]:
+    return [(w.kind, w.artifact) for w in found]
+
+
+def test_chance_threshold_is_a_binomial_margin_over_the_larger_chance_rate() -> None:
+    """10 classes on 10 000 images: chance 10 %, flagged up to 10.90 %; a 40 % largest class raises chance."""
+    chance, threshold, what = chance_threshold(manifest({"teacher": 90, "student": 80}))
+    assert (chance, round(threshold, 2), what) == (10.0, 10.9, "1/10 classes")
+    chance, threshold, what = chance_threshold(manifest({"teacher": 90, "student": 80}, largest=4000))
+    assert (chance, what) == (40.0, "the largest test class's share") and threshold > 40
+
+
+def test_a_student_at_chance_is_flagged_with_its_artifacts() -> None:
+    """The issue's 170-parameter student at 10.03 %: the student and its exported file are at chance level."""
+    found = sanity_warnings(manifest({"teacher": 90, "student": 10.03}), GateConfig())
+    assert kinds(found) == [("chance-level", "student"), ("chance-level", "onnx-fp32")]
+    assert "10.03 %" in found[0].message and "not above chance (10.00 % = 1/10 classes" in found[0].message
+    assert not any(w.fails_gate for w in found)  # no gate configured: reported only
+
+
+def test_a_weak_model_on_few_images_is_not_chance() -> None:
+    """15 % on 100 test images lies within the margin (flagged); 25 % does not."""
+    assert kinds(sanity_warnings(manifest({"teacher": 90, "student": 15}, test=100, largest=10), GateConfig()))
+    assert not sanity_warnings(manifest({"teacher": 90, "student": 25}, test=100, largest=10), GateConfig())
+
+
+def test_a_teacher_no_better_than_its_student() -> None:
+    """The digits repro (teacher 95.26 %, student 98.05 %); skipped without distillation or when the reference
+    is the student itself."""
+    (found,) = sanity_warnings(manifest({"teacher": 95.26, "student": 98.05}), GateConfig())
+    assert (found.kind, found.artifact) == ("teacher-not-better", "teacher")
+    assert "95.26 %" in found.message and "98.05 %" in found.message
+    undistilled = manifest({"teacher": 95.26, "student": 98.05})
+    undistilled.config["distill"] = None
+    assert not sanity_warnings(undistilled, GateConfig())
+    itself = manifest({"teacher": 98.05, "student": 98.05}, same_model_as="student")
+    assert not sanity_warnings(itself, GateConfig())
+
+
+def test_a_kd_student_below_its_baseline() -> None:
+    (found,) = sanity_warnings(manifest({"teacher": 99, "student": 96.5, "baseline": 97.0}), GateConfig())
+    assert (found.kind, found.artifact) == ("kd-below-baseline", "student")
+    assert not sanity_warnings(manifest({"teacher": 99, "student": 97.0, "baseline": 97.0}), GateConfig())
+
+
+def test_a_configured_gate_fails_on_a_warning_unless_it_is_accepted() -> None:
+    """Warnings fail a gate with limits (exit 8, named in the line and the report's block); allow_warnings accepts
+    their kind; allow_warnings alone configures no gate."""
+    run = manifest({"teacher": 95.26, "student": 98.05})
+    run.warnings = sanity_warnings(run, LIMITED)
+    assert [w.fails_gate for w in run.warnings] == [True]
+    with pytest.raises(GateError, match="sanity warnings fail the gate: teacher-not-better: the teacher") as failed:
+        raise_if_run_failed(run, Path("RUN"))
+    assert failed.value.exit_code == 8 and "gate.allow_warnings: [teacher-not-better]" in failed.value.hint
+    run.gate = GateResult(passed=False, checks=[])  # as run_report records a gate a warning fails
+    text = render_report(run)
+    assert "**FAILED: sanity warnings** — 1 of 1 fail the gate" in text
+    assert "**FAILED: accuracy gate** — sanity warnings fail it" in text and "gate passed" not in text
+    assert text.index("FAILED: sanity warnings") < text.index("| ")  # above every table
+    accepted = GateConfig(max_drop_vs_teacher=50, allow_warnings=["teacher-not-better"])
+    run.warnings = sanity_warnings(run, accepted)
+    raise_if_run_failed(run, Path("RUN"))
+    assert "**Warnings** — 1 figure(s) look wrong" in render_report(run)
+    assert not any(w.fails_gate for w in sanity_warnings(run, GateConfig(allow_warnings=["chance-level"])))
+
+
+def test_allow_warnings_is_validated_and_kept_out_of_the_limits() -> None:
+    config = parse_config({"gate": {"max_bytes": 10, "allow_warnings": ["chance-level"]}})
+    assert config.gate.allow_warnings == ["chance-level"] and config.gate.limits_for("onnx-fp32").max_bytes == 10
+    with pytest.raises(Exception, match="allow_warnings"):
+        parse_config({"gate": {"allow_warnings": ["chance"]}})
+
+
+def test_report_html_has_the_warnings_block() -> None:
+    from pipeline.report_html import render_html
+
+    run = manifest({"teacher": 90, "student": 10.03})
+    run.warnings = sanity_warnings(run, GateConfig())
+    page = render_html(run)
+    assert 'id="warnings"' in page and "chance-level: student scores 10.03 %" in page
