@@ -214,8 +214,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 raise
             except Exception as e:
                 skipped.append(Skipped(artifact=name, runtime=runtime, reason=first_line(e)))
-                _say_rows(said, [*measurements, *skipped])
                 bar.advance()
+                _say_rows(said, [*measurements, *skipped])
                 continue
             logits_of: dict[str, np.ndarray] = {}
             for plan in plans:
@@ -237,8 +237,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 measurements.append(measurement)
                 if self_reference and name == "student":
                     measurements.insert(0, measurement.model_copy(update={"artifact": "teacher"}))
-            _say_rows(said, [*measurements, *skipped])
             bar.advance()
+            _say_rows(said, [*measurements, *skipped])  # after the step, so its ETA counts this artifact as done
     if "CUDAExecutionProvider" not in onnxruntime_providers():
         skipped.append(
             Skipped(

@@ -330,16 +330,19 @@ def bench(
             from pipeline.sanity import record_warnings
 
             run = _open(target)
-            run_bench(run)
+            rows = run_bench(run)
             record_warnings(run)  # said now; the report shows them too
+        typer.echo(f"edgepipe: measured {len(rows)} rows into {target / 'manifest.json'}")
         return
     _quiet_frameworks()
     if data is None:
         raise ConfigError(f"{target}: a model file needs --data", "e.g. --data fashion-mnist or --data path/to/images")
     data_config, bench_config = _file_bench_config(data, mean, std, threads, batch)  # before the heavy imports
+    from pipeline.converter_log import captured_output
     from pipeline.file_bench import bench_file, render_measurement
 
-    result = bench_file(target, data_config, bench_config, resize=resize)
+    with captured_output(None):  # runtimes' banners (TFLite's XNNPACK line) from C: no run directory to log them in
+        result = bench_file(target, data_config, bench_config, resize=resize)
     for warning in result.warnings:
         typer.echo(f"edgepipe: warning: {warning}", err=True)
     typer.echo(render_measurement(result))

@@ -234,27 +234,26 @@ def _build_all(exporter: Exporter, names: list[str]) -> list[ArtifactRecord]:
     with view.task(f"export{exporter.suffix}", total=len(names)) as bar:
         for name in names:
             bar.update(name + exporter.suffix)
-            record = _attempt(exporter, name)
+            record, line = _attempt(exporter, name)
             if record is not None:
                 records.append(record)
             bar.advance()
+            view.log(line)  # after the step, so its ETA counts this target as done
     return records
 
 
-def _attempt(exporter: Exporter, name: str) -> ArtifactRecord | None:
-    """``exporter.attempt(name)``, said as one line of the progress view."""
+def _attempt(exporter: Exporter, name: str) -> tuple[ArtifactRecord | None, str]:
+    """``exporter.attempt(name)`` and the progress view's line for it (built, reused, failed or skipped)."""
     artifact = name + exporter.suffix
     previous = exporter.run.manifest.artifacts.get(artifact)
     started = time.perf_counter()
     record = exporter.attempt(name)
     if record is None:
         failure = exporter.failures[name]
-        view.log(f"{artifact} {'skipped' if failure.stage == 'skipped' else 'failed'}: {failure.reason}")
-    elif record is previous:
-        view.log(f"{artifact} reused")
-    else:
-        view.log(f"{artifact} built in {view.duration(time.perf_counter() - started)}")
-    return record
+        return None, f"{artifact} {'skipped' if failure.stage == 'skipped' else 'failed'}: {failure.reason}"
+    if record is previous:
+        return record, f"{artifact} reused"
+    return record, f"{artifact} built in {view.duration(time.perf_counter() - started)}"
 
 
 def _with_parents(names: list[str]) -> set[str]:

@@ -149,21 +149,30 @@ def _check_fit(splits: Splits, wanted: tuple, source: str, path: Path, recorded:
     if all(not isinstance(m, int) or m == d for m, d in zip(wanted, splits.input_shape)):
         return
     takes = "was recorded taking" if recorded else "takes"
+    loaded = " (loaded with the recorded channel count)" if recorded else ""
     raise DataError(
-        f"{source} images are {_shape_text(splits.input_shape)} (C×H×W) but {path.name} {takes} "
+        f"{source} images{loaded} are {_shape_text(splits.input_shape)} (C×H×W) but {path.name} {takes} "
         f"{_shape_text(wanted)}",
         "pass --resize to bring them to the model's size and channels (Pillow bilinear; gray ↔ RGB), or measure on "
         "the data the model was made for",
     )
 
 
-def _check_classes(splits: Splits, outputs: list[TensorSpec], path: Path) -> None:
-    classes = outputs[0].shape[-1]
-    if isinstance(classes, int) and classes < len(splits.classes):
+def _check_classes(splits: Splits, outputs: list[TensorSpec], path: Path) -> list[str]:
+    """DataError when the model has fewer outputs than the data has classes; a warning when it has more (its
+    answers past the data's labels count as wrong)."""
+    classes, labels = outputs[0].shape[-1], len(splits.classes)
+    if isinstance(classes, int) and classes < labels:
         raise DataError(
-            f"{path} outputs {classes} classes but the data has {len(splits.classes)}",
+            f"{path} outputs {classes} classes but the data has {labels}",
             "measure on data with the model's classes, labels 0..N-1 in the model's order",
         )
+    if isinstance(classes, int) and classes > labels:
+        return [
+            f"{path.name} outputs {classes} classes but the data has {labels}: its top-1 is scored against labels "
+            f"0..{labels - 1}, an answer past them counts as wrong (is this the data the model was made for?)"
+        ]
+    return []
 
 
 def _normalization(given: bool, recorded: tuple[dict, str] | None, splits: Splits, source: str) -> str:
@@ -230,7 +239,9 @@ def _plan(path: Path, fmt: str, inputs: list[TensorSpec], outputs: list[TensorSp
             make_runner=lambda threads: fit(_onnx_runner(path, layout, threads)),
             file_bytes=lambda: path.stat().st_size,
             profile=lambda: onnx_profile(path),
-            probe=ProbeSpec(kind="onnx", path=str(path.resolve()), input_shape=shape) if layout == "NCHW" else None,
+            probe=ProbeSpec(kind="onnx", path=str(path.resolve()), input_shape=shape, batch=batch or 1)
+            if layout == "NCHW"
+            else None,
         )
     return Plan(
         artifact=path.name,
@@ -238,7 +249,9 @@ def _plan(path: Path, fmt: str, inputs: list[TensorSpec], outputs: list[TensorSp
         make_runner=lambda threads: fit(tflite_runner(path, inputs, outputs, threads)),
         file_bytes=lambda: path.stat().st_size,
         profile=lambda: tflite_profile(path),
-        probe=ProbeSpec(kind="tflite", path=str(path.resolve()), input_shape=shape, inputs=inputs, outputs=outputs),
+        probe=ProbeSpec(
+            kind="tflite", path=str(path.resolve()), input_shape=shape, batch=batch or 1, inputs=inputs, outputs=outputs
+        ),
     )
 
 
@@ -288,8 +301,9 @@ def bench_file(
     fmt, inputs, outputs = describe_file(path)
     recorded = recorded_preprocessing(path)
     fed_data, splits = _fed_splits(path, data, inputs[0], recorded, resize, seed)
-    _check_classes(splits, outputs, path)
+    class_warnings = _check_classes(splits, outputs, path)
     bench, batch, warnings = _batch_settings(bench, inputs[0], path)
+    warnings = class_warnings + warnings
     warnings += [line for line in [threads_warning(bench.thread_counts())] if line]
     measurement, _ = measure_plan(
         _plan(path, fmt, inputs, outputs, splits, batch), splits.normalize(splits.test.x), splits.test.y, None, bench

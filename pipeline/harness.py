@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.config import BenchConfig
 from pipeline.errors import EdgepipeError
+from pipeline.machine_load import usable_cores
 from pipeline.manifest import LatencyStats, Measurement, ThreadCap, Timing
 from pipeline.memory_probe import MemoryUse, ProbeSpec, probe_memory
 from pipeline.model_profile import ModelProfile
@@ -62,13 +63,20 @@ def timing(threads: int, stats: LatencyStats, macs: int | None) -> Timing:
 
 def time_runners(runners: dict[int, Runner], x: np.ndarray, cfg: BenchConfig, macs: int | None) -> list[Timing]:
     """Latency at every configured batch size (inputs built before timing) and every thread count of ``runners``
-    (keyed by it); per batch size the thread counts take turns in ``cfg.rounds`` interleaved rounds."""
+    (keyed by it); per batch size the thread counts take turns in ``cfg.rounds`` interleaved rounds. Counts above
+    the usable cores are timed after the others, in rounds of their own: their spinning pools would slow the
+    calls interleaved with them."""
+    usable = usable_cores()
+    groups = [{t: r for t, r in runners.items() if t <= usable}, {t: r for t, r in runners.items() if t > usable}]
     timings = []
     for batch in cfg.batches():
         feed = batch_of(x, batch)
-        contenders = {threads: Contender(runner.timed_call(feed), runner.enter) for threads, runner in runners.items()}
-        stats = measure_rounds(contenders, batch, cfg.warmup, cfg.min_runs, cfg.min_seconds, cfg.rounds, cfg.max_spread)
-        timings += [timing(threads, stats[threads], macs) for threads in contenders]
+        for group in filter(None, groups):
+            contenders = {t: Contender(runner.timed_call(feed), runner.enter) for t, runner in group.items()}
+            stats = measure_rounds(
+                contenders, batch, cfg.warmup, cfg.min_runs, cfg.min_seconds, cfg.rounds, cfg.max_spread
+            )
+            timings += [timing(threads, stats[threads], macs) for threads in contenders]
     return timings
 
 

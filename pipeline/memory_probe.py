@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pipeline.manifest import TensorSpec
 
@@ -29,6 +29,7 @@ class ProbeSpec(BaseModel):
     outputs: list[TensorSpec] = []
     input_shape: list[int]
     threads: int = 1
+    batch: int = Field(1, ge=1, description="Images in the batch run (a file that fixes its batch size takes that).")
     provider: str = "CPUExecutionProvider"
     run_dir: str = ""
     name: str = ""
@@ -77,7 +78,7 @@ def _load_and_run(spec: ProbeSpec) -> MemoryUse:
 
         runtime = _maxrss_mib()
         runner = runtimes.tflite_runner(spec.path, spec.inputs, spec.outputs, spec.threads)
-    runner.predict(np.zeros((1, *spec.input_shape), np.float32))
+    runner.predict(np.zeros((spec.batch, *spec.input_shape), np.float32))
     return MemoryUse(runtime_mib=round(runtime, 1), peak_mib=round(_maxrss_mib(), 1))
 
 

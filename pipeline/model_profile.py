@@ -109,11 +109,15 @@ def onnx_node_macs(model) -> dict[str, tuple[str, int]]:
 
 
 def onnx_profile(path: Path) -> ModelProfile:
-    """Profile an ONNX file at batch 1 (symbolic dimensions set to 1) with onnx-tool (Einsum from its equation)."""
+    """Profile an ONNX file per image with onnx-tool (symbolic dimensions set to 1; Einsum from its equation); a
+    file whose first input fixes the batch at B counts B images, so its MACs are divided by B."""
     import onnx
 
-    params, macs = _onnx_counts(onnx.load(str(path), load_external_data=False))
-    return ModelProfile(params=params, macs=sum(count for _, count in macs.values()))
+    model = onnx.load(str(path), load_external_data=False)
+    params, macs = _onnx_counts(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    batch = max(dims[0].dim_value, 1) if dims else 1  # 0: a symbolic batch, counted at 1
+    return ModelProfile(params=params, macs=sum(count for _, count in macs.values()) // batch)
 
 
 def torch_profile(module, input_shape: tuple[int, ...]) -> ModelProfile:

@@ -112,9 +112,12 @@ def bench_load_bullets(manifest: Manifest) -> list[str]:
         return []
     (load_before, busy_before), (load_after, busy_after) = _load_figures(bench.before), _load_figures(bench.after)
     noisy = noisy_figures(manifest)
+    before = bench.before
+    idle = before.idle_cores if before.busy_cores is None else max(0, before.usable_cores - round(before.busy_cores))
+    idle_text = f"{idle} idle" if idle >= 1 else "none idle, 1 used"  # idle_cores is at least 1: one is always used
     bullets = [
         f"bench load: load average {load_before} → {load_after} (1 min), busy cores {busy_before} → {busy_after} "
-        f"of {bench.before.usable_cores} usable ({bench.before.idle_cores} idle at the start); noisy figures: "
+        f"of {before.usable_cores} usable ({idle_text} at the start); noisy figures: "
         + (", ".join(noisy) if noisy else "none")
     ]
     capped: dict[tuple, list[str]] = {}

@@ -100,6 +100,9 @@ def test_a_teacher_no_better_than_its_student() -> None:
     assert not sanity_warnings(undistilled, GateConfig())
     itself = manifest({"teacher": 98.05, "student": 98.05}, same_model_as="student")
     assert not sanity_warnings(itself, GateConfig())
+    assert not sanity_warnings(manifest({"teacher": 100.0, "student": 100.0}), GateConfig())  # the ceiling
+    (tied,) = sanity_warnings(manifest({"teacher": 97.0, "student": 97.0}), GateConfig())
+    assert tied.kind == "teacher-not-better"
 
 
 def test_a_kd_student_below_its_baseline() -> None:

@@ -10,6 +10,7 @@ import statistics
 import numpy as np
 import pytest
 
+import pipeline.harness as harness
 import pipeline.timing as timing
 from pipeline.config import BenchConfig
 from pipeline.harness import Plan, measure_plan, thread_counts
@@ -162,3 +163,18 @@ def test_torch_runners_taking_turns_each_run_at_their_own_thread_count() -> None
     contenders = {t: Contender(r.timed_call(x), r.enter) for t, r in runners.items()}
     measure_rounds(contenders, 1, 1, 4, 0, 4, 10.0)
     assert seen == {1: {1}, 2: {2}}
+
+
+def test_thread_counts_above_the_usable_cores_are_timed_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts the process has cores for take turns with each other; a count above them is timed after them, never
+    between (its spinning pool would slow their calls)."""
+    monkeypatch.setattr(harness, "usable_cores", lambda: 2)
+    calls: list[int] = []
+
+    def runner(threads: int) -> Runner:
+        return Runner("fake", "CPU", threads, lambda x: x, lambda x: lambda: calls.append(threads))
+
+    cfg = BenchConfig(batch_sizes=[1], threads=[1, 2, 8], warmup=0, min_runs=4, min_seconds=0, rounds=2)
+    harness.time_runners({1: runner(1), 2: runner(2), 8: runner(8)}, np.zeros((1, 1, 2, 2), np.float32), cfg, None)
+    first_eight = calls.index(8)
+    assert set(calls[:first_eight]) == {1, 2} and set(calls[first_eight:]) == {8}
