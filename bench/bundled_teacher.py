@@ -12,7 +12,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from pipeline.distill import BUNDLED_TEACHER, ensure_teacher
 from pipeline.io import sha256_file
 from pipeline.rundir import RunDir

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from pipeline.distill import BUNDLED_TEACHER
 from pipeline.models import load_checkpoint
 from pipeline.run import run_pipeline

@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from pipeline.distill import load_model, run_distill
 from pipeline.rundir import RunDir
 from pipeline.train import accuracy, predict_logits

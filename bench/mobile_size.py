@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from calibration.sampling import CalibrationSet
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig
+from pipeline.config_load import load_config
 from pipeline.io import sha256_file
 from pipeline.manifest import Preprocessing
 from pipeline.runtimes import Runner, onnxruntime_runner, quantize_input, tflite_runner, torch_runner

@@ -169,7 +169,7 @@ def run(
     _quiet_frameworks()
     overrides = {"data.source": data} if data else {}
     with _progress_view("run", out, progress_mode, quiet):
-        from pipeline.config import load_config
+        from pipeline.config_load import load_config
 
         run_config = load_config(config, overrides, absolute=True)  # a config error shows before torch is imported
         from pipeline.run import run_pipeline
@@ -197,7 +197,7 @@ def distill(
     rank_0 = os.environ.get("RANK", "0") == "0"  # torchrun's rank, known before torch is imported
     with _progress_view("distill", run_dir, progress_mode, quiet or not rank_0) as view, view.stage("distill"):
         from pipeline import distributed
-        from pipeline.config import load_config
+        from pipeline.config_load import load_config
         from pipeline.distill import run_distill
         from pipeline.rundir import RunDir
 
@@ -358,7 +358,7 @@ def _floats(text: str | None) -> list[str] | None:
 
 def _file_bench_config(data: str, mean: str | None, std: str | None, threads: list[str], batch: list[int]):
     """The data and bench sections of a config built from `edgepipe bench FILE` options (validated alike)."""
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
 
     bench = {"threads": threads} if threads else {}
     config = parse_config(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
@@ -11,26 +10,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from pipeline.errors import ConfigError
 from pipeline.manifest import SanityKind
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-STRUCTURE_ONLY = {"structure_only": True}  # validation context: skip the checks that import torch
-
-
-def _structure_only(info: ValidationInfo) -> bool:
-    """Whether this validation skips the checks that import torch (loss parameters, teacher files)."""
-    return bool(info.context and info.context.get("structure_only"))
 
 
 class RandomResizedCropConfig(_Section):
@@ -229,14 +218,6 @@ class LossSpec(BaseModel):
     def params(self) -> dict:
         return dict(self.model_extra or {})
 
-    @model_validator(mode="after")
-    def _params_fit_the_loss(self, info: ValidationInfo) -> "LossSpec":
-        if _structure_only(info):
-            return self
-        from pipeline.losses import check_loss_params
-
-        check_loss_params(self.name, self.params)
-        return self
 
 
 class TeacherInput(_Section):
@@ -702,131 +683,6 @@ class RunConfig(_Section):
         """The distillation settings the prune and QAT-KD fine-tunes use: ``distill``, or its defaults when null."""
         return self.distill or DistillConfig()
 
-    @model_validator(mode="after")
-    def _targets_exist(self) -> "RunConfig":
-        from targets import TARGETS
-
-        for name in self.export.targets:
-            TARGETS.get(name)
-        if self.prune is not None:
-            TARGETS.get(self.prune.measure.target)
-        for name in self.gate.targets:
-            TARGETS.get(name.removesuffix("-qat"))
-        return self
-
-    @model_validator(mode="after")
-    def _logit_losses_for_file_teachers(self, info: ValidationInfo) -> "RunConfig":
-        if self.teacher is None or _structure_only(info):
-            return self
-        from pipeline.losses import reads_teacher_features
-        from pipeline.teacher_files import file_format
-
-        fmt = file_format(Path(self.teacher.checkpoint)) if self.teacher.checkpoint not in (None, "", "auto") else None
-        feature_losses = [spec.name for spec in self.kd.losses if reads_teacher_features(spec.name)]
-        if not fmt and self.teacher.input != TeacherInput():
-            raise ValueError(
-                "teacher.input describes an ONNX, TFLite or Keras teacher file; "
-                f"teacher.checkpoint {self.teacher.checkpoint!r} is not one (drop teacher.input)"
-            )
-        if fmt and feature_losses:
-            raise ValueError(
-                f"loss {feature_losses[0]!r} reads the teacher's inner layers, but the teacher is a {fmt} file run in "
-                "its own runtime, whose layers PyTorch cannot tap; use logit losses (hinton, mse) with it"
-            )
-        return self
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"unknown config key {where!r}"
-    return f"config key {where!r}: {first['msg'].removeprefix('Value error, ')}"
-
-
-def parse_config(raw: dict) -> RunConfig:
-    """Validate a mapping into a RunConfig; the error names the first offending key. The structure is checked first,
-    without the loss and teacher-file checks (they import torch), so a misspelt key is reported within a second."""
-    try:
-        RunConfig.model_validate(raw, context=STRUCTURE_ONLY)
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_describe(e), "see examples/config.yaml for every key") from None
-
-
-def load_config(path: Path | None, overrides: dict | None = None, absolute: bool = False) -> RunConfig:
-    """Read YAML at ``path`` (the embedded default when None) and apply dotted-key overrides; ``absolute`` (a
-    config starting a run): the files it names, relative to the current directory, made absolute (see
-    :func:`absolute_paths`), so the run's saved config.yaml works from any directory."""
-    raw: dict = {}
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", "pass the path of a YAML config")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of config sections")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    config = parse_config(raw)
-    return absolute_paths(config) if absolute else config
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).absolute()) if path else path
-
-
-def _absolute_arch(arch: str | None) -> str | None:
-    """``file.py:factory`` with the file's path absolute; other architectures as they are."""
-    module, colon, factory = (arch or "").rpartition(":")
-    return f"{_absolute(module)}{colon}{factory}" if colon and module.endswith(".py") else arch
-
-
-def _absolute_class_map(spec: str | dict | None) -> str | dict | None:
-    return _absolute(spec) if isinstance(spec, str) else spec
-
-
-def absolute_paths(config: RunConfig) -> RunConfig:
-    """``config`` with every file it names absolute, taken from the current directory: data.source / data.test
-    when paths (not built-in names), teacher/student checkpoints (not auto), ``file.py:factory`` architectures
-    and class-map label files. A config naming no relative file comes back equal (same dump, same artifact ids)."""
-    from pipeline.data import SOURCES
-
-    data = config.data
-    update: dict = {
-        "data": data.model_copy(
-            update={
-                "source": data.source if data.source in SOURCES else _absolute(data.source),
-                "test": _absolute(data.test),
-            }
-        ),
-        "student": config.student.model_copy(
-            update={
-                "arch": _absolute_arch(config.student.arch),
-                "checkpoint": _absolute(config.student.checkpoint),
-                "class_map": _absolute_class_map(config.student.class_map),
-            }
-        ),
-    }
-    if config.teacher is not None:
-        teacher = config.teacher
-        checkpoint = teacher.checkpoint if teacher.checkpoint == "auto" else _absolute(teacher.checkpoint)
-        update["teacher"] = teacher.model_copy(
-            update={
-                "arch": _absolute_arch(teacher.arch),
-                "checkpoint": checkpoint,
-                "class_map": _absolute_class_map(teacher.class_map),
-            }
-        )
-    if config.distill is not None:
-        update["distill"] = config.distill.model_copy(update={"arch": _absolute_arch(config.distill.arch)})
-    return config.model_copy(update=update)
 
 
 def dump_config(config: RunConfig) -> str:

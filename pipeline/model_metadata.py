@@ -14,6 +14,8 @@ from pathlib import Path
 from pipeline.errors import ExportError
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
+EMBEDDED_KEY = "edgepipe"  # a released file's own bundle entry (JSON): how to feed it, what it measured
+EMBEDDED_LABELS_KEY = "labels"  # a released file's class names, one per line
 
 
 def embed_metadata(source: Path, dest: Path, entries: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from pipeline.gate import (
 )
 from pipeline.io import cannot_write, sha256_file, write_errors_name
 from pipeline.manifest import ArtifactRecord, Measurement, Preprocessing, TensorSpec
-from pipeline.model_metadata import embed_metadata
+from pipeline.model_metadata import EMBEDDED_KEY, EMBEDDED_LABELS_KEY, embed_metadata
 from pipeline.release_readme import render_readme
 from pipeline.rundir import RunDir
 from pipeline.sanity import sanity_warnings
@@ -38,8 +38,6 @@ from targets import TARGETS
 
 RELEASE_SCHEMA_VERSION = 1
 LABELS_FILE = "labels.txt"
-EMBEDDED_KEY = "edgepipe"
-EMBEDDED_LABELS_KEY = "labels"
 
 
 class _Record(BaseModel):

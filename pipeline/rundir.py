@@ -7,7 +7,8 @@ from functools import cached_property
 from pathlib import Path
 
 from pipeline import __version__, augment, distributed
-from pipeline.config import RunConfig, dump_config, load_config
+from pipeline.config import RunConfig, dump_config
+from pipeline.config_load import load_config
 from pipeline.converter_log import attach_run_log
 from pipeline.data import Splits, load_splits
 from pipeline.environment import environment, stage_tool_versions

@@ -126,8 +126,7 @@ def _layout(spec: TensorSpec, given: str | None, name: str) -> tuple[str, str]:
 
 def _embedded_preprocessing(path: Path, fmt: str) -> dict | None:
     """The preprocessing edgepipe embedded in a released ONNX/TFLite file (``edgepipe release``)."""
-    from pipeline.model_metadata import read_onnx_metadata, read_tflite_metadata
-    from pipeline.release import EMBEDDED_KEY
+    from pipeline.model_metadata import EMBEDDED_KEY, read_onnx_metadata, read_tflite_metadata
 
     try:
         entries = read_onnx_metadata(path) if fmt == "ONNX" else read_tflite_metadata(path)

@@ -68,7 +68,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from pipeline.bench import run_bench
     from pipeline.calibrate import run_calibrate
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.distill import run_distill
     from pipeline.export import run_export
     from pipeline.report import run_report
@@ -198,7 +198,7 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A teacher-cnn trained for 2 epochs on digits, shared by every test that only trains students. Trained at
     2 intra-op threads (``teacher.threads``) whichever test asks first and however busy the machine (other float
     sums would give other weights, and results downstream would depend on the order tests run in)."""
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
 

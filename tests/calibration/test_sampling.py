@@ -127,7 +127,7 @@ def test_default_size_larger_than_the_split_takes_the_whole_split(tmp_path: Path
     """calibration.size left at its default (512) on a 60-image training split: all 60 are drawn, the record says
     60 and why, a warning goes to stderr; the cache id stays that of the default config."""
     from pipeline.calibrate import run_calibrate
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.manifest import Manifest
     from pipeline.rundir import RunDir
 

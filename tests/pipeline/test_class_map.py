@@ -20,7 +20,7 @@ from pipeline.class_map import (
     restrict_as_recorded,
     restrict_outputs,
 )
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.manifest import TensorSpec
 from pipeline.models import load_checkpoint, save_checkpoint, select_logits, teacher_cnn

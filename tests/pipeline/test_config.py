@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, dump_config, load_config, parse_config
+from pipeline.config import RunConfig, dump_config
+from pipeline.config_load import load_config, parse_config
 from pipeline.errors import ConfigError
 from targets import TARGETS
 

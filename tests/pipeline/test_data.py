@@ -313,7 +313,7 @@ def test_read_npz_empty_float_is_data_error(tmp_path: Path) -> None:
 )
 def test_preprocessing_config_errors_name_the_key(data: dict, key: str) -> None:
     """Invalid values and combinations raise a one-line ConfigError naming the key."""
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
@@ -326,7 +326,8 @@ def test_preprocessing_config_defaults_and_round_trip() -> None:
     """Everything is off by default; a full data section survives the effective-config YAML."""
     import yaml
 
-    from pipeline.config import dump_config, parse_config
+    from pipeline.config import dump_config
+    from pipeline.config_load import parse_config
 
     default = DataConfig()
     assert default.image_size is None and default.channels is None and default.mean is None

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.augment import crop_box
-from pipeline.config import DataConfig, RandomResizedCropConfig, parse_config
+from pipeline.config import DataConfig, RandomResizedCropConfig
+from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.image_decode import center_crop_geometry, decoder_for, image_suffixes, train_decoder_for
 from pipeline.manifest import Preprocessing

@@ -37,7 +37,7 @@ RECORDED = ["teacher", "student", "calibration", *TARGETS]
 def _fresh_run(root: Path) -> dict[str, str]:
     """Distil, calibrate and export every target from nothing; the sha256 of each recorded file, read from disk."""
     from pipeline.calibrate import run_calibrate
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.distill import run_distill
     from pipeline.export import run_export
     from pipeline.rundir import RunDir

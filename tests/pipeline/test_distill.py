@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import (
     BUNDLED_TEACHER,
     STUDENT_PATH,

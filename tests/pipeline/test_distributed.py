@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline import distributed
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import STUDENT_PATH, TEACHER_PATH, load_student, run_distill
 from pipeline.errors import ConfigError
 from pipeline.io import sha256_file

@@ -60,7 +60,7 @@ def test_changed_artifact_is_rebuilt(run_copy: Path, snapshot_artifacts) -> None
 
 def test_export_needs_a_student(tmp_path: Path, tiny_config_dict: dict) -> None:
     """Exporting in a run without a student raises RunStateError with a hint."""
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
 
     run = RunDir.create(tmp_path / "empty", parse_config(tiny_config_dict))
     with pytest.raises(RunStateError, match="no student") as caught:

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_CONFIG
 from PIL import Image
 
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.image_decode import decoder_for
 from pipeline.manifest import Manifest
 from pipeline.release_readme import PREPARE

@@ -15,7 +15,7 @@ from conftest import TINY_CONFIG
 from torch import nn
 
 from pipeline.bench import run_bench
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import ensure_teacher, load_model, run_distill
 from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.run import run_pipeline

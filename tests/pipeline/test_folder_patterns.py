@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, parse_config
+from pipeline.config import DataConfig
+from pipeline.config_load import parse_config
 from pipeline.data import image_suffixes, load_splits, read_image_folder
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest

@@ -9,7 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import GateConfig, parse_config
+from pipeline.config import GateConfig
+from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError, GateError
 from pipeline.gate import evaluate_gate
 from pipeline.manifest import Manifest

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import load_student, load_teacher, run_distill
 from pipeline.errors import ConfigError, ModelError
 from pipeline.io import sha256_file
@@ -289,7 +289,8 @@ def test_student_arch_given_twice_is_a_config_error() -> None:
 
 
 def test_shipped_config_round_trips_without_a_teacher(tmp_path: Path, given: dict) -> None:
-    from pipeline.config import dump_config, load_config
+    from pipeline.config import dump_config
+    from pipeline.config_load import load_config
 
     config = parse_config(_config(given["state_dict"], FEW_TARGETS))
     assert config.teacher is None and config.distill is None

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, parse_config
+from pipeline.config import DataConfig
+from pipeline.config_load import parse_config
 from pipeline.data import load_splits, read_image_folder
 from pipeline.errors import ConfigError, DataError
 from pipeline.image_decode import decode_image

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import LossSpec, parse_config
+from pipeline.config import LossSpec
+from pipeline.config_load import parse_config
 from pipeline.distill import STUDENT_PATH, load_student, run_distill
 from pipeline.errors import ConfigError, EdgepipeError
 from pipeline.losses import LOSSES, FeatureTap, HintLoss, Objective, Outputs

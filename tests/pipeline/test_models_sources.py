@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import ensure_teacher, load_student, load_teacher, run_distill
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file

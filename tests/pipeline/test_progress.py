@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import pipeline.run
 from pipeline import progress
 from pipeline.cli import app
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.converter_log import RUN_LOG, attach_run_log
 from pipeline.errors import DataError
 from pipeline.run import planned_stages

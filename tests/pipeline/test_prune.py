@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from pipeline.bench import run_bench
 from pipeline.calibrate import run_calibrate
 from pipeline.cli import app
-from pipeline.config import PruneMeasureConfig, parse_config
+from pipeline.config import PruneMeasureConfig
+from pipeline.config_load import parse_config
 from pipeline.converter_log import RUN_LOG
 from pipeline.distill import load_model, run_distill
 from pipeline.errors import ConfigError

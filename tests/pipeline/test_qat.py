@@ -15,7 +15,8 @@ from torch import nn
 
 from calibration import draw_calibration_set
 from calibration.readers import ort_reader
-from pipeline.config import LossSpec, QatConfig, TrainConfig, parse_config
+from pipeline.config import LossSpec, QatConfig, TrainConfig
+from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError
 from pipeline.losses import Objective
 from pipeline.models import build_model

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
 from pipeline.cli import app
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.converter_log import RUN_LOG
 from pipeline.errors import DataError, RunStateError
 from pipeline.rundir import RunDir

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import GateConfig, parse_config
+from pipeline.config import GateConfig
+from pipeline.config_load import parse_config
 from pipeline.errors import GateError
 from pipeline.gate import raise_if_run_failed
 from pipeline.manifest import (

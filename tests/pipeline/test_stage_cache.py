@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import pipeline.run
 from pipeline.bench import TF2ONNX_RUNTIME
 from pipeline.cli import app
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.io import sha256_file
 from pipeline.run import run_pipeline
 from targets import TARGETS

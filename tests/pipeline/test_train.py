@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from pipeline.config import LossSpec, TrainConfig, parse_config
+from pipeline.config import LossSpec, TrainConfig
+from pipeline.config_load import parse_config
 from pipeline.distill import STUDENT_PATH, load_model, load_student, run_distill
 from pipeline.losses import Objective
 from pipeline.models import build_model, save_checkpoint

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.errors import ExportError
 from pipeline.io import sha256_file
 from pipeline.manifest import Preprocessing

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
-from pipeline.config import parse_config
+from pipeline.config_load import parse_config
 from pipeline.distill import load_student, run_distill
 from pipeline.export import run_export
 from pipeline.manifest import ArtifactRecord

@@ -105,7 +105,7 @@ def maxpool_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Pa
     """A distilled max-pool-with-padding student, normalized so that the int8 input's zero point is 0
     (``data: {mean: [0.502], std: [0.5]}``, where TensorFlow's quantization debugger used to crash)."""
     from pipeline.calibrate import run_calibrate
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.distill import run_distill
     from pipeline.rundir import RunDir
 

@@ -104,7 +104,7 @@ def zoo_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def train_teacher(source: str, root: Path) -> Path:
     """A teacher-cnn trained for 2 epochs on ``source`` in a run at ``root``; returns its checkpoint."""
-    from pipeline.config import parse_config
+    from pipeline.config_load import parse_config
     from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
 
