@@ -18,14 +18,13 @@ from pipeline import progress as view
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
-from pipeline.errors import DataError
-from pipeline.harness import Plan, first_line, measure_plan
+from pipeline.errors import DataError, failure_reason
+from pipeline.harness import Plan, measure_plan
 from pipeline.io import hash_json
 from pipeline.machine_load import load_snapshot, threads_warning
-from pipeline.manifest import ArtifactRecord, BenchLoad, Measurement, Skipped
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, BenchLoad, Measurement, Skipped
 from pipeline.memory_probe import ProbeSpec
 from pipeline.model_profile import onnx_profile, tflite_profile, torch_profile
-from pipeline.prune import PRUNED_STUDENT, shipped_student
 from pipeline.rundir import RunDir
 from pipeline.runtimes import (
     onnxruntime_providers,
@@ -159,7 +158,7 @@ def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
     names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
     if _reference_is_student(run):
         names.remove("teacher")  # the student's rows stand for it (see run_bench)
-    if shipped_student(run) == PRUNED_STUDENT:
+    if run.shipped_student() == PRUNED_STUDENT:
         names.insert(2, PRUNED_STUDENT)  # beside the unpruned student it came from
     plans = [_model_entry(run, name, shape) for name in names]
     for record in run.manifest.artifacts.values():
@@ -213,7 +212,7 @@ def run_bench(run: RunDir) -> list[Measurement]:
             except DataError:
                 raise
             except Exception as e:
-                skipped.append(Skipped(artifact=name, runtime=runtime, reason=first_line(e)))
+                skipped.append(Skipped(artifact=name, runtime=runtime, reason=failure_reason(e)))
                 bar.advance()
                 _say_rows(said, [*measurements, *skipped])
                 continue
@@ -225,7 +224,7 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 except DataError:  # a test image that does not decode is the data's fault: it ends the stage
                     raise
                 except Exception as e:
-                    skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=first_line(e)))
+                    skipped.append(Skipped(artifact=plan.artifact, runtime=plan.runtime, reason=failure_reason(e)))
                     continue
                 if teacher_top1 is None:
                     teacher_top1 = logits.argmax(1)

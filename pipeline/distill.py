@@ -21,7 +21,7 @@ from pipeline.class_map import (
     restrict_outputs,
 )
 from pipeline.config import ClassMap, LossSpec, StudentConfig, TrainConfig
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ConfigError, ModelError, first_line
 from pipeline.io import sha256_file
 from pipeline.losses import Objective
 from pipeline.machine_load import training_threads
@@ -30,7 +30,6 @@ from pipeline.models import (
     arch_fingerprint,
     build_model,
     count_parameters,
-    first_line,
     is_program,
     load_checkpoint,
     load_program,
@@ -539,7 +538,20 @@ def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) 
     """Distil the student from the teacher; with ``baseline``, also train it from labels alone. With ``distill:
     null``, ship the given student instead (its reference: the configured teacher, else the student itself).
 
-    Every model is built or loaded and checked against the data before any training starts."""
+    Every model is built or loaded and checked against the data before any training starts. Records which student
+    ships (``manifest.shipped_student``): this one when the run does not prune; when it prunes, the prune stage
+    decides (again, for a new student)."""
+    before = run.manifest.artifacts.get("student")
+    student = _distill_or_ship(run, force, baseline)
+    if run.config.prune is None:
+        run.manifest.shipped_student = "student"
+    elif before is None or before.id != run.manifest.artifacts["student"].id:
+        run.manifest.shipped_student = None
+    run.save()
+    return student
+
+
+def _distill_or_ship(run: RunDir, force: bool, baseline: bool | None) -> nn.Module:
     cfg = run.config.distill
     if cfg is None:
         if baseline:

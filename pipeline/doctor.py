@@ -12,6 +12,8 @@ import shutil
 from dataclasses import dataclass
 from importlib import metadata
 
+from pipeline.errors import first_line
+
 REQUIREMENTS_FIX = "pip install -r requirements.txt"
 CONVERTERS_FIX = "pip install --no-deps -r requirements-converters.txt"
 DATA_FIX = "apt-get install dataset-fashion-mnist  (or run with --data digits)"
@@ -72,8 +74,7 @@ def check_component(component: Component) -> Check:
     try:
         module = importlib.import_module(component.module)
     except Exception as e:  # a broken install raises anything: ImportError, OSError, AttributeError...
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Check(component.label, f"fails to import: {first_line}", f"{component.label}: {component.fix}")
+        return Check(component.label, f"fails to import: {first_line(e)}", f"{component.label}: {component.fix}")
     version = found[1] if found else getattr(module, "__version__", "unknown version")
     distribution = f" ({found[0]})" if found and found[0] != component.label else ""
     detail = f"{version}{distribution}"

@@ -18,6 +18,18 @@ class EdgepipeError(Exception):
         return f"{text} (hint: {self.hint})" if self.hint else text
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message that says something, stripped (its type name when none does), cut
+    to ``limit`` characters with "…" when given: what a one-line reason quotes from a library's error."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why something failed, one line: an edgepipe error's message and hint, else the first line of the message."""
+    return error.one_line() if isinstance(error, EdgepipeError) else first_line(error)
+
+
 class ConfigError(EdgepipeError):
     """The config file or a command-line option is wrong."""
 

@@ -19,10 +19,9 @@ from pipeline import progress as view
 from pipeline.calibrate import CALIBRATION_PATH
 from pipeline.converter_log import captured_output
 from pipeline.distill import load_model
-from pipeline.errors import DataError, EdgepipeError, ExportError, ModelError, RunStateError
+from pipeline.errors import DataError, EdgepipeError, ExportError, ModelError, RunStateError, first_line
 from pipeline.io import atomic_path
-from pipeline.manifest import ArtifactRecord, TargetFailure
-from pipeline.prune import PRUNED_STUDENT, shipped_student
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, TargetFailure
 from pipeline.prune_measure import gzip_bytes
 from pipeline.qat_stage import QAT_STUDENT, ensure_qat_student, qat_targets
 from pipeline.rundir import RunDir
@@ -204,23 +203,18 @@ def _mtime(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _one_line(error: Exception) -> str:
-    line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
-
-
 def target_failure(
     run: RunDir, error: Exception, artifact: str, stage: str, log: Path, log_mtime: int | None
 ) -> TargetFailure:
     """The failure record of ``artifact``: an edgepipe error's line and hint, with ``log`` when the attempt wrote to
     it (its mtime before was ``log_mtime``); any other exception's first line, its traceback appended to ``log``."""
     if isinstance(error, EdgepipeError):
-        reason, hint = _one_line(error), error.hint
+        reason, hint = first_line(error, MAX_REASON_CHARS), error.hint
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as file:
             file.write("".join(traceback.format_exception(error)))
-        reason = f"{artifact}: {type(error).__name__}: {_one_line(error)}"
+        reason = f"{artifact}: {type(error).__name__}: {first_line(error, MAX_REASON_CHARS)}"
         hint = f"an unexpected error (traceback in the log); drop {artifact} from export.targets to ship the others"
     written = log.is_file() and _mtime(log) != log_mtime
     relative = str(log.relative_to(run.root)) if written else None
@@ -298,7 +292,7 @@ def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | 
     RunStateError when an earlier stage's output (student, calibration) is missing."""
     force = force or set()
     names = targets or run.config.export.targets
-    exporter = Exporter(run, force, shipped_student(run))
+    exporter = Exporter(run, force, run.shipped_student())
     records = _build_all(exporter, names)
     qat_records, qat_failures = _qat_step(run, force, records)
     tried = {name + suffix for name in _with_parents(names) for suffix in ("", QAT_SUFFIX)}

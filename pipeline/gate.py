@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from pipeline.config import GateConfig
 from pipeline.errors import EdgepipeError, ExportError, GateError
 from pipeline.manifest import WITHIN_BUDGET, GateCheck, GateResult, Manifest, Measurement, TargetFailure
-from pipeline.report_prune import exported_student
 
 NATIVE_RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 QAT_SUFFIX = "-qat"  # builds from pipeline.qat_stage.QAT_STUDENT (not imported: the report stays torch-free)
@@ -104,7 +103,7 @@ def evaluate_gate(
     if not gate_configured(gate):
         return None
     teacher = next((m for m in manifest.measurements if m.artifact == "teacher"), None)
-    fp32_student = exported_student(manifest)  # student-pruned when the run prunes: int8 drops are against it
+    fp32_student = manifest.exported_student()  # student-pruned when the run prunes: int8 drops are against it
     student = next((m for m in manifest.measurements if m.artifact == fp32_student), None)
     checks = []
     for m in manifest.measurements:

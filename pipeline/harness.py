@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.config import BenchConfig
-from pipeline.errors import EdgepipeError
+from pipeline.errors import failure_reason
 from pipeline.machine_load import usable_cores
 from pipeline.manifest import LatencyStats, Measurement, ThreadCap, Timing
 from pipeline.memory_probe import MemoryUse, ProbeSpec, probe_memory
@@ -120,14 +120,6 @@ def load_runners(plan: Plan, counts: list[int], x: np.ndarray) -> Loaded:
     return Loaded(runners, round(load_ms, 3), round(first_call_ms, 3))
 
 
-def first_line(error: Exception) -> str:
-    """Why a measurement failed, one line: the first line of the message (its type name when empty), and the hint
-    of an edgepipe error."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    hint = error.hint if isinstance(error, EdgepipeError) else None
-    return f"{line} (hint: {hint})" if hint else line
-
-
 def _profile(plan: Plan, unmeasured: dict[str, str]) -> ModelProfile | None:
     """Parameters and MACs of ``plan``; None (each field's reason in ``unmeasured``) when they cannot be counted."""
     if plan.profile is None:
@@ -137,7 +129,7 @@ def _profile(plan: Plan, unmeasured: dict[str, str]) -> ModelProfile | None:
     try:
         return plan.profile()
     except Exception as e:  # a counter's failure costs these two fields, never the row
-        unmeasured.update(params=first_line(e), macs=first_line(e))
+        unmeasured.update(params=failure_reason(e), macs=failure_reason(e))
         return None
 
 
@@ -149,7 +141,7 @@ def _memory(plan: Plan, threads: int, unmeasured: dict[str, str]) -> MemoryUse |
         try:
             return probe_memory(plan.probe.model_copy(update={"threads": threads}))
         except Exception as e:  # the probe's failure costs the memory fields, never the row
-            reason = first_line(e)
+            reason = failure_reason(e)
     unmeasured.update(peak_rss_mib=reason, runtime_rss_mib=reason)
     return None
 
@@ -160,7 +152,7 @@ def _file_bytes(plan: Plan, unmeasured: dict[str, str]) -> int | None:
     try:
         return plan.file_bytes()
     except OSError as e:
-        unmeasured["file_bytes"] = first_line(e)
+        unmeasured["file_bytes"] = failure_reason(e)
         return None
 
 

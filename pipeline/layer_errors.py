@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.errors import ConfigError, ExportError
+from pipeline.errors import ConfigError, ExportError, first_line
 
 ORT_BATCH_SIZE = 32
 
@@ -71,11 +71,6 @@ EXACT_NOTE = "exact: the float and int8 tensors are all zero"
 
 def _db(value: float) -> float | None:
     return round(value, 2) if math.isfinite(value) else None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _worst_first(errors: list[LayerError]) -> list[LayerError]:
@@ -135,7 +130,7 @@ def onnx_layer_errors(
         figures = qdq_loss_debug.compute_activation_error(matching)
     except Exception as e:
         raise ExportError(
-            f"per-layer error of {Path(qdq_model).name} vs {Path(float_model).name} failed: {_first_line(e)}",
+            f"per-layer error of {Path(qdq_model).name} vs {Path(float_model).name} failed: {first_line(e)}",
             "pass the float model the QDQ model was quantized from and float32 NCHW samples",
         ) from e
     float_nodes = {node.name: node for node in float_graph.node if node.name}
@@ -299,7 +294,7 @@ def tflite_calibrated_model(saved_model: Path, calibration_nhwc: np.ndarray) -> 
     try:
         calibrated = converter.convert()
     except Exception as e:
-        raise ExportError(f"TFLite calibration of {Path(saved_model).name} failed: {_first_line(e)}") from e
+        raise ExportError(f"TFLite calibration of {Path(saved_model).name} failed: {first_line(e)}") from e
     while len(_CALIBRATED) >= CALIBRATED_CACHE_SIZE:
         _CALIBRATED.pop(next(iter(_CALIBRATED)))  # oldest first
     _CALIBRATED[key] = _repair_ranges(calibrated)
@@ -336,7 +331,7 @@ def tflite_quantized_model(
         )
     except Exception as e:
         raise ExportError(
-            f"TFLite int8 quantization failed: {_first_line(e)}",
+            f"TFLite int8 quantization failed: {first_line(e)}",
             "with every layer denylisted nothing is left to quantize: use tflite-fp32" if denylisted_nodes else None,
         ) from e
 
@@ -438,7 +433,7 @@ def tflite_layer_errors(
         dump = io.StringIO()
         debugger.layer_statistics_dump(dump)
     except Exception as e:
-        raise ExportError(f"TFLite quantization debugger run failed: {_first_line(e)}") from e
+        raise ExportError(f"TFLite quantization debugger run failed: {first_line(e)}") from e
     known, debug_names = set(_tensor_names(calibrated.content)), _tensor_names(debug_model)
     repaired = {repair.tensor: repair for repair in calibrated.repairs}
     errors = []

@@ -319,6 +319,9 @@ class SanityWarning(_Record):
         return f"{self.kind}: {self.message}"
 
 
+PRUNED_STUDENT = "student-pruned"  # the artifact the prune stage records
+
+
 class Manifest(_Record):
     schema_version: int = SCHEMA_VERSION
     edgepipe_version: str
@@ -327,6 +330,12 @@ class Manifest(_Record):
     environment: dict[str, Any] = {}
     data: DataRecord | None = None
     artifacts: dict[str, ArtifactRecord] = {}
+    shipped_student: str | None = Field(
+        None,
+        description="The student every export is built from, set by the stage that decides it: distill ('student' "
+        "when the run does not prune), prune ('student-pruned' when it ships the pruned one, else 'student'). None: "
+        "not decided yet (a run that prunes, before its prune stage).",
+    )
     measurements: list[Measurement] = []
     skipped: list[Skipped] = []
     failures: list[TargetFailure] = Field(
@@ -337,6 +346,15 @@ class Manifest(_Record):
     warnings: list[SanityWarning] = Field(
         [], description="Sanity warnings the report stage found in the measurements (chance level, teacher, baseline)."
     )
+
+    def exported_student(self) -> str:
+        """The student the exported files were built from, as the stage that decided it recorded; a manifest from
+        before ``shipped_student`` was recorded: the prune stage's record says (``student`` until decided)."""
+        if self.shipped_student is not None:
+            return self.shipped_student
+        record = self.artifacts.get(PRUNED_STUDENT)
+        pruning = self.config.get("prune") is not None and record is not None and record.info.get("shipped")
+        return PRUNED_STUDENT if pruning else "student"
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, first_line
 from pipeline.io import atomic_path, sha256_file
 from pipeline.registry import Registry
 
@@ -168,11 +168,6 @@ def _build_library_model(arch: str, in_channels: int, num_classes: int, kwargs: 
         raise ModelError(f"arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | None = None) -> nn.Module:

@@ -25,9 +25,9 @@ from pipeline import distributed, progress
 from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
 from pipeline.config import PruneConfig, TrainConfig
 from pipeline.distill import load_student, load_teacher
-from pipeline.errors import ConfigError, RunStateError
+from pipeline.errors import ConfigError
 from pipeline.losses import Objective
-from pipeline.manifest import ArtifactRecord
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord
 from pipeline.model_profile import torch_profile
 from pipeline.models import count_parameters, save_checkpoint
 from pipeline.prune_measure import ExportContext, export_chain, gzip_bytes, p50_ms, val_top1
@@ -48,7 +48,6 @@ from pipeline.rundir import RunDir
 from pipeline.train import TrainJob, fit, predict_logits, seed_everything
 from targets import TARGETS
 
-PRUNED_STUDENT = "student-pruned"
 PRUNED_PATH = "checkpoints/student-pruned.pt"
 WORK_DIR = "work/prune"
 DENSE_NOTE = (
@@ -57,17 +56,6 @@ DENSE_NOTE = (
     "(gzip). For lower latency use method: structured."
 )
 STUDENT_META = ("arch", "arch_kwargs", "in_channels", "num_classes")
-
-
-def shipped_student(run: RunDir) -> str:
-    """The student the export stage builds every target from: ``student-pruned`` when the run prunes and the prune
-    stage produced a student to ship, else ``student``."""
-    if run.config.prune is None:
-        return "student"
-    record = run.manifest.artifacts.get(PRUNED_STUDENT)
-    if record is None:
-        raise RunStateError(f"{run.root} has a prune: section but no pruned student", run.how_to_make(PRUNED_STUDENT))
-    return PRUNED_STUDENT if record.info.get("shipped") else "student"
 
 
 @dataclass
@@ -302,7 +290,7 @@ def run_prune(run: RunDir, force: bool = False) -> ArtifactRecord:
     prune_id = run.artifact_id(PRUNED_STUDENT, key, parents)
     reused = None if force else run.manifest.reusable(PRUNED_STUDENT, prune_id, run.root)
     if reused:
-        return reused
+        return _ship(run, reused)
     seed_everything(run.config.seed)
     session = _session(run, prune_id, student)
     shutil.rmtree(run.path(WORK_DIR), ignore_errors=True)
@@ -316,6 +304,13 @@ def run_prune(run: RunDir, force: bool = False) -> ArtifactRecord:
     shutil.rmtree(run.path(WORK_DIR), ignore_errors=True)
     record = _save(run, prune_id, pruned, info, variants)
     _log(prune_summary_lines(record)[0])
+    return _ship(run, record)
+
+
+def _ship(run: RunDir, record: ArtifactRecord) -> ArtifactRecord:
+    """Record in the manifest which student the exports are built from: the pruned one when it ships."""
+    run.manifest.shipped_student = PRUNED_STUDENT if record.info.get("shipped") else "student"
+    run.save()
     return record
 
 

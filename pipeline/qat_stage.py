@@ -7,7 +7,6 @@ from pipeline import distributed
 from pipeline.distill import load_model, load_teacher
 from pipeline.manifest import ArtifactRecord
 from pipeline.models import count_parameters, save_checkpoint
-from pipeline.prune import shipped_student
 from pipeline.qat import qat_distill
 from pipeline.rundir import RunDir
 from targets import TARGETS
@@ -54,7 +53,7 @@ def ensure_qat_student(
 ) -> ArtifactRecord:
     """Fine-tune the student under int8 fake quantization on the given weight grid while the teacher distils into
     it (reused when unchanged)."""
-    source = shipped_student(run)  # the pruned student when the run prunes
+    source = run.shipped_student()  # the pruned student when the run prunes
     cfg, student_record = run.config.quantize.qat, run.require(source)
     per_channel = run.config.export.onnx_int8.per_channel is not False  # auto: per-channel, the portable choice
     key = {

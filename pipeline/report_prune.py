@@ -6,19 +6,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from pipeline.manifest import ArtifactRecord, Manifest
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, Manifest
 
-PRUNED_STUDENT = "student-pruned"  # pipeline.prune.PRUNED_STUDENT (not imported: the report stays torch-free)
 PATH_HEADER = ["step", "channel ratio", "parameters", "MMAC / image", "val top-1 %", "p50 ms", "meets budget"]
 LAYER_HEADER = ["layer", "student shape", "pruned shape", "student sparsity %", "pruned sparsity %"]
 GZIP_HEADER = ["artifact", "student", "file", "gzip", "gzip / file"]
-
-
-def exported_student(manifest: Manifest) -> str:
-    """The student the exported files were built from: ``student-pruned`` when the run prunes and ships it."""
-    record = manifest.artifacts.get(PRUNED_STUDENT)
-    pruning = manifest.config.get("prune") is not None and record is not None and record.info.get("shipped")
-    return PRUNED_STUDENT if pruning else "student"
 
 
 class PruneSection(NamedTuple):

@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 from pipeline.gate import over_budget
 from pipeline.manifest import LatencyStats, Manifest, Measurement, TargetFailure
-from pipeline.report_prune import exported_student
 
 MAIN_HEADER = [
     "artifact",
@@ -468,7 +467,7 @@ def int8_table(manifest: Manifest) -> Int8Table | None:
     """Per int8 artifact: calibration method and settings, its int8 share of MACs (and of weight elements), test
     accuracy and drop vs the fp32 student, float layers, whether it is within its budget and the worst layers by
     SQNR (int8 vs float activations on the calibration set); None without int8 measurements."""
-    student = _cpu_accuracy(manifest, exported_student(manifest))  # the student the int8 files were made from
+    student = _cpu_accuracy(manifest, manifest.exported_student())  # the student the int8 files were made from
     records = [r for r in manifest.artifacts.values() if r.stage == "export" and r.info.get("precision") == "int8"]
     if not records or student is None:
         return None

@@ -14,8 +14,7 @@ from pipeline.data import Splits, load_splits
 from pipeline.environment import environment, stage_tool_versions
 from pipeline.errors import RunStateError
 from pipeline.io import cannot_write, hash_json, sha256_file, write_text_atomic
-from pipeline.manifest import ArtifactRecord, DataRecord, Manifest, Preprocessing
-from pipeline.report_prune import PRUNED_STUDENT
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, DataRecord, Manifest, Preprocessing
 from pipeline.run_lock import lock_run
 
 DATA_LOG = "logs/data.log"  # the image folder's skipped files and the data warnings
@@ -68,6 +67,7 @@ class RunDir:
             config=config.model_dump(mode="json"),
             environment=environment(),
             artifacts=previous.artifacts if previous else {},
+            shipped_student=previous.shipped_student if previous else None,
         )
         run = cls(root, config, manifest)
         _ = run.splits
@@ -165,6 +165,21 @@ class RunDir:
                 "tools": stage_tool_versions(stage),
             }
         )
+
+    def shipped_student(self) -> str:
+        """The student every export is built from, as the stage that decided it recorded (``manifest.shipped_student``;
+        a manifest from before that field, of a run that does not prune: ``student``).
+
+        Raises:
+            RunStateError: the run prunes and its prune stage has not decided yet (the hint says how to run it).
+        """
+        name = self.manifest.shipped_student
+        if name is None and self.config.prune is None:
+            return "student"
+        if name is None:
+            missing = f"{self.root} has a prune: section but no pruned student"
+            raise RunStateError(missing, self.how_to_make(PRUNED_STUDENT))
+        return name
 
     def has(self, name: str) -> bool:
         """Whether artifact ``name`` is recorded and its file is there."""

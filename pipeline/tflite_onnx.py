@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import ExportError
+from pipeline.errors import ExportError, first_line
 from pipeline.io import atomic_path
 from pipeline.manifest import Parity, TensorSpec
 from pipeline.runtimes import Runner, cpu_threads, dequantize_output, quantize_input, session_options
@@ -56,9 +56,8 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
         # tf2onnx leaves ops it cannot map in the graph and carries on; the checker rejects them.
         onnx.checker.check_model(model)
     except Exception as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         hint = _tf2onnx_hint(tflite_path)
-        raise ExportError(f"tf2onnx could not convert {tflite_path}: {first_line}", hint=hint) from e
+        raise ExportError(f"tf2onnx could not convert {tflite_path}: {first_line(e)}", hint=hint) from e
     with atomic_path(onnx_path) as tmp:
         tmp.write_bytes(model.SerializeToString())
 

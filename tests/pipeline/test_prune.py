@@ -22,8 +22,9 @@ from pipeline.distill import load_model, run_distill
 from pipeline.errors import ConfigError
 from pipeline.export import run_export
 from pipeline.io import sha256_file
+from pipeline.manifest import PRUNED_STUDENT
 from pipeline.model_profile import onnx_profile, torch_profile
-from pipeline.prune import PRUNED_STUDENT, run_prune, shipped_student
+from pipeline.prune import run_prune
 from pipeline.prune_measure import BuiltFile, gzip_bytes, p50_ms
 from pipeline.qat_stage import ensure_qat_student
 from pipeline.report import run_report
@@ -107,7 +108,7 @@ def test_structured_halves_macs(pruning_run) -> None:
     assert pruned["params"] < student["params"]
     shape = tuple(run.splits.test.x.shape[1:])
     assert torch_profile(load_model(run, PRUNED_STUDENT), shape).macs == pruned["macs"]
-    assert shipped_student(run) == PRUNED_STUDENT
+    assert run.shipped_student() == run.manifest.shipped_student == PRUNED_STUDENT
     (fp32,) = run_export(run, ["onnx-fp32"])
     assert fp32.info["source"] == PRUNED_STUDENT and fp32.path.endswith("student-pruned-onnx-fp32.onnx")
     profile = onnx_profile(run.path(fp32.path))
@@ -173,7 +174,7 @@ def test_budget_nobody_meets_is_reported(pruning_run) -> None:
     record = run_prune(run)
     assert not record.info["search"]["met"] and not record.info["shipped"]
     assert len(record.info["search"]["path"]) == 3
-    assert shipped_student(run) == "student"
+    assert run.shipped_student() == run.manifest.shipped_student == "student"
     (fp32,) = run_export(run, ["onnx-fp32"])
     assert fp32.info["source"] == "student"
     text = _benched_report(run)

@@ -74,8 +74,8 @@ def test_onnx_int8_smaller_than_fp32(manifest_json: dict) -> None:
 
 def test_onnx_int8_records_its_choices(manifest_json: dict) -> None:
     """auto calibration tried every method with the portable settings first, then each other setting value, then
-    onnxruntime's defaults, and kept the most accurate; the record holds the settings, the paired drop test, the host CPU's flags and the
-    scale/zero point of the in-graph input quantization."""
+    onnxruntime's defaults, and kept the most accurate; the record holds the settings, the paired drop test, the host
+    CPU's flags and the scale/zero point of the in-graph input quantization."""
     info = manifest_json["artifacts"]["onnx-int8"]["info"]
     tried = [a for a in info["attempts"] if not a["float_layers"]]
     portable = {"per_channel": True, "reduce_range": False, "activation_type": "uint8"}

@@ -3,9 +3,10 @@ runs it (the installed console script, a YAML config, ``--out``), on small data.
 
 Nothing here hard-codes how a pattern ends: each run must be *honest*. It prints no traceback and writes report.md
 and manifest.json; every configured target is either an export record or a one-line entry of
-``manifest["failures"]`` (one line naming the target, no converter dump, with a hint); the exit code is 5 when a target failed, else 8 when an artifact is over its accuracy budget
-after fallback and QAT-KD (``info["over_budget"]``), else 0; a non-zero exit opens the report with FAILED naming each
-such artifact; every int8 record states its ``int8_share``. As a check that does not trust the pipeline's own
+``manifest["failures"]`` (one line naming the target, no converter dump, with a hint); the exit code is 5 when a
+target failed, else 8 when an artifact is over its accuracy budget after fallback and QAT-KD
+(``info["over_budget"]``), else 0; a non-zero exit opens the report with FAILED naming each such artifact; every
+int8 record states its ``int8_share``. As a check that does not trust the pipeline's own
 verdict, an int8 file that collapsed on test (``COLLAPSE_POINTS`` below the float student) must be over budget.
 
 The slowest patterns are behind the ``slow`` marker (``pytest -m slow tests/zoo``); the default set keeps the
