@@ -104,12 +104,18 @@ ProgressOption = typer.Option(
 def _progress_view(command: str, root: Path, progress_mode: ProgressMode, quiet: bool) -> Iterator:
     """The command's progress view (its first line said at once, before any heavy import), with everything else
     the process prints — libraries' C and Python output, logging — appended to ``root``/logs/run.log. Yields the
-    view (pipeline.progress.View)."""
+    view (pipeline.progress.View).
+
+    An existing ``root`` is locked for writing right after the first line (rank 0 of torchrun only), so a second
+    writer is refused at once, before any stage starts."""
     from pipeline import progress
     from pipeline.converter_log import captured_run_output
+    from pipeline.run_lock import lock_run
 
     with progress.view(progress.choose_mode(progress_mode.value, quiet)) as view:
         view.header(f"edgepipe {command} → {root}")
+        if root.is_dir() and os.environ.get("RANK", "0") == "0":
+            lock_run(root)  # held for the process's life; RunDir takes it again (re-entrant)
         with captured_run_output(root, f"edgepipe {command}") as log, view.copying_to(log):
             yield view
 

@@ -113,9 +113,13 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path, tiny_confi
         (line,) = refused.stderr.strip().splitlines()
         assert line.startswith(f"edgepipe: error: {root} is being written by PID {holder.pid}")
         assert line.endswith("(hint: wait for it to finish or stop it)")
-        refused = subprocess.run([EDGEPIPE, "export", str(root)], capture_output=True, text=True, env=ENV)
-        assert refused.returncode == 6
-        assert "edgepipe export" not in (root / RUN_LOG).read_text()  # the refused command wrote nothing there
+        for command in (["export", str(root)], ["bench", str(root)], ["run", "--data", "digits", "--out", str(root)]):
+            refused = subprocess.run([EDGEPIPE, *command], capture_output=True, text=True, env=ENV)
+            assert refused.returncode == 6
+            header, error = refused.stderr.splitlines()  # refused before any stage starts
+            assert header == f"edgepipe {command[0]} → {root}"
+            assert error.startswith(f"edgepipe: error: {root} is being written by PID {holder.pid}")
+            assert f"edgepipe {command[0]}" not in (root / RUN_LOG).read_text()  # it wrote nothing into the run
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
