@@ -35,6 +35,7 @@ from pipeline.augment import augment_batch, random_resized_crop
 from pipeline.config import AugmentConfig, DataConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.image_decode import decoder_for, image_suffixes, native_channels, rule_for, train_decoder_for
+from pipeline.machine_load import usable_cores
 from pipeline.registry import Registry
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -51,9 +52,9 @@ FASHION_MNIST_CLASSES = [
     "ankle boot",
 ]
 PROGRESS_MIN_FILES = 2000
-DECODE_THREADS = min(8, os.cpu_count() or 1)
+DECODE_THREADS = min(8, usable_cores())
 STATS_SAMPLES = 2000  # lazy folders: mean/std from a seeded sample of at most this many training images
-LOADER_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader processes decoding a lazy folder's training batches
+LOADER_WORKERS = min(4, usable_cores())  # DataLoader processes decoding a lazy folder's training batches
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap height and width
 

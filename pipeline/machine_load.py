@@ -89,16 +89,19 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
     return round(busy, 2)
 
 
-def idle_cores(busy: float | None = None) -> int:
-    """Usable cores that nothing else keeps busy (``busy``: a reading of busy_cores(), taken when None), at least 1.
+def free_cores(busy: float, usable: int) -> int:
+    """Of ``usable`` cores, those ``busy`` (a busy_cores() reading) leaves free, possibly 0. A core counts as busy
+    from 0.5 of a core's time on: one spinning process on a 2-core machine leaves 1."""
+    return max(0, min(usable, usable - int(busy + 0.5)))
 
-    A core counts as busy from 0.5 of a core's time on: one spinning process on a 2-core machine leaves 1."""
+
+def idle_cores(busy: float | None = None) -> int:
+    """Usable cores that nothing else keeps busy (``busy``: a reading of busy_cores(), taken when None), at least 1
+    (a process always has one core to run on; see :func:`free_cores`)."""
     if busy is None:
         busy = busy_cores()
     usable = usable_cores()
-    if busy is None:
-        return usable
-    return max(1, min(usable, usable - int(busy + 0.5)))
+    return usable if busy is None else max(1, free_cores(busy, usable))
 
 
 def _clock_mhz() -> list[float] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from pipeline.gate import over_budget
+from pipeline.machine_load import free_cores
 from pipeline.manifest import LatencyStats, Manifest, Measurement, TargetFailure
 
 MAIN_HEADER = [
@@ -112,7 +113,7 @@ def bench_load_bullets(manifest: Manifest) -> list[str]:
     (load_before, busy_before), (load_after, busy_after) = _load_figures(bench.before), _load_figures(bench.after)
     noisy = noisy_figures(manifest)
     before = bench.before
-    idle = before.idle_cores if before.busy_cores is None else max(0, before.usable_cores - round(before.busy_cores))
+    idle = before.idle_cores if before.busy_cores is None else free_cores(before.busy_cores, before.usable_cores)
     idle_text = f"{idle} idle" if idle >= 1 else "none idle, 1 used"  # idle_cores is at least 1: one is always used
     bullets = [
         f"bench load: load average {load_before} → {load_after} (1 min), busy cores {busy_before} → {busy_after} "

@@ -42,3 +42,10 @@ def test_auto_training_threads_use_the_idle_cores(
     threads, source = training_threads("auto", current)
     assert threads == expected
     assert source == f"auto: {idle} of 8 usable cores idle at the start"
+
+
+def test_free_cores_may_be_zero_and_idle_cores_never_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for both: a core half busy counts as busy; the report may say none is free, a thread count never."""
+    assert [machine_load.free_cores(busy, 2) for busy in (0.0, 0.49, 0.5, 1.0, 2.0, 3.0)] == [2, 2, 1, 1, 0, 0]
+    monkeypatch.setattr(machine_load, "usable_cores", lambda: 2)
+    assert machine_load.idle_cores(2.0) == 1 and machine_load.idle_cores(0.5) == 1 and machine_load.idle_cores(0.0) == 2
