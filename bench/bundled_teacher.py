@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 from pipeline.config_load import load_config
-from pipeline.distill import BUNDLED_TEACHER, ensure_teacher
 from pipeline.io import sha256_file
 from pipeline.rundir import RunDir
-from pipeline.train import accuracy, predict_logits
+from pipeline.stages.distill import BUNDLED_TEACHER, ensure_teacher
+from pipeline.training.train import accuracy, predict_logits
 
 
 def main() -> None:

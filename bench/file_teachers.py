@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from pipeline.config_load import load_config
-from pipeline.distill import BUNDLED_TEACHER
-from pipeline.models import load_checkpoint
 from pipeline.run import run_pipeline
 from pipeline.rundir import RunDir
+from pipeline.stages.distill import BUNDLED_TEACHER
+from pipeline.training.models import load_checkpoint
 
 QUICK_BENCH = {"batch_sizes": [1], "threads": [1], "memory": False, "min_runs": 20, "min_seconds": 0.2}
 

@@ -89,9 +89,9 @@ def measure(root: Path, steps: int, workers: int, batch_size: int) -> dict:
 
     from calibration.sampling import draw_calibration_set
     from pipeline.config import DataConfig, LossSpec
-    from pipeline.data import _check_headers, load_splits
-    from pipeline.losses import Objective, Outputs
-    from pipeline.train import _epoch_loader, predict_logits, to_input
+    from pipeline.data.splits import _check_headers, load_splits
+    from pipeline.training.losses import Objective, Outputs
+    from pipeline.training.train import _epoch_loader, predict_logits, to_input
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -3,7 +3,8 @@
     python bench/harness_overhead.py [--run runs/default] [--rounds 7] [--seconds 1] [--threads 1]
 
 For each ONNX and TFLite artifact of a finished run, at batch 1: edgepipe's runner and timing loop
-(`pipeline.runtimes` + `pipeline.timing.measure_latency`), and a hand-written loop over its own onnxruntime
+(`pipeline.measure.runtimes` + `pipeline.measure.timing.measure_latency`), and a hand-written loop over its own
+onnxruntime
 session or LiteRT interpreter with the same input and thread count. The two alternate for ``--rounds``
 rounds so drift hits both; the ratio is the median of edgepipe's round p50s over the bare loop's. A ratio
 ≤ 1.05 means the harness adds at most 5 % to what it reports.
@@ -20,9 +21,9 @@ from typing import Callable
 import numpy as np
 
 from pipeline.manifest import ArtifactRecord
+from pipeline.measure.runtimes import onnxruntime_runner, quantize_input, tflite_runner
+from pipeline.measure.timing import measure_latency
 from pipeline.rundir import RunDir
-from pipeline.runtimes import onnxruntime_runner, quantize_input, tflite_runner
-from pipeline.timing import measure_latency
 
 LIMIT = 1.05
 

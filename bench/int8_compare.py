@@ -29,11 +29,11 @@ import numpy as np
 
 from calibration.readers import ort_reader
 from calibration.sampling import CalibrationSet
-from pipeline.calibrate import CALIBRATION_PATH
 from pipeline.environment import cpu_facts
+from pipeline.measure.runtimes import onnxruntime_runner
+from pipeline.measure.timing import measure_latency
 from pipeline.rundir import RunDir
-from pipeline.runtimes import onnxruntime_runner
-from pipeline.timing import measure_latency
+from pipeline.stages.calibrate import CALIBRATION_PATH
 from targets.onnx_int8 import pre_process
 from targets.onnx_share import onnx_int8_share
 

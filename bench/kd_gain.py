@@ -14,9 +14,10 @@ import statistics
 from pathlib import Path
 
 from pipeline.config_load import load_config
-from pipeline.distill import load_model, run_distill
 from pipeline.rundir import RunDir
-from pipeline.train import accuracy, predict_logits
+from pipeline.stages.distill import run_distill
+from pipeline.training.run_models import load_model
+from pipeline.training.train import accuracy, predict_logits
 
 
 def measure_seed(config_path: Path | None, seed: int, out: Path) -> dict:

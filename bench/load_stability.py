@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.bench import run_bench
 from pipeline.environment import cpu_facts
-from pipeline.machine_load import LoadSnapshot, affinity
 from pipeline.manifest import Manifest, Measurement
-from pipeline.report_sections import shown_measurements, speedup, teacher_and_student
+from pipeline.measure.machine_load import LoadSnapshot, affinity
+from pipeline.report.sections import shown_measurements, speedup, teacher_and_student
 from pipeline.rundir import RunDir
+from pipeline.stages.bench import run_bench
 
 SPIN = "while True:\n    pass\n"
 

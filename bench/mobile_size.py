@@ -38,8 +38,8 @@ from pipeline.config import RunConfig
 from pipeline.config_load import load_config
 from pipeline.io import sha256_file
 from pipeline.manifest import Preprocessing
-from pipeline.runtimes import Runner, onnxruntime_runner, quantize_input, tflite_runner, torch_runner
-from pipeline.timing import measure_latency
+from pipeline.measure.runtimes import Runner, onnxruntime_runner, quantize_input, tflite_runner, torch_runner
+from pipeline.measure.timing import measure_latency
 from targets import TARGETS, ExportInputs, ExportResult
 
 # MobileNet-v1 after its 3×3 stem: (output channels, stride) of each depthwise-separable block.
@@ -164,7 +164,7 @@ def export_all(
     data: tuple[CalibrationSet, tuple[np.ndarray, np.ndarray]],
     out: Path,
 ) -> dict[str, Artifact]:
-    """Every target of TARGET_NAMES built from ``model`` in dependency order, the way pipeline.export does."""
+    """Every target of TARGET_NAMES built from ``model`` in dependency order, the way pipeline.stages.export does."""
     calibration, validation = data
     preprocessing = Preprocessing(
         mean=[0.5] * 3, std=[0.25] * 3, channels=3, height=settings.size, width=settings.size, channel_order="RGB"
@@ -364,7 +364,7 @@ def kernel_label(node) -> str:
 
 
 def ort_session(path: Path, profile_prefix: Path | None = None, optimized: Path | None = None):
-    """One-thread CPU session with pipeline.runtimes.onnxruntime_runner's options, optionally profiled and
+    """One-thread CPU session with pipeline.measure.runtimes.onnxruntime_runner's options, optionally profiled and
     saving the graph onnxruntime actually runs (after its fusions and layout changes)."""
     import onnxruntime as ort
 

@@ -17,12 +17,12 @@ import os
 import statistics
 from pathlib import Path
 
-from pipeline.harness import batch_of, predict_all
-from pipeline.model_profile import onnx_profile
-from pipeline.prune_measure import gzip_bytes
+from pipeline.measure.harness import batch_of, predict_all
+from pipeline.measure.model_profile import onnx_profile
+from pipeline.measure.prune_measure import gzip_bytes
+from pipeline.measure.runtimes import onnxruntime_runner
+from pipeline.measure.timing import measure_latency
 from pipeline.rundir import RunDir
-from pipeline.runtimes import onnxruntime_runner
-from pipeline.timing import measure_latency
 
 
 def _uptime() -> str:

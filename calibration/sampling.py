@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import CalibrationConfig
-from pipeline.data import Splits
+from pipeline.data.splits import Splits
 from pipeline.errors import DataError
 from pipeline.io import atomic_path
 

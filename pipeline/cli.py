@@ -48,7 +48,7 @@ app = typer.Typer(
     help="Distill a PyTorch teacher, or take a trained model, into small, verified ONNX and TFLite artifacts.",
 )
 
-STAGES = ["distill", "prune", "calibrate", "export", "bench", "report"]
+STAGES = ["distill", "calibrate", "prune", "export", "qat", "bench", "report"]
 INTERRUPTED_EXIT = 130
 
 
@@ -202,10 +202,10 @@ def distill(
     """
     rank_0 = os.environ.get("RANK", "0") == "0"  # torchrun's rank, known before torch is imported
     with _progress_view("distill", run_dir, progress_mode, quiet or not rank_0) as view, view.stage("distill"):
-        from pipeline import distributed
         from pipeline.config_load import load_config
-        from pipeline.distill import run_distill
         from pipeline.rundir import RunDir
+        from pipeline.stages.distill import run_distill
+        from pipeline.training import distributed
 
         distributed.setup_from_env()
         try:
@@ -225,11 +225,21 @@ def prune(
     progress_mode: ProgressMode = ProgressOption,
 ) -> None:
     """Prune the distilled student as the run's `prune:` section says and KD fine-tune it from the teacher."""
-    with _progress_view("prune", run_dir, progress_mode, quiet) as view, view.stage("prune"):
-        from pipeline.prune import run_prune
-        from pipeline.report_prune import prune_summary_lines
+    with _progress_view("prune", run_dir, progress_mode, quiet) as view:
+        from pipeline.progress import Stage
+        from pipeline.report.prune import prune_summary_lines
+        from pipeline.run import calibrates
+        from pipeline.stages.calibrate import run_calibrate
+        from pipeline.stages.prune import run_prune
 
-        record = run_prune(_open(run_dir), force)
+        run = _open(run_dir)
+        measured_int8 = run.config.prune is not None and calibrates(run.config, [run.config.prune.measure.target])
+        view.plan([Stage("calibrate", quick=True)] * measured_int8 + [Stage("prune")])
+        if measured_int8:  # the int8 file pruning measures needs the calibration set
+            with view.stage("calibrate"):
+                run_calibrate(run)
+        with view.stage("prune"):
+            record = run_prune(run, force)
     for line in prune_summary_lines(record):
         typer.echo(line)
 
@@ -242,26 +252,36 @@ def quantize(
     quiet: bool = QuietOption,
     progress_mode: ProgressMode = ProgressOption,
 ) -> None:
-    """Draw the calibration set and build the int8 targets (static post-training quantization)."""
+    """Draw the calibration set and build the int8 targets (static post-training quantization): the calibrate,
+    export and qat stages for the int8 targets."""
     with _progress_view("quantize", run_dir, progress_mode, quiet) as view:
-        from pipeline.calibrate import run_calibrate
-        from pipeline.export import run_export
         from pipeline.progress import Stage
+        from pipeline.run import trains_qat
+        from pipeline.stages.calibrate import run_calibrate
+        from pipeline.stages.export import run_export
+        from pipeline.stages.qat import run_qat
         from targets import TARGETS
 
         run = _open(run_dir)
         int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
-        view.plan([Stage("calibrate", quick=True), Stage("export", f"{len(int8)} int8 targets")])
+        qat = trains_qat(run.config, int8)
+        view.plan(
+            [Stage("calibrate", quick=True), Stage("export", f"{len(int8)} int8 targets")]
+            + [Stage("qat", "int8 targets over budget")] * qat
+        )
         with view.stage("calibrate"):
             run_calibrate(run, force)
         with view.stage("export"):
             run_export(run, int8, set(int8) if force else set())
+        if qat:
+            with view.stage("qat"):
+                run_qat(run, int8, set(int8) if force else set())
     _raise_if_export_failed(run)
 
 
 def _raise_if_export_failed(run) -> None:
     """Exit 5 when a target of the run failed to build (the others were built), else 8 when one is over budget."""
-    from pipeline.gate import raise_if_run_failed
+    from pipeline.report.gate import raise_if_run_failed
 
     raise_if_run_failed(run.manifest, run.root, gate=False)  # the gate needs bench figures: `report` checks it
 
@@ -281,20 +301,30 @@ def export(
     for name in target:
         TARGETS.get(name)
     with _progress_view("export", run_dir, progress_mode, quiet) as view:
-        from pipeline.calibrate import run_calibrate
-        from pipeline.export import run_export
         from pipeline.progress import Stage
+        from pipeline.run import trains_qat
+        from pipeline.stages.calibrate import run_calibrate
+        from pipeline.stages.export import run_export
+        from pipeline.stages.qat import run_qat
 
         run = _open(run_dir)
         names = target or run.config.export.targets
         calibrates = any(TARGETS.get(name).needs_calibration for name in names)
+        qat = trains_qat(run.config, names)
         export_stage = Stage("export", f"{len(names)} target{'s' if len(names) != 1 else ''}")
-        view.plan([Stage("calibrate", quick=True), export_stage] if calibrates else [export_stage])
+        view.plan(
+            [Stage("calibrate", quick=True)] * calibrates
+            + [export_stage]
+            + [Stage("qat", "int8 targets over budget")] * qat
+        )
         if calibrates:
             with view.stage("calibrate"):
                 run_calibrate(run)
         with view.stage("export"):
             records = run_export(run, target or None, set(target))
+        if qat:
+            with view.stage("qat"):
+                records += run_qat(run, target or None, set(target))
     for record in records:
         typer.echo(f"{record.name}: {record.path} ({record.bytes} bytes, sha256 {record.sha256[:12]})")
     _raise_if_export_failed(run)
@@ -332,8 +362,8 @@ def bench(
         if data or mean or std or threads or batch or json_out or resize:
             raise ConfigError("a run directory is measured as its config says", "change bench: in RUN_DIR/config.yaml")
         with _progress_view("bench", target, progress_mode, quiet) as view, view.stage("bench"):
-            from pipeline.bench import run_bench
-            from pipeline.sanity import record_warnings
+            from pipeline.report.sanity import record_warnings
+            from pipeline.stages.bench import run_bench
 
             run = _open(target)
             rows = run_bench(run)
@@ -345,7 +375,7 @@ def bench(
         raise ConfigError(f"{target}: a model file needs --data", "e.g. --data fashion-mnist or --data path/to/images")
     data_config, bench_config = _file_bench_config(data, mean, std, threads, batch)  # before the heavy imports
     from pipeline.converter_log import captured_output
-    from pipeline.file_bench import bench_file, render_measurement
+    from pipeline.measure.file_bench import bench_file, render_measurement
 
     with captured_output(None):  # runtimes' banners (TFLite's XNNPACK line) from C: no run directory to log them in
         result = bench_file(target, data_config, bench_config, resize=resize)
@@ -377,8 +407,8 @@ def _file_bench_config(data: str, mean: str | None, std: str | None, threads: li
 
 
 def _compare(run_a: Path, run_b: Path, limits: dict[str, float]) -> None:
-    from pipeline.compare import Thresholds, compare_manifests, load_run_manifest, regressions, render_comparison
     from pipeline.errors import RegressionError
+    from pipeline.report.compare import Thresholds, compare_manifests, load_run_manifest, regressions, render_comparison
 
     comparison = compare_manifests(load_run_manifest(run_a), load_run_manifest(run_b))
     typer.echo(f"A = {run_a}, B = {run_b}; changes are B − A\n")
@@ -429,8 +459,8 @@ def report(
     if limits:
         option = "--" + next(iter(limits)).replace("_", "-")
         raise ConfigError(f"{option} only applies with --compare RUN_B", f"add --compare RUN_B or drop {option}")
-    from pipeline.gate import raise_if_run_failed
-    from pipeline.report import run_report
+    from pipeline.report.gate import raise_if_run_failed
+    from pipeline.stages.report import run_report
 
     run = _open(run_dir)
     typer.echo(run_report(run))
@@ -451,7 +481,7 @@ def release(
     """Bundle benched artifacts with labels.txt, a manifest saying how to feed each, and a README.
 
     An artifact over its accuracy budget is refused (exit 8) unless --allow-over-budget."""
-    from pipeline.release import build_release
+    from pipeline.stages.release import build_release
 
     if out is None:
         raise ConfigError("release needs --out BUNDLE", "e.g. --out bundles/v1")

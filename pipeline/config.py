@@ -219,7 +219,6 @@ class LossSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-
 class TeacherInput(_Section):
     """How a teacher file (ONNX, TFLite, Keras) is fed, where the file itself does not say.
 
@@ -306,7 +305,7 @@ class DistillConfig(TrainConfig):
     arch_kwargs: dict = Field({}, description="Keyword arguments for the architecture factory.")
     epochs: int = Field(10, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
     losses: list[LossSpec] = Field(
-        # a known-good default, built unchecked: checking it imports torch (pipeline.losses)
+        # a known-good default, built unchecked: checking it imports torch (pipeline.training.losses)
         default_factory=lambda: [LossSpec.model_construct(name="hinton", temperature=2.0, alpha=0.5)],
         min_length=1,
         description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
@@ -471,7 +470,7 @@ class BenchConfig(_Section):
     def thread_counts(self) -> list[int]:
         """The configured thread counts as numbers ('all': machine_load.usable_cores()), 1 included, ascending,
         without repeats."""
-        from pipeline.machine_load import usable_cores
+        from pipeline.measure.machine_load import usable_cores
 
         return sorted({1, *(usable_cores() if t == "all" else t for t in self.threads)})
 
@@ -682,7 +681,6 @@ class RunConfig(_Section):
     def kd(self) -> DistillConfig:
         """The distillation settings the prune and QAT-KD fine-tunes use: ``distill``, or its defaults when null."""
         return self.distill or DistillConfig()
-
 
 
 def dump_config(config: RunConfig) -> str:

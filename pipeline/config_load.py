@@ -13,8 +13,9 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.config import RunConfig, TeacherInput
-from pipeline.data import SOURCES
+from pipeline.data.splits import SOURCES
 from pipeline.errors import ConfigError
+from pipeline.manifest import QAT_SUFFIX
 
 
 def _describe(error: ValidationError) -> str:
@@ -49,7 +50,7 @@ def check_config(config: RunConfig) -> None:
     Raises:
         ConfigError: the first name or parameter that does not fit, naming it.
     """
-    from pipeline.losses import check_loss_params
+    from pipeline.training.losses import check_loss_params
     from targets import TARGETS
 
     for name in config.export.targets:
@@ -57,7 +58,7 @@ def check_config(config: RunConfig) -> None:
     if config.prune is not None:
         TARGETS.get(config.prune.measure.target)
     for name in config.gate.targets:
-        TARGETS.get(name.removesuffix("-qat"))
+        TARGETS.get(name.removesuffix(QAT_SUFFIX))
     for spec in config.distill.losses if config.distill else []:
         check_loss_params(spec.name, spec.params)
     _check_file_teacher(config)
@@ -68,8 +69,8 @@ def _check_file_teacher(config: RunConfig) -> None:
     teacher = config.teacher
     if teacher is None:
         return
-    from pipeline.losses import reads_teacher_features
-    from pipeline.teacher_files import file_format
+    from pipeline.training.losses import reads_teacher_features
+    from pipeline.training.teacher_files import file_format
 
     fmt = file_format(Path(teacher.checkpoint)) if teacher.checkpoint not in (None, "", "auto") else None
     feature_losses = [spec.name for spec in config.kd.losses if reads_teacher_features(spec.name)]

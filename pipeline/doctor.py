@@ -91,7 +91,7 @@ def onnxruntime_providers() -> list[str]:
 
 def check_default_data() -> Check:
     """The embedded default's data: Fashion-MNIST from Debian's dataset-fashion-mnist (IDX files)."""
-    from pipeline.data import FASHION_MNIST_DIR, _find_idx
+    from pipeline.data.splits import FASHION_MNIST_DIR, _find_idx
 
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     missing = [stem for stem in stems if _find_idx(FASHION_MNIST_DIR, stem) is None]

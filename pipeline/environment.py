@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 
 import pipeline
+from pipeline.manifest import PRUNED_STUDENT, QAT_STUDENT
 
 PACKAGES = [
     "torch",
@@ -66,8 +67,8 @@ STAGE_TOOLS = {
     "teacher": TRAINING_TOOLS,
     "student": TRAINING_TOOLS,
     "baseline": TRAINING_TOOLS,
-    "student-qat": TRAINING_TOOLS,
-    "student-pruned": TRAINING_TOOLS,
+    QAT_STUDENT: TRAINING_TOOLS,
+    PRUNED_STUDENT: TRAINING_TOOLS,
     "calibration": CALIBRATION_TOOLS,
     "export": EXPORT_TOOLS,
 }

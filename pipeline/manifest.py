@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import RunStateError
 from pipeline.io import sha256_file, write_text_atomic
-from pipeline.machine_load import LoadSnapshot
+from pipeline.measure.machine_load import LoadSnapshot
 
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
@@ -301,7 +301,7 @@ SanityKind = Literal["chance-level", "teacher-not-better", "kd-below-baseline"]
 
 
 class SanityWarning(_Record):
-    """A figure that looks wrong though nothing failed (pipeline/sanity.py); the report and stderr say it."""
+    """A figure that looks wrong though nothing failed (pipeline/report/sanity.py); the report and stderr say it."""
 
     kind: SanityKind = Field(
         description="chance-level: a student or exported artifact not above chance on the test split; "
@@ -320,6 +320,8 @@ class SanityWarning(_Record):
 
 
 PRUNED_STUDENT = "student-pruned"  # the artifact the prune stage records
+QAT_STUDENT = "student-qat"  # the artifact the qat stage records: the QAT-KD student
+QAT_SUFFIX = QAT_STUDENT.removeprefix("student")  # <target>-qat: a target built from the QAT-KD student
 
 
 class Manifest(_Record):

@@ -402,4 +402,3 @@ def warn(line: str) -> None:
         _active.warn(line)
     else:
         console.print(Text(line), soft_wrap=True)
-

@@ -6,16 +6,26 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from pipeline import __version__, augment, distributed
+from pipeline import __version__
 from pipeline.config import RunConfig, dump_config
 from pipeline.config_load import load_config
 from pipeline.converter_log import attach_run_log
-from pipeline.data import Splits, load_splits
+from pipeline.data import augment
+from pipeline.data.splits import Splits, load_splits
 from pipeline.environment import environment, stage_tool_versions
 from pipeline.errors import RunStateError
 from pipeline.io import cannot_write, hash_json, sha256_file, write_text_atomic
-from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, DataRecord, Manifest, Preprocessing
+from pipeline.manifest import (
+    PRUNED_STUDENT,
+    QAT_STUDENT,
+    QAT_SUFFIX,
+    ArtifactRecord,
+    DataRecord,
+    Manifest,
+    Preprocessing,
+)
 from pipeline.run_lock import lock_run
+from pipeline.training import distributed
 
 DATA_LOG = "logs/data.log"  # the image folder's skipped files and the data warnings
 
@@ -211,9 +221,9 @@ class RunDir:
         if name == PRUNED_STUDENT:
             return f"edgepipe prune {self.root}", ["teacher", "student"]
         shipped = ["student"] + ([PRUNED_STUDENT] if self.config.prune is not None else [])
-        if name in ("calibration", "student-qat"):  # the QAT-KD student: an int8 target's fallback (quantize)
+        if name in ("calibration", QAT_STUDENT):  # the QAT-KD student: an int8 target's fallback (quantize)
             return f"edgepipe quantize {self.root}", ["teacher", *shipped]
-        return f"edgepipe export {self.root} --target {name.removesuffix('-qat')}", shipped
+        return f"edgepipe export {self.root} --target {name.removesuffix(QAT_SUFFIX)}", shipped
 
     def record(
         self, name: str, stage: str, artifact_id: str, path: Path, parent: str | None = None, **fields

@@ -1,6 +1,6 @@
 """onnx-int8: static QDQ int8 with onnxruntime's quantizer, calibrated on the run's calibration set.
 
-The int8 search (``pipeline.int8_search``) chooses on validation the calibration method (``calibration.method:
+The int8 search (``targets.int8_search``) chooses on validation the calibration method (``calibration.method:
 auto``) and each ``export.onnx_int8`` setting left at ``auto`` — per-channel weights, ``reduce_range``, the activation
 type — trying the portable value first (a tie keeps it: the file ships to phones, not to the build host's CPU).
 While the int8 file's drop is significantly over ``quantize.max_int8_drop``, the nodes that win back the most
@@ -25,10 +25,10 @@ from pipeline.config import OnnxQuantConfig, RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.environment import cpu_facts
 from pipeline.errors import DataError, ExportError
-from pipeline.int8_search import fallback_cost, land, search_int8, top1
-from pipeline.layer_errors import onnx_layer_errors
-from pipeline.runtimes import onnxruntime_runner
+from pipeline.measure.runtimes import onnxruntime_runner
 from targets.base import ExportInputs, ExportResult, Target, register_target
+from targets.int8_search import fallback_cost, land, search_int8, top1
+from targets.layer_errors import onnx_layer_errors
 from targets.onnx_io import describe_onnx, qdq_io_quantization
 from targets.onnx_share import SHARE_OPS, onnx_int8_share
 

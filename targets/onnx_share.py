@@ -2,7 +2,7 @@
 
 A compute node (Conv, ConvTranspose, Gemm, MatMul) runs in int8 when onnxruntime can fuse it into an integer kernel:
 its activation input and its weight both come from a DequantizeLinear (the weight's from an int8 constant). MACs are
-onnx-tool's per-sample count (batch 1, bias adds included), the same figure ``pipeline.model_profile`` reports.
+onnx-tool's per-sample count (batch 1, bias adds included), the same figure ``pipeline.measure.model_profile`` reports.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.int8_search import FloatLayer, Int8Share
-from pipeline.model_profile import onnx_node_macs
+from pipeline.measure.model_profile import onnx_node_macs
+from targets.int8_search import FloatLayer, Int8Share
 
 SHARE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 _INT8_TYPES = frozenset({2, 3})  # onnx.TensorProto.UINT8, INT8

@@ -1,8 +1,8 @@
 """tflite-int8: full-integer TFLite (int8 weights, activations, input and output), same calibration set.
 
 TFLite's converter calibrates with min/max; degenerate calibrated ranges (a max-pool's float-min pad value) are
-repaired before quantizing (``pipeline.layer_errors.tflite_calibrated_model``). While the int8 file's validation drop
-is significantly over ``quantize.max_int8_drop``, the int8 search (``pipeline.int8_search``) keeps the ops that win
+repaired before quantizing (``targets.layer_errors.tflite_calibrated_model``). While the int8 file's validation drop
+is significantly over ``quantize.max_int8_drop``, the int8 search (``targets.int8_search``) keeps the ops that win
 back the most images per MAC in float, never below ``quantize.min_int8_share`` of MACs in int8.
 """
 
@@ -16,15 +16,15 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.errors import ExportError
-from pipeline.int8_search import FloatLayer, Int8Share, fallback_cost, land, search_int8, top1
-from pipeline.layer_errors import (
+from pipeline.measure.runtimes import Runner, onnxruntime_runner, tflite_runner
+from targets.base import ExportInputs, ExportResult, Target, register_target
+from targets.int8_search import FloatLayer, Int8Share, fallback_cost, land, search_int8, top1
+from targets.layer_errors import (
     tflite_calibrated_model,
     tflite_float_groups,
     tflite_layer_errors,
     tflite_quantized_model,
 )
-from pipeline.runtimes import Runner, onnxruntime_runner, tflite_runner
-from targets.base import ExportInputs, ExportResult, Target, register_target
 from targets.tflite_io import ConversionContext, describe_tflite, saved_model_for
 
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV")

@@ -53,26 +53,27 @@ def write_config(tmp_path: Path):
 def digits_splits():
     """The digits data split with seed 0 (what the tiny config loads)."""
     from pipeline.config import DataConfig
-    from pipeline.data import load_splits
+    from pipeline.data.splits import load_splits
 
     return load_splits(DataConfig(source="digits"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete run on digits (distill, calibrate, every target, bench, report), built once.
+    """A complete run on digits (distill, calibrate, every target, qat, bench, report), built once.
 
     Treat it as read-only; tests that change a run use ``run_copy``.
     """
     import torch
 
-    from pipeline.bench import run_bench
-    from pipeline.calibrate import run_calibrate
     from pipeline.config_load import parse_config
-    from pipeline.distill import run_distill
-    from pipeline.export import run_export
-    from pipeline.report import run_report
     from pipeline.rundir import RunDir
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.calibrate import run_calibrate
+    from pipeline.stages.distill import run_distill
+    from pipeline.stages.export import run_export
+    from pipeline.stages.qat import run_qat
+    from pipeline.stages.report import run_report
 
     root = tmp_path_factory.mktemp("session") / "run"
     run = RunDir.create(root, parse_config(copy.deepcopy(TINY_CONFIG)))
@@ -81,6 +82,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("distill", lambda: run_distill(run)),
         ("calibrate", lambda: run_calibrate(run)),
         ("export", lambda: run_export(run, list(ALL_TARGETS))),
+        ("qat", lambda: run_qat(run, list(ALL_TARGETS))),
         ("bench", lambda: run_bench(run)),
         ("report", lambda: run_report(run)),
     ]:
@@ -122,7 +124,7 @@ def student_model(finished_run: Path):
     """The finished run's float student, loaded from its checkpoint."""
     import json
 
-    from pipeline.models import load_checkpoint
+    from pipeline.training.models import load_checkpoint
 
     manifest = json.loads((finished_run / "manifest.json").read_text())
     info = manifest["artifacts"]["student"]["info"]
@@ -199,8 +201,8 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     2 intra-op threads (``teacher.threads``) whichever test asks first and however busy the machine (other float
     sums would give other weights, and results downstream would depend on the order tests run in)."""
     from pipeline.config_load import parse_config
-    from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
+    from pipeline.stages.distill import TEACHER_PATH, ensure_teacher
 
     root = tmp_path_factory.mktemp("teacher") / "run"
     config = {

@@ -402,7 +402,7 @@ def run_teacher_checkpoint_runs_code_when_unpickled(env: Env) -> Call:
 
 @case(MODEL)
 def run_teacher_checkpoint_wrong_class_count(env: Env) -> Call:
-    from pipeline.models import build_model
+    from pipeline.training.models import build_model
 
     checkpoint = env.tmp / "five-classes.pt"
     torch.save(build_model("teacher-cnn", 1, 5).state_dict(), checkpoint)
@@ -411,7 +411,7 @@ def run_teacher_checkpoint_wrong_class_count(env: Env) -> Call:
 
 @case(MODEL)
 def distill_teacher_checkpoint_wrong_channels(env: Env) -> Call:
-    from pipeline.models import build_model
+    from pipeline.training.models import build_model
 
     checkpoint = env.tmp / "rgb.pt"
     torch.save(build_model("teacher-cnn", 3, 10).state_dict(), checkpoint)

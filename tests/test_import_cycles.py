@@ -84,3 +84,44 @@ def test_the_scan_finds_a_lazy_cycle() -> None:
     assert any(isinstance(node, ast.ImportFrom) for node in _runtime_nodes(lazy))
     typing_only = ast.parse("if TYPE_CHECKING:\n    from pipeline.rundir import RunDir\n")
     assert not any(isinstance(node, ast.ImportFrom) for node in _runtime_nodes(typing_only))
+
+
+STAGE_ORDER = ("distill", "calibrate", "prune", "export", "qat", "bench", "report", "release")
+ENTRY_POINTS = {"pipeline.cli", "pipeline.run"}  # they run the stages, so they import every one
+
+
+def _stage_imports() -> dict[str, set[str]]:
+    """Each project module's imports (type-checking-only ones included: a signature naming a later stage's type is
+    data flowing backwards too) that are stage modules."""
+    modules = _modules()
+    stages = {f"pipeline.stages.{name}" for name in STAGE_ORDER}
+    found = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        found[name] = (imported & stages) - {name}
+    return found
+
+
+def test_every_stage_is_one_module_in_order() -> None:
+    stage_dir = REPO / "pipeline" / "stages"
+    assert sorted(p.stem for p in stage_dir.glob("*.py") if p.stem != "__init__") == sorted(STAGE_ORDER)
+
+
+def test_no_module_imports_a_later_stage() -> None:
+    """A stage imports only earlier stages (it reads what they recorded, or reuses their code); a module that is not
+    a stage imports none, except the entry points that run them."""
+    for name, stages in _stage_imports().items():
+        if name in ENTRY_POINTS:
+            continue
+        if name.startswith("pipeline.stages."):
+            position = STAGE_ORDER.index(name.rpartition(".")[2])
+            later = {s for s in stages if STAGE_ORDER.index(s.rpartition(".")[2]) > position}
+            assert not later, f"{name} imports a later stage: {sorted(later)}"
+        else:
+            assert not stages, f"{name} is not a stage but imports {sorted(stages)}"

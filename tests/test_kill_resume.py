@@ -27,8 +27,8 @@ import torch
 import yaml
 from conftest import TINY_CONFIG
 
-from pipeline.bench import TF2ONNX_RUNTIME
 from pipeline.io import sha256_file
+from pipeline.stages.bench import TF2ONNX_RUNTIME
 from targets import TARGETS
 
 pytestmark = pytest.mark.slow

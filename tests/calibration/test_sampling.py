@@ -126,10 +126,10 @@ def test_balanced_gives_a_small_class_all_it_has(digits_splits) -> None:
 def test_default_size_larger_than_the_split_takes_the_whole_split(tmp_path: Path, capsys) -> None:
     """calibration.size left at its default (512) on a 60-image training split: all 60 are drawn, the record says
     60 and why, a warning goes to stderr; the cache id stays that of the default config."""
-    from pipeline.calibrate import run_calibrate
     from pipeline.config_load import parse_config
     from pipeline.manifest import Manifest
     from pipeline.rundir import RunDir
+    from pipeline.stages.calibrate import run_calibrate
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "small.npz", x=rng.integers(0, 256, (100, 8, 8), dtype=np.uint8), y=np.arange(100) % 2)

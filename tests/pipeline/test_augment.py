@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.augment import augment_batch
 from pipeline.config import AugmentConfig
+from pipeline.data.augment import augment_batch
 
 
 def batch(n: int = 64, channels: int = 3, size: int = 8, seed: int = 0) -> np.ndarray:

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.config import BenchConfig
-from pipeline.machine_load import usable_cores
 from pipeline.manifest import Manifest
-from pipeline.report import render_report
-from pipeline.runtimes import onnxruntime_providers
+from pipeline.measure.machine_load import usable_cores
+from pipeline.measure.runtimes import onnxruntime_providers
+from pipeline.report.markdown import render_report
 from targets import TARGETS
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -206,7 +206,7 @@ def _noisy_headline(m, spread: float = 0.4):
 def test_report_marks_noisy_figures_and_the_load(manifest: Manifest) -> None:
     """A noisy headline p50 is marked in the main and latency tables and named in the load line; the caption says
     the headline is 1 thread and what noisy means; load and first call are in the footprint table."""
-    from pipeline.report_sections import (
+    from pipeline.report.sections import (
         FOOTPRINT_HEADER,
         MAIN_HEADER,
         TIMING_HEADER,
@@ -236,7 +236,7 @@ def test_report_marks_noisy_figures_and_the_load(manifest: Manifest) -> None:
 
 def test_capped_pytorch_rows_and_thread_warnings_are_reported(manifest: Manifest) -> None:
     from pipeline.manifest import ThreadCap
-    from pipeline.report_sections import bench_load_bullets
+    from pipeline.report.sections import bench_load_bullets
 
     cap = ThreadCap(requested=[2], cap=1, reason="1 core(s) idle at bench start; pytorch: spins")
     measurements = [

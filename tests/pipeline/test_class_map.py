@@ -13,19 +13,19 @@ import torch
 from conftest import TINY_CONFIG
 from torch import nn
 
-from pipeline.class_map import (
+from pipeline.config_load import parse_config
+from pipeline.errors import ConfigError, ModelError
+from pipeline.manifest import TensorSpec
+from pipeline.rundir import RunDir
+from pipeline.training.class_map import (
     class_map_info,
     outputs_to_build,
     resolve_class_map,
     restrict_as_recorded,
     restrict_outputs,
 )
-from pipeline.config_load import parse_config
-from pipeline.errors import ConfigError, ModelError
-from pipeline.manifest import TensorSpec
-from pipeline.models import load_checkpoint, save_checkpoint, select_logits, teacher_cnn
-from pipeline.rundir import RunDir
-from pipeline.teacher_files import FileTeacher, TeacherInterface
+from pipeline.training.models import load_checkpoint, save_checkpoint, select_logits, teacher_cnn
+from pipeline.training.teacher_files import FileTeacher, TeacherInterface
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -238,9 +238,9 @@ def test_twelve_output_teacher_distills_exports_and_releases_with_its_labels_fil
 ) -> None:
     """`teacher.class_map: labels.txt` on digits: the teacher answers with the original teacher's logits, distils
     1 epoch into student-cnn, onnx-fp32 is exported and benched; the manifest and the release record the map."""
-    from pipeline.distill import load_teacher
-    from pipeline.release import build_release
     from pipeline.run import run_pipeline
+    from pipeline.stages.release import build_release
+    from pipeline.training.run_models import load_teacher
 
     checkpoint, original = twelve_output_teacher
     labels = _labels(tmp_path, [name.upper() if name.startswith("extra") else name for name in _twelve_names()])
@@ -270,10 +270,11 @@ def test_given_student_ships_with_its_class_map_baked_in(
     """`distill: null` with a 12-output student and `student.class_map` {digit: output}: the exported file gives one
     logit per data class, in the data's order (the original 10-class model's logits); the manifest and the release
     bundle record which source output each carries, and the labels stay the data's classes."""
-    from pipeline.bench import run_bench
-    from pipeline.distill import load_student, run_distill
-    from pipeline.export import run_export
-    from pipeline.release import build_release
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.distill import run_distill
+    from pipeline.stages.export import run_export
+    from pipeline.stages.release import build_release
+    from pipeline.training.run_models import load_student
 
     checkpoint, original = twelve_output_teacher
     raw = copy.deepcopy(TINY_CONFIG)
@@ -307,7 +308,8 @@ def test_onnx_teacher_with_a_class_map_is_adopted_and_reloaded(
 ) -> None:
     """A 12-output ONNX teacher file is not refused for its class count when mapped: its runner answers with the
     mapped outputs, and the run's record reloads it restricted the same way."""
-    from pipeline.distill import ensure_teacher, load_teacher
+    from pipeline.stages.distill import ensure_teacher
+    from pipeline.training.run_models import load_teacher
 
     checkpoint, original = twelve_output_teacher
     path = tmp_path / "twelve.onnx"

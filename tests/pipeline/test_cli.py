@@ -137,7 +137,7 @@ def test_unknown_force_stage(cli: CliRunner, tmp_path: Path) -> None:
     """`run --force` with an unknown stage exits 2 naming the valid stages."""
     result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), "--force", "distil"])
     assert result.exit_code == 2
-    assert "distill, prune, calibrate, export, bench, report" in assert_one_error_line(result.stderr, result.stdout)
+    assert "distill, calibrate, prune, export, qat, bench, report" in assert_one_error_line(result.stderr, result.stdout)
 
 
 def test_subprocess_errors_are_one_line(tmp_path: Path) -> None:
@@ -194,12 +194,12 @@ def test_end_to_end_run(tmp_path: Path, write_config, tiny_config_dict: dict) ->
 
 def test_interrupt_exits_130(cli: CliRunner, finished_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during a stage exits 130 with a resume hint instead of a traceback."""
-    import pipeline.bench
+    import pipeline.stages.bench
 
     def interrupted(run) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.bench, "run_bench", interrupted)
+    monkeypatch.setattr(pipeline.stages.bench, "run_bench", interrupted)
     result = cli.invoke(app, ["bench", str(finished_run)])
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and "re-run" in result.stderr

@@ -9,9 +9,9 @@ from conftest import with_p50
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.compare import Thresholds, compare_manifests, regressions, render_comparison
 from pipeline.errors import RegressionError
 from pipeline.manifest import Manifest
+from pipeline.report.compare import Thresholds, compare_manifests, regressions, render_comparison
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def test_two_real_runs_of_different_configs(finished_run: Path, run_copy: Path) 
     make its file larger)."""
     import yaml
 
-    from pipeline.bench import run_bench
-    from pipeline.export import run_export
     from pipeline.rundir import RunDir
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.export import run_export
 
     finished = Manifest.load(finished_run / "manifest.json")
     chosen = finished.artifacts["onnx-int8"].info["settings"]["per_channel"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.data
+import pipeline.data.splits
 from pipeline.config import DataConfig
-from pipeline.data import load_splits, read_idx, read_idx_dir, read_npz
+from pipeline.data.splits import load_splits, read_idx, read_idx_dir, read_npz
 from pipeline.errors import DataError
 
 DIGITS_SAMPLES = 1797
@@ -271,7 +271,7 @@ def test_load_splits_unsupported_file(tmp_path: Path) -> None:
 
 def test_fashion_mnist_absent_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the Fashion-MNIST files the error tells the user how to install them or use digits."""
-    monkeypatch.setattr(pipeline.data, "FASHION_MNIST_DIR", tmp_path)
+    monkeypatch.setattr(pipeline.data.splits, "FASHION_MNIST_DIR", tmp_path)
     with pytest.raises(DataError) as caught:
         load_splits(DataConfig(source="fashion-mnist"), seed=0)
     line = caught.value.one_line()

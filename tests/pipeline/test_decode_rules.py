@@ -1,4 +1,4 @@
-"""Decode rules of one image file (pipeline/image_decode.py): EXIF, 16-bit, palette, alpha, CMYK, resize modes,
+"""Decode rules of one image file (pipeline/data/image_decode.py): EXIF, 16-bit, palette, alpha, CMYK, resize modes,
 channel order, random-resized-crop, and the config keys that choose them."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.augment import crop_box
 from pipeline.config import DataConfig, RandomResizedCropConfig
 from pipeline.config_load import parse_config
+from pipeline.data.augment import crop_box
+from pipeline.data.image_decode import center_crop_geometry, decoder_for, image_suffixes, train_decoder_for
 from pipeline.errors import ConfigError, DataError
-from pipeline.image_decode import center_crop_geometry, decoder_for, image_suffixes, train_decoder_for
 from pipeline.manifest import Preprocessing
 
 ORIENTATION = 0x0112
@@ -196,7 +196,7 @@ def test_old_preprocessing_records_load() -> None:
 
 def test_array_source_rule_recorded(tmp_path: Path) -> None:
     """digits (arrays) through center-crop, RGB and BGR: pixels as the rule says, and the manifest records the rule."""
-    from pipeline.data import load_splits
+    from pipeline.data.splits import load_splits
     from pipeline.manifest import Manifest
     from pipeline.rundir import RunDir
 

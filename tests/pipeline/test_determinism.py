@@ -3,7 +3,8 @@ checkpoints, calibration sets, ONNX and TFLite files.
 
 Two causes of differing bytes were found and fixed (see the comments where they are fixed):
 - checkpoints: ``torch.save(obj, path)`` names the zip's root folder after the file, and checkpoints were saved
-  to a random temp name before the rename (``pipeline/models.py`` ``save_checkpoint`` now saves to a file object);
+  to a random temp name before the rename (``pipeline/training/models.py`` ``save_checkpoint`` now saves to a file
+  object);
 - TFLite files: onnx2tf builds its model with tf-keras, whose layer names (``model_5``, ``tf.nn.convolution_3``)
   count up process-wide and are written into the TFLite tensor names, so a second conversion in one process gave
   other bytes (``targets/tflite_io.py`` now resets Keras's session before each conversion).
@@ -36,11 +37,11 @@ RECORDED = ["teacher", "student", "calibration", *TARGETS]
 
 def _fresh_run(root: Path) -> dict[str, str]:
     """Distil, calibrate and export every target from nothing; the sha256 of each recorded file, read from disk."""
-    from pipeline.calibrate import run_calibrate
     from pipeline.config_load import parse_config
-    from pipeline.distill import run_distill
-    from pipeline.export import run_export
     from pipeline.rundir import RunDir
+    from pipeline.stages.calibrate import run_calibrate
+    from pipeline.stages.distill import run_distill
+    from pipeline.stages.export import run_export
 
     config = copy.deepcopy(TINY_CONFIG)
     config["teacher"]["threads"] = config["distill"]["threads"] = 1  # never chosen from the machine's load
@@ -75,7 +76,7 @@ def test_checkpoint_bytes_do_not_depend_on_the_file_name(tmp_path: Path) -> None
     """The same weights saved under two names (each through a random temp name) are the same bytes."""
     import torch
 
-    from pipeline.models import build_model, save_checkpoint
+    from pipeline.training.models import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("student-cnn", 1, 10)

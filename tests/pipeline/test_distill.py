@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from pipeline.config_load import parse_config
-from pipeline.distill import (
+from pipeline.errors import ModelError
+from pipeline.rundir import RunDir
+from pipeline.stages.distill import (
     BUNDLED_TEACHER,
     STUDENT_PATH,
     TEACHER_PATH,
@@ -17,9 +19,7 @@ from pipeline.distill import (
     run_distill,
     teacher_source,
 )
-from pipeline.errors import ModelError
-from pipeline.models import count_parameters, load_checkpoint
-from pipeline.rundir import RunDir
+from pipeline.training.models import count_parameters, load_checkpoint
 
 
 def inode(path: Path) -> tuple[int, int]:

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import distributed
 from pipeline.config_load import parse_config
-from pipeline.distill import STUDENT_PATH, TEACHER_PATH, load_student, run_distill
 from pipeline.errors import ConfigError
 from pipeline.io import sha256_file
 from pipeline.manifest import Manifest
 from pipeline.rundir import RunDir
-from pipeline.train import accuracy, predict_logits
+from pipeline.stages.distill import STUDENT_PATH, TEACHER_PATH, run_distill
+from pipeline.training import distributed
+from pipeline.training.run_models import load_student
+from pipeline.training.train import accuracy, predict_logits
 
 # Test top-1 of the 2-process student minus the 1-process one, on digits (359 test images, 0.28 points each),
 # 3 epochs, over six data seeds: +0.3, -0.6, -0.3, 0.0, +0.6, 0.0. Allow 3 points (11 images).

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import pipeline.data
+import pipeline.data.splits
 from pipeline.cli import app
 from pipeline.doctor import COMPONENTS, CONVERTERS_FIX
 from pipeline.errors import SetupError
 
-FASHION_MNIST_INSTALLED = (pipeline.data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() or (
-    pipeline.data.FASHION_MNIST_DIR / "train-images-idx3-ubyte"
+FASHION_MNIST_INSTALLED = (pipeline.data.splits.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() or (
+    pipeline.data.splits.FASHION_MNIST_DIR / "train-images-idx3-ubyte"
 ).is_file()
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_INSTALLED, reason="dataset-fashion-mnist is not installed (apt-get needs root)"
@@ -65,7 +65,7 @@ def test_doctor_passes_here_with_the_real_versions() -> None:
     providers = report_line(result.stdout, "onnxruntime").split("providers: ")[1]
     assert providers.split(", ") == onnxruntime.get_available_providers()
     assert report_line(result.stdout, "fashion-mnist").startswith("ok ")
-    assert str(pipeline.data.FASHION_MNIST_DIR) in result.stdout
+    assert str(pipeline.data.splits.FASHION_MNIST_DIR) in result.stdout
 
 
 def test_missing_converter_exits_9_with_its_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_missing_converter_exits_9_with_its_fix(monkeypatch: pytest.MonkeyPatch,
         return None if name == "onnx2tf" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(pipeline.data, "FASHION_MNIST_DIR", tmp_path)  # data missing too: a second fix line
+    monkeypatch.setattr(pipeline.data.splits, "FASHION_MNIST_DIR", tmp_path)  # data missing too: a second fix line
     result = doctor()
     assert result.exit_code == SetupError.exit_code == 9
     assert report_line(result.stdout, "onnx2tf").split() == ["FAIL", "onnx2tf", "missing"]

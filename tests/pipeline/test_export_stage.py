@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import RunStateError
-from pipeline.export import run_export
 from pipeline.io import sha256_file
 from pipeline.manifest import Manifest
 from pipeline.rundir import RunDir
+from pipeline.stages.export import run_export
 
 
 def test_force_rebuilds_only_that_target(run_copy: Path, snapshot_artifacts) -> None:

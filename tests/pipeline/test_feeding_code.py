@@ -14,9 +14,9 @@ from conftest import TINY_CONFIG
 from PIL import Image
 
 from pipeline.config_load import parse_config
-from pipeline.image_decode import decoder_for
+from pipeline.data.image_decode import decoder_for
 from pipeline.manifest import Manifest
-from pipeline.release_readme import PREPARE
+from pipeline.report.release_readme import PREPARE
 from pipeline.rundir import RunDir
 
 ORIENTATION = 0x0112
@@ -163,11 +163,11 @@ def write_digits(root: Path) -> list[Path]:
 def test_bundle_code_reproduces_accuracy_on_an_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real run on an image folder (16-bit PNG training images; 16-bit, palette, RGBA and EXIF-rotated TIFF test
     images): the README's code, fed the test files, scores exactly the top-1 the bundle reports."""
-    from pipeline.bench import run_bench
-    from pipeline.calibrate import run_calibrate
-    from pipeline.distill import run_distill
-    from pipeline.export import run_export
-    from pipeline.release import build_release
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.calibrate import run_calibrate
+    from pipeline.stages.distill import run_distill
+    from pipeline.stages.export import run_export
+    from pipeline.stages.release import build_release
 
     test_files = write_digits(tmp_path / "digits")
     raw = copy.deepcopy(TINY_CONFIG)

@@ -132,7 +132,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _bench_file(path: Path, resize: bool = False, **data):
     from pipeline.config import BenchConfig, DataConfig
-    from pipeline.file_bench import bench_file
+    from pipeline.measure.file_bench import bench_file
 
     bench = BenchConfig(**FAST, batch_sizes=[1, 8], threads=[1])
     return bench_file(path, DataConfig(source="digits", **data), bench, resize=resize)
@@ -165,7 +165,7 @@ def test_data_of_another_size_is_refused_unless_resize(models: Path) -> None:
     """digits (1×8×8) on a 1×28×28 model: one line naming both shapes and --resize, exit 3; with --resize it is
     measured and the summary says the images were brought there."""
     from pipeline.errors import DataError
-    from pipeline.file_bench import render_measurement
+    from pipeline.measure.file_bench import render_measurement
 
     with pytest.raises(DataError, match=r"1×8×8 \(C×H×W\) but fashion.onnx takes 1×28×28") as refused:
         _bench_file(models / "fashion.onnx")
@@ -185,8 +185,8 @@ def test_recorded_normalization_is_used_and_said(models: Path, tmp_path: Path) -
     import json
     import shutil
 
-    from pipeline.file_bench import render_measurement
     from pipeline.io import sha256_file
+    from pipeline.measure.file_bench import render_measurement
 
     run = tmp_path / "run"
     (run / "artifacts").mkdir(parents=True)
@@ -206,9 +206,9 @@ def test_recorded_normalization_is_used_and_said(models: Path, tmp_path: Path) -
 
 def test_thread_counts_follow_the_usable_cores(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """'all' is the cores this process may use; a count above them is measured with a one-line warning."""
-    from pipeline import machine_load
     from pipeline.config import BenchConfig, DataConfig
-    from pipeline.file_bench import bench_file
+    from pipeline.measure import machine_load
+    from pipeline.measure.file_bench import bench_file
 
     monkeypatch.setattr(machine_load, "usable_cores", lambda: 1)
     every = bench_file(models / "dynamic.onnx", DataConfig(source="digits"), BenchConfig(**FAST, threads=["all"]))
@@ -219,7 +219,7 @@ def test_thread_counts_follow_the_usable_cores(models: Path, monkeypatch: pytest
 
 
 def test_render_shows_load_and_first_call_beside_the_warm_p50(models: Path) -> None:
-    from pipeline.file_bench import render_measurement
+    from pipeline.measure.file_bench import render_measurement
 
     fed = _bench_file(models / "b1.onnx")
     m = fed.measurement

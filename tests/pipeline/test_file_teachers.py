@@ -14,14 +14,15 @@ import torch
 from conftest import TINY_CONFIG
 from torch import nn
 
-from pipeline.bench import run_bench
 from pipeline.config_load import parse_config
-from pipeline.distill import ensure_teacher, load_model, run_distill
 from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.run import run_pipeline
 from pipeline.rundir import RunDir
-from pipeline.teacher_files import FileTeacher
-from pipeline.train import accuracy, predict_logits
+from pipeline.stages.bench import run_bench
+from pipeline.stages.distill import ensure_teacher, run_distill
+from pipeline.training.run_models import load_model
+from pipeline.training.teacher_files import FileTeacher
+from pipeline.training.train import accuracy, predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +92,7 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def onnx_teacher(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Path, digits_splits) -> Path:
     """The teacher-cnn trained on digits (conftest), as ONNX taking NHWC pixels / 255."""
-    from pipeline.models import load_checkpoint
+    from pipeline.training.models import load_checkpoint
 
     teacher = load_checkpoint(teacher_checkpoint, "teacher-cnn", 1, 10, {})
     wrapped = _NHWCPixels(teacher, digits_splits.mean, digits_splits.std)

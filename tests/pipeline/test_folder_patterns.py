@@ -12,10 +12,10 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.config_load import parse_config
-from pipeline.data import image_suffixes, load_splits, read_image_folder
+from pipeline.data.splits import image_suffixes, load_splits, read_image_folder
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest
-from pipeline.report import render_report
+from pipeline.report.markdown import render_report
 from pipeline.rundir import DATA_LOG, RunDir
 
 

@@ -12,8 +12,8 @@ from pipeline.cli import app
 from pipeline.config import GateConfig
 from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError, GateError
-from pipeline.gate import evaluate_gate
 from pipeline.manifest import Manifest
+from pipeline.report.gate import evaluate_gate
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config_load import parse_config
-from pipeline.distill import load_student, load_teacher, run_distill
 from pipeline.errors import ConfigError, ModelError
 from pipeline.io import sha256_file
-from pipeline.models import build_model, load_checkpoint
 from pipeline.rundir import RunDir
+from pipeline.stages.distill import run_distill
+from pipeline.training.models import build_model, load_checkpoint
+from pipeline.training.run_models import load_student, load_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,7 +142,7 @@ def test_stage_commands_work_on_a_shipped_run(shipped_run: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("name", ["scripted.pt", "exported.pt2"])
 def test_programs_ship_as_given(tmp_path: Path, given: dict, digits_splits, onnx_invoke, name: str) -> None:
-    from pipeline.export import run_export
+    from pipeline.stages.export import run_export
 
     source = given["folder"] / name
     raw = _config(source, ["onnx-fp32"])
@@ -415,8 +416,8 @@ def test_missing_model_file_names_its_absolute_path(tmp_path: Path, monkeypatch:
 
 def test_softmax_student_ships_as_probabilities(tmp_path: Path) -> None:
     """distill: null with a model ending in softmax: recorded, bundled and documented as probabilities."""
-    from pipeline.release import build_release
     from pipeline.run import run_pipeline
+    from pipeline.stages.release import build_release
 
     folder = _factory_dir(tmp_path / "model")
     raw = _config(folder / "w.pt", ["onnx-fp32"], arch=f"{folder / 'my.py'}:make", arch_kwargs={"softmax": True})

@@ -10,9 +10,9 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.config_load import parse_config
-from pipeline.data import load_splits, read_image_folder
+from pipeline.data.image_decode import decode_image
+from pipeline.data.splits import load_splits, read_image_folder
 from pipeline.errors import ConfigError, DataError
-from pipeline.image_decode import decode_image
 from pipeline.manifest import Manifest
 from pipeline.rundir import RunDir
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.int8_search import FloatLayer, Int8Share, drop_test, search_int8
-from pipeline.layer_errors import LayerError
+from targets.int8_search import FloatLayer, Int8Share, drop_test, search_int8
+from targets.layer_errors import LayerError
 
 N = 1000  # validation images; fp32 gets the first 900 right (90.0 %)
 LABELS = np.zeros(N, int)

@@ -15,7 +15,7 @@ from torch import nn
 from calibration.readers import ort_reader
 from calibration.sampling import CalibrationSet
 from pipeline.errors import ConfigError
-from pipeline.layer_errors import (
+from targets.layer_errors import (
     CalibratedModel,
     LayerError,
     onnx_layer_errors,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import LOSSES, Outputs, hinton_loss
+from pipeline.training.losses import LOSSES, Outputs, hinton_loss
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from pipeline.config import LossSpec
 from pipeline.config_load import parse_config
-from pipeline.distill import STUDENT_PATH, load_student, run_distill
 from pipeline.errors import ConfigError, EdgepipeError
-from pipeline.losses import LOSSES, FeatureTap, HintLoss, Objective, Outputs
-from pipeline.models import build_model
 from pipeline.rundir import RunDir
+from pipeline.stages.distill import STUDENT_PATH, run_distill
+from pipeline.training.losses import LOSSES, FeatureTap, HintLoss, Objective, Outputs
+from pipeline.training.models import build_model
+from pipeline.training.run_models import load_student
 
 # Real layer names (``named_modules()``) of the built-in models on 8×8 digits:
 # student-cnn: "2" ReLU 24×8×8, "6" ReLU 48×4×4, "10" ReLU 64×2×2, "12" Flatten;

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import pipeline.machine_load as machine_load
-from pipeline.machine_load import threads_warning, training_threads
+import pipeline.measure.machine_load as machine_load
+from pipeline.measure.machine_load import threads_warning, training_threads
 
 
 def test_more_threads_than_usable_cores_is_a_warning() -> None:

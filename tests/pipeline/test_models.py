@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import ModelError
-from pipeline.models import build_model, count_parameters, load_checkpoint, save_checkpoint
+from pipeline.training.models import build_model, count_parameters, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize(("channels", "classes"), [(1, 10), (3, 10), (1, 4)])

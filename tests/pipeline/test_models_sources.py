@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from pipeline.config_load import parse_config
-from pipeline.distill import ensure_teacher, load_student, load_teacher, run_distill
 from pipeline.errors import ModelError
 from pipeline.io import sha256_file
-from pipeline.models import build_model, count_parameters, is_program, load_program, save_checkpoint
 from pipeline.rundir import RunDir
-from pipeline.train import accuracy, predict_logits
+from pipeline.stages.distill import ensure_teacher, run_distill
+from pipeline.training.models import build_model, count_parameters, is_program, load_program, save_checkpoint
+from pipeline.training.run_models import load_student, load_teacher
+from pipeline.training.train import accuracy, predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +52,7 @@ NOT_CALLABLE = 3
 @pytest.fixture(scope="module")
 def trained_teacher(teacher_checkpoint: Path, digits_splits) -> tuple[Path, torch.nn.Module, torch.Tensor]:
     """(state_dict checkpoint, the teacher module in eval mode, a normalized digits batch) — trained 2 epochs."""
-    from pipeline.models import load_checkpoint
+    from pipeline.training.models import load_checkpoint
 
     teacher = load_checkpoint(teacher_checkpoint, "teacher-cnn", 1, 10)
     example = torch.from_numpy(digits_splits.normalize(digits_splits.test.x[:64]))

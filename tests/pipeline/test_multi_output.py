@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import ModelError
-from pipeline.models import pick_output, select_logits
+from pipeline.training.models import pick_output, select_logits
 
 MODELS = """
 from torch import nn

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import BenchConfig
-from pipeline.harness import Plan, measure_plan
 from pipeline.manifest import Manifest, Measurement
-from pipeline.report_sections import unmeasured_bullets
-from pipeline.runtimes import Runner
+from pipeline.measure.harness import Plan, measure_plan
+from pipeline.measure.runtimes import Runner
+from pipeline.report.sections import unmeasured_bullets
 
 SE_STUDENT = """
 from torch import nn
@@ -111,7 +111,7 @@ def _runner(threads: int) -> Runner:
 
 def test_failed_profile_and_probe_leave_fields_empty_with_reasons() -> None:
     """A failing MAC counter or memory probe empties only its fields, each with the reason; the row stands."""
-    from pipeline.memory_probe import ProbeSpec
+    from pipeline.measure.memory_probe import ProbeSpec
 
     def broken_profile():
         raise RuntimeError("counter exploded\nsecond line")

@@ -180,12 +180,23 @@ def test_rich_render_lists_stages_bars_and_total() -> None:
 
 
 def test_stage_list_follows_the_config(tiny_config_dict: dict) -> None:
-    """prune only with a prune: section, calibrate only when a target is int8, the target count beside export."""
+    """prune only with a prune: section; calibrate only when an export target or pruning's measure target is int8;
+    qat only with an int8 target and quantize.qat.when not never; the target count beside export."""
     assert [stage.name for stage in planned_stages(parse_config(tiny_config_dict))] == [
-        "data", "distill", "calibrate", "export", "bench", "report"
+        "data",
+        "distill",
+        "calibrate",
+        "export",
+        "qat",
+        "bench",
+        "report",
     ]
-    tiny_config_dict["export"]["targets"] = ["onnx-fp32", "tflite-fp32"]
+    tiny_config_dict["quantize"] = {"qat": {"when": "never"}}
     tiny_config_dict["prune"] = {"method": "magnitude", "sparsity": 0.5}
+    stages = planned_stages(parse_config(tiny_config_dict))
+    assert [stage.name for stage in stages] == ["data", "distill", "calibrate", "prune", "export", "bench", "report"]
+    tiny_config_dict["export"]["targets"] = ["onnx-fp32", "tflite-fp32"]
+    tiny_config_dict["prune"]["measure"] = {"target": "onnx-fp32"}
     stages = planned_stages(parse_config(tiny_config_dict))
     assert [stage.label for stage in stages] == ["data", "distill", "prune", "export (2 targets)", "bench", "report"]
 
@@ -319,8 +330,8 @@ def test_first_line_comes_before_heavy_imports(tmp_path: Path) -> None:
 def test_bench_rows_are_one_line_each(capsys: pytest.CaptureFixture) -> None:
     """Each new bench row is a line: its top-1 and headline p50 (batch 1, 1 thread), or why it was skipped; rows
     said before are not said again."""
-    from pipeline.bench import _say_rows
     from pipeline.manifest import LatencyStats, Measurement, Skipped, Timing
+    from pipeline.stages.bench import _say_rows
 
     timing = Timing.model_construct(threads=1, latency=LatencyStats.model_construct(batch=1, p50_ms=0.1234))
     earlier = Skipped(artifact="student", runtime="pytorch", reason="said before")

@@ -12,24 +12,25 @@ import yaml
 from conftest import TINY_CONFIG
 from typer.testing import CliRunner
 
-from pipeline.bench import run_bench
-from pipeline.calibrate import run_calibrate
 from pipeline.cli import app
 from pipeline.config import PruneMeasureConfig
 from pipeline.config_load import parse_config
 from pipeline.converter_log import RUN_LOG
-from pipeline.distill import load_model, run_distill
 from pipeline.errors import ConfigError
-from pipeline.export import run_export
 from pipeline.io import sha256_file
 from pipeline.manifest import PRUNED_STUDENT
-from pipeline.model_profile import onnx_profile, torch_profile
-from pipeline.prune import run_prune
-from pipeline.prune_measure import BuiltFile, gzip_bytes, p50_ms
-from pipeline.qat_stage import ensure_qat_student
-from pipeline.report import run_report
-from pipeline.report_html import render_html
+from pipeline.measure.model_profile import onnx_profile, torch_profile
+from pipeline.measure.prune_measure import BuiltFile, gzip_bytes, p50_ms
+from pipeline.report.html import render_html
 from pipeline.rundir import RunDir
+from pipeline.stages.bench import run_bench
+from pipeline.stages.calibrate import run_calibrate
+from pipeline.stages.distill import run_distill
+from pipeline.stages.export import run_export
+from pipeline.stages.prune import run_prune
+from pipeline.stages.qat import ensure_qat_student
+from pipeline.stages.report import run_report
+from pipeline.training.run_models import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.model_profile import torch_profile
-from pipeline.models import save_checkpoint
-from pipeline.prune_ops import (
+from pipeline.measure.model_profile import torch_profile
+from pipeline.training.models import save_checkpoint
+from pipeline.training.prune_ops import (
     check_layer_names,
     classifier_layers,
     layer_sparsity,
@@ -77,7 +77,7 @@ def test_pruned_checkpoint_rebuilds(tmp_path: Path) -> None:
 
 def test_pruned_student_cnn_loads_by_arch(tmp_path: Path) -> None:
     """The built-in student pruned and saved reloads through ``load_pruned_checkpoint`` by its arch name."""
-    from pipeline.models import build_model
+    from pipeline.training.models import build_model
 
     model = build_model("student-cnn", 1, 10).eval()
     structured_prune(model, 0.3, torch.zeros(1, 1, 8, 8), classifier_layers(model, 10), round_to=8)

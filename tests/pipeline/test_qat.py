@@ -18,9 +18,9 @@ from calibration.readers import ort_reader
 from pipeline.config import LossSpec, QatConfig, TrainConfig
 from pipeline.config_load import parse_config
 from pipeline.errors import ConfigError
-from pipeline.losses import Objective
-from pipeline.models import build_model
-from pipeline.qat import (
+from pipeline.training.losses import Objective
+from pipeline.training.models import build_model
+from pipeline.training.qat_kd import (
     _freeze_ranges,
     _observe_in_training_only,
     float_student,
@@ -28,7 +28,7 @@ from pipeline.qat import (
     prepare_qat_student,
     qat_distill,
 )
-from pipeline.train import TrainJob, accuracy, fit, predict_logits, seed_everything
+from pipeline.training.train import TrainJob, accuracy, fit, predict_logits, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

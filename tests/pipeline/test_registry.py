@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data import SOURCES
+from pipeline.data.splits import SOURCES
 from pipeline.errors import ConfigError
-from pipeline.losses import LOSSES, hinton_loss
-from pipeline.models import ARCHITECTURES
 from pipeline.registry import Registry
+from pipeline.training.losses import LOSSES, hinton_loss
+from pipeline.training.models import ARCHITECTURES
 from targets import TARGETS
 
 

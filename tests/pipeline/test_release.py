@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import DataConfig
-from pipeline.data import load_splits
+from pipeline.data.splits import load_splits
 from pipeline.io import sha256_file
 from pipeline.manifest import Manifest
 from pipeline.model_metadata import read_onnx_metadata, read_tflite_metadata
@@ -255,7 +255,7 @@ def test_failure_leaves_nothing(
     finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
     """A failure while the bundle is written removes the staged directory and keeps an old --out as it was."""
-    from pipeline import release
+    from pipeline.stages import release
 
     out = tmp_path / "bundle"
     if existing:

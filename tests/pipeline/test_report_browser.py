@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_report_html import FIGURES, ROW_SETS, tables
 
-from pipeline import plots
 from pipeline.manifest import Manifest
-from pipeline.report_sections import p50_cell
+from pipeline.report import plots
+from pipeline.report.sections import p50_cell
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")

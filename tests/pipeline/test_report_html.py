@@ -13,9 +13,9 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
 from pipeline.manifest import LatencyStats, Manifest, Measurement, Timing
-from pipeline.plots import accuracy_latency_figure, artifact_colors, latency_figure, pareto_front, size_figure
-from pipeline.report_html import render_html
-from pipeline.report_sections import p50_cell
+from pipeline.report.html import render_html
+from pipeline.report.plots import accuracy_latency_figure, artifact_colors, latency_figure, pareto_front, size_figure
+from pipeline.report.sections import p50_cell
 
 FIGURES = ["figure-accuracy-latency", "figure-sizes", "figure-latency"]
 
@@ -338,10 +338,7 @@ def test_legends_sit_outside_the_axes(drawn) -> None:
 def _row_segments(ax, y: float) -> list[tuple[float, float]]:
     """(start, end) of every horizontal line drawn at row ``y``."""
     return [
-        (min(s[:, 0]), max(s[:, 0]))
-        for collection in ax.collections
-        for s in collection.get_segments()
-        if s[0, 1] == y
+        (min(s[:, 0]), max(s[:, 0])) for collection in ax.collections for s in collection.get_segments() if s[0, 1] == y
     ]
 
 

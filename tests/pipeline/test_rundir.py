@@ -14,12 +14,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
 from pipeline.cli import app
 from pipeline.config_load import parse_config
 from pipeline.converter_log import RUN_LOG
 from pipeline.errors import DataError, RunStateError
 from pipeline.rundir import RunDir
+from pipeline.stages.calibrate import CALIBRATION_PATH, run_calibrate
 
 
 def test_open_non_run_raises(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export import artifact_runner
 from pipeline.manifest import Manifest, TensorSpec
-from pipeline.runtimes import dequantize_output, onnxruntime_runner, quantize_input, torch_runner
+from pipeline.measure.runtimes import dequantize_output, onnxruntime_runner, quantize_input, torch_runner
+from pipeline.stages.export import artifact_runner
 
 
 def test_quantize_input_rounds_and_clips() -> None:

@@ -10,7 +10,6 @@ import pytest
 from pipeline.config import GateConfig
 from pipeline.config_load import parse_config
 from pipeline.errors import GateError
-from pipeline.gate import raise_if_run_failed
 from pipeline.manifest import (
     ArtifactRecord,
     DataRecord,
@@ -21,8 +20,9 @@ from pipeline.manifest import (
     Preprocessing,
     Timing,
 )
-from pipeline.report import render_report
-from pipeline.sanity import chance_threshold, sanity_warnings
+from pipeline.report.gate import raise_if_run_failed
+from pipeline.report.markdown import render_report
+from pipeline.report.sanity import chance_threshold, sanity_warnings
 
 LIMITED = GateConfig(max_drop_vs_teacher=50)
 
@@ -141,7 +141,7 @@ def test_allow_warnings_is_validated_and_kept_out_of_the_limits() -> None:
 
 
 def test_report_html_has_the_warnings_block() -> None:
-    from pipeline.report_html import render_html
+    from pipeline.report.html import render_html
 
     run = manifest({"teacher": 90, "student": 10.03})
     run.warnings = sanity_warnings(run, GateConfig())

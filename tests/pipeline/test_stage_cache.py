@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 import pipeline.run
-from pipeline.bench import TF2ONNX_RUNTIME
 from pipeline.cli import app
 from pipeline.config_load import parse_config
 from pipeline.io import sha256_file
 from pipeline.run import run_pipeline
+from pipeline.stages.bench import TF2ONNX_RUNTIME
 from targets import TARGETS
 
 STAGES = ("distill", "calibrate", "export", "bench", "report")
@@ -171,8 +171,8 @@ def test_upgraded_onnx2tf_converts_again(run_copy: Path, monkeypatch: pytest.Mon
     """With another onnx2tf version installed, exporting tflite-fp32 rebuilds it (and its parent onnx-fp32) and
     converts the ONNX file again instead of reusing the SavedModel cached under work/ by the old version."""
     import pipeline.environment as environment
-    from pipeline.export import run_export
     from pipeline.rundir import RunDir
+    from pipeline.stages.export import run_export
 
     saved_models = set((run_copy / "work").glob("saved_model-*"))
     assert saved_models

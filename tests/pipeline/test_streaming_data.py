@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.data
+import pipeline.data.splits
 from calibration.sampling import draw_calibration_set
 from pipeline.config import DataConfig, LossSpec, TrainConfig
-from pipeline.data import LazyPixels, NormalizedView, load_splits
+from pipeline.data.image_decode import decode_image
+from pipeline.data.splits import LazyPixels, NormalizedView, load_splits
 from pipeline.errors import DataError
-from pipeline.image_decode import decode_image
-from pipeline.losses import Objective
-from pipeline.models import build_model
-from pipeline.train import TrainJob, _epoch_loader, fit, predict_logits, seed_everything
+from pipeline.training.losses import Objective
+from pipeline.training.models import build_model
+from pipeline.training.train import TrainJob, _epoch_loader, fit, predict_logits, seed_everything
 
 PER_CLASS = 8
 
@@ -38,7 +38,7 @@ def make_rgb_folder(root: Path, classes: int = 2, size: tuple[int, int] = (8, 8)
 def counted(monkeypatch):
     """Count every file decoded through the folder's decoder."""
     calls: list[Path] = []
-    real = pipeline.data.decoder_for
+    real = pipeline.data.splits.decoder_for
 
     def decoder_for(config):
         decode = real(config)
@@ -49,7 +49,7 @@ def counted(monkeypatch):
 
         return counting
 
-    monkeypatch.setattr(pipeline.data, "decoder_for", decoder_for)
+    monkeypatch.setattr(pipeline.data.splits, "decoder_for", decoder_for)
     return calls
 
 
@@ -65,7 +65,7 @@ def test_listing_decodes_one_image_and_stats_use_a_sample(tmp_path: Path, counte
     assert len(counted) == 1 and given.stats_from == "config" and given.stats_samples is None
     assert isinstance(given.train.x, LazyPixels) and given.input_shape == (3, 8, 8) and given.lazy
     counted.clear()
-    monkeypatch.setattr(pipeline.data, "STATS_SAMPLES", 5)
+    monkeypatch.setattr(pipeline.data.splits, "STATS_SAMPLES", 5)
     sampled = load_splits(config(root), seed=0)
     assert len(counted) == 1 + 5
     assert sampled.stats_from == "train-sample" and sampled.stats_samples == 5
@@ -77,7 +77,7 @@ def test_lazy_pixels_index_like_an_array(tmp_path: Path) -> None:
     """Slices, index arrays, masks, integer rows, trailing indices and np.asarray give what the decoded array
     gives; take() decodes nothing."""
     root = make_rgb_folder(tmp_path / "data")
-    x = pipeline.data.read_image_folder(root).train.x
+    x = pipeline.data.splits.read_image_folder(root).train.x
     paths = sorted(root.glob("*/*.png"))
     eager = np.stack([decode_image(path)[0] for path in paths])
     assert isinstance(x, LazyPixels) and x.shape == eager.shape and len(x) == len(eager) and x.dtype == np.uint8
@@ -144,7 +144,7 @@ def test_training_is_the_same_with_and_without_workers(tmp_path: Path) -> None:
         weights.append(job.model.state_dict())
     for key, tensor in weights[0].items():
         assert torch.equal(weights[1][key], tensor), key
-    eager = pipeline.data.Images(np.asarray(splits.test.x), splits.test.y, splits.test.ids)
+    eager = pipeline.data.splits.Images(np.asarray(splits.test.x), splits.test.y, splits.test.ids)
     lazy_logits = predict_logits(job.model, splits, splits.test, 3)
     np.testing.assert_array_equal(lazy_logits, predict_logits(job.model, splits, eager, 3))
 

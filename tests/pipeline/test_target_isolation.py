@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import GateConfig
 from pipeline.errors import ExportError, GateError, ModelError
-from pipeline.gate import evaluate_gate, over_budget, run_error
 from pipeline.manifest import WITHIN_BUDGET, Manifest
+from pipeline.report.gate import evaluate_gate, over_budget, run_error
 from targets import TARGETS, ExportInputs, ExportResult, Target
 from targets.onnx_io import describe_onnx
 
@@ -182,10 +182,10 @@ def test_rerun_that_succeeds_clears_the_failure(toys, run_copy: Path, monkeypatc
 def test_qat_failure_is_a_row(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """QAT-KD training that fails records a failure per <target>-qat artifact; the post-training builds stand; a
     run that no longer needs QAT-KD clears those entries."""
-    from pipeline import export
-    from pipeline.export import run_export
-    from pipeline.qat_stage import qat_targets
     from pipeline.rundir import RunDir
+    from pipeline.stages import qat
+    from pipeline.stages.export import run_export
+    from pipeline.stages.qat import qat_targets, run_qat
 
     raw = yaml.safe_load((run_copy / "config.yaml").read_text())
     raw.setdefault("quantize", {})["qat"] = {"when": "always"}
@@ -194,10 +194,11 @@ def test_qat_failure_is_a_row(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -
     def diverge(*args, **kwargs):
         raise ModelError("QAT-KD loss became NaN in epoch 1", "lower quantize.qat.lr")
 
-    monkeypatch.setattr(export, "ensure_qat_student", diverge)
+    monkeypatch.setattr(qat, "ensure_qat_student", diverge)
     run = RunDir.open(run_copy)
     records = run_export(run, ["onnx-int8", "tflite-int8"])
     assert [r.name for r in records] == ["onnx-int8", "tflite-int8"]
+    assert run_qat(run, ["onnx-int8", "tflite-int8"]) == []
     expected = [name + "-qat" for name in qat_targets(run, records)[0]]
     manifest = Manifest.load(run_copy / "manifest.json")
     assert expected and [f.target for f in manifest.failures] == expected
@@ -208,7 +209,9 @@ def test_qat_failure_is_a_row(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -
 
     raw["quantize"]["qat"] = {"when": "never"}
     (run_copy / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    run_export(RunDir.open(run_copy), ["onnx-int8", "tflite-int8"])
+    run = RunDir.open(run_copy)
+    run_export(run, ["onnx-int8", "tflite-int8"])
+    run_qat(run, ["onnx-int8", "tflite-int8"])
     assert Manifest.load(run_copy / "manifest.json").failures == []
 
 

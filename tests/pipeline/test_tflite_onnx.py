@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.errors import ExportError
 from pipeline.manifest import Manifest
-from pipeline.runtimes import dequantize_output, quantize_input, tflite_runner
-from pipeline.tflite_onnx import parity, tf2onnx_runner, tflite_to_onnx
+from pipeline.measure.runtimes import dequantize_output, quantize_input, tflite_runner
+from pipeline.measure.tflite_onnx import parity, tf2onnx_runner, tflite_to_onnx
 
 
 @pytest.mark.parametrize("name", ["tflite-fp32", "tflite-fp16", "tflite-int8"])

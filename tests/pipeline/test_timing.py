@@ -1,4 +1,5 @@
-"""Timing in interleaved rounds (pipeline.timing) and how a plan is timed (pipeline.harness): round medians, spread,
+"""Timing in interleaved rounds (pipeline.measure.timing) and how a plan is timed (pipeline.measure.harness):
+round medians, spread,
 re-measure and noisy marks on a fake clock; thread counts capped at the idle cores; load and first call recorded;
 torch's process-wide thread count switched with each runner."""
 
@@ -10,12 +11,12 @@ import statistics
 import numpy as np
 import pytest
 
-import pipeline.harness as harness
-import pipeline.timing as timing
+import pipeline.measure.harness as harness
+import pipeline.measure.timing as timing
 from pipeline.config import BenchConfig
-from pipeline.harness import Plan, measure_plan, thread_counts
-from pipeline.runtimes import Runner, torch_runner, torch_threads_kept
-from pipeline.timing import Contender, latency_stats, measure_rounds
+from pipeline.measure.harness import Plan, measure_plan, thread_counts
+from pipeline.measure.runtimes import Runner, torch_runner, torch_threads_kept
+from pipeline.measure.timing import Contender, latency_stats, measure_rounds
 
 
 class FakeClock:
@@ -125,7 +126,7 @@ def test_spinning_runtimes_are_capped_at_the_idle_cores(idle_cores_only, idle, t
 
 
 def test_one_thread_is_always_timed_and_all_means_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.machine_load as machine_load
+    import pipeline.measure.machine_load as machine_load
 
     monkeypatch.setattr(machine_load, "usable_cores", lambda: 3)
     assert BenchConfig(threads=["all"]).thread_counts() == [1, 3]

@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 
 from pipeline.config import LossSpec, TrainConfig
 from pipeline.config_load import parse_config
-from pipeline.distill import STUDENT_PATH, load_model, load_student, run_distill
-from pipeline.losses import Objective
-from pipeline.models import build_model, save_checkpoint
 from pipeline.rundir import RunDir
-from pipeline.train import TrainJob, accuracy, fit, predict_logits, seed_everything
+from pipeline.stages.distill import STUDENT_PATH, run_distill
+from pipeline.training.losses import Objective
+from pipeline.training.models import build_model, save_checkpoint
+from pipeline.training.run_models import load_model, load_student
+from pipeline.training.train import TrainJob, accuracy, fit, predict_logits, seed_everything
 
 PROGRESS_PATH = "checkpoints/student.progress.pt"
 
@@ -230,7 +231,7 @@ def test_training_threads_are_recorded_and_given_back(
 ) -> None:
     """A pinned count trains at that count; auto at the idle cores (at most torch's own count); the record says
     which, and torch's thread count is the one it was once training ends."""
-    import pipeline.machine_load as machine_load
+    import pipeline.measure.machine_load as machine_load
 
     monkeypatch.setattr(machine_load, "idle_cores", lambda: 1)
     during: list[int] = []
@@ -420,8 +421,8 @@ def test_baseline_is_retrained_when_the_data_changes(tmp_path: Path, student_con
 def test_bench_and_report_show_the_kd_gain(tmp_path: Path, student_config: dict) -> None:
     """distill.baseline: true trains the baseline; bench measures it under pytorch and the report prints the
     baseline line and the KD gain (student − baseline test top-1) from those measurements."""
-    from pipeline.bench import run_bench
-    from pipeline.report import run_report
+    from pipeline.stages.bench import run_bench
+    from pipeline.stages.report import run_report
 
     student_config["distill"]["baseline"] = True
     run = RunDir.create(tmp_path / "run", parse_config(student_config))

@@ -155,7 +155,7 @@ def test_verify_uses_and_records_the_relative_tolerance(monkeypatch, tmp_path: P
     rejects a difference beyond it."""
     from types import SimpleNamespace
 
-    from pipeline import export
+    from pipeline.stages import export
     from targets.base import ExportResult
 
     reference = np.tile(np.array([[10.0, -4.0, 2.0]], dtype=np.float32), (8, 1))

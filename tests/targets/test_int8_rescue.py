@@ -33,14 +33,16 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.calibrate import CALIBRATION_PATH, run_calibrate
 from pipeline.config_load import parse_config
-from pipeline.distill import load_student, run_distill
-from pipeline.export import run_export
 from pipeline.manifest import ArtifactRecord
-from pipeline.models import build_model, save_checkpoint
 from pipeline.rundir import RunDir
-from pipeline.train import predict_logits
+from pipeline.stages.calibrate import CALIBRATION_PATH, run_calibrate
+from pipeline.stages.distill import run_distill
+from pipeline.stages.export import run_export
+from pipeline.stages.qat import run_qat
+from pipeline.training.models import build_model, save_checkpoint
+from pipeline.training.run_models import load_student
+from pipeline.training.train import predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,7 +138,7 @@ def export(root: Path, raw: dict, targets: list[str]) -> dict[str, Built]:
     run = RunDir.create(root, parse_config(raw))
     x, y = split_of_test(run)
     built = {}
-    for record in run_export(run, targets):
+    for record in run_export(run, targets) + run_qat(run, targets):
         if record.info["precision"] == "int8":
             top1 = onnx_top1 if record.info["format"] == "onnx" else tflite_top1
             accuracy, info = top1(run.path(record.path), x, y), record.info

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.int8_search import FloatLayer
+from targets.int8_search import FloatLayer
 from targets.onnx_share import onnx_int8_share
 
 # per-sample MACs on a 1×8×8 input (onnx-tool's count: output elements × kernel fan-in, plus one per output for the
@@ -89,7 +89,7 @@ def test_einsum_counts_in_macs_and_share(tmp_path: Path) -> None:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from pipeline.model_profile import einsum_macs, onnx_profile
+    from pipeline.measure.model_profile import einsum_macs, onnx_profile
 
     assert einsum_macs("bchw,chwk->bk", [[1, 4, 8, 8], [4, 8, 8, 256]]) == 4 * 8 * 8 * 256
     assert einsum_macs("...c,cn->...n", [[1, 2, 32], [32, 10]]) == 2 * 32 * 10

@@ -104,10 +104,10 @@ def make(in_channels, num_classes):
 def maxpool_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Path):
     """A distilled max-pool-with-padding student, normalized so that the int8 input's zero point is 0
     (``data: {mean: [0.502], std: [0.5]}``, where TensorFlow's quantization debugger used to crash)."""
-    from pipeline.calibrate import run_calibrate
     from pipeline.config_load import parse_config
-    from pipeline.distill import run_distill
     from pipeline.rundir import RunDir
+    from pipeline.stages.calibrate import run_calibrate
+    from pipeline.stages.distill import run_distill
 
     root = tmp_path_factory.mktemp("maxpool")
     (root / "maxpool_pad.py").write_text(MAXPOOL_PAD)
@@ -126,7 +126,7 @@ def maxpool_run(tmp_path_factory: pytest.TempPathFactory, teacher_checkpoint: Pa
 
 
 def tflite_int8_record(run, force: bool = False):
-    from pipeline.export import run_export
+    from pipeline.stages.export import run_export
 
     records = run_export(run, ["tflite-int8"], {"tflite-int8"} if force else None)
     return next(record for record in records if record.name == "tflite-int8")
@@ -155,7 +155,7 @@ def test_maxpool_padding_unrepaired_fails_loudly(maxpool_run, monkeypatch: pytes
     """Without the repair the file collapses; the fallback ranks the degenerate pads first (the debugger runs on
     the zero-point-0 input) and, as floating them cannot undo the scale the quantizer ties to them, the record
     says over budget, and why."""
-    from pipeline import layer_errors
+    from targets import layer_errors
 
     monkeypatch.setattr(layer_errors, "_CALIBRATED", {})
     monkeypatch.setattr(layer_errors, "RANGE_KEEPING_OPS", frozenset())  # no op's range is repaired

@@ -106,8 +106,8 @@ def zoo_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def train_teacher(source: str, root: Path) -> Path:
     """A teacher-cnn trained for 2 epochs on ``source`` in a run at ``root``; returns its checkpoint."""
     from pipeline.config_load import parse_config
-    from pipeline.distill import TEACHER_PATH, ensure_teacher
     from pipeline.rundir import RunDir
+    from pipeline.stages.distill import TEACHER_PATH, ensure_teacher
 
     config = {"seed": 0, "data": {"source": source}, "teacher": {"epochs": 2, "batch_size": 64}}
     ensure_teacher(RunDir.create(root, parse_config({**config, "export": {"targets": []}})))

@@ -1,0 +1,1 @@
+"""Data sources and splits, image decoding and training-time augmentation."""
