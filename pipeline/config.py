@@ -10,8 +10,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -333,31 +335,40 @@ class StudentConfig(_Section):
     class_map: ClassMap = Field(None, description=CLASS_MAP_DESCRIPTION)
 
 
-CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-
-
 class CalibrationConfig(_Section):
+    """The calibration set and how the ONNX quantizer turns it into activation ranges. A calibration method's own
+    options (``percentile``) sit in this section beside ``method``: each is declared by its method
+    (``calibration.methods``) and validated against it by ``config_load.check_config``; read them with
+    ``CALIBRATION_METHODS.get(name).options_of(config.calibration)``."""
+
+    model_config = ConfigDict(extra="allow")
+
     size: int = Field(512, ge=1, description="Calibration samples drawn from the training split.")
     selection: Literal["stratified", "balanced"] = Field(
         "stratified",
         description="stratified: each class in proportion to its share of the training split; "
         "balanced: the same number of samples from every class.",
     )
-    method: CalibrationMethod | Literal["auto"] = Field(
+    method: str = Field(
         "auto",
-        description="Activation range estimator of the ONNX quantizer: minmax, entropy, percentile, or auto "
-        "(tries each and keeps the best validation accuracy). TFLite's converter always uses min/max.",
-    )
-    percentile: float = Field(
-        99.999,
-        gt=90,
-        le=100,
-        description="percentile method: the share (%) of each activation's calibration values kept inside the "
-        "range; the rest, split between both tails, is clipped.",
+        description="Activation range estimator of the ONNX quantizer: a registered calibration method (minmax, "
+        "percentile, entropy), or auto (tries each and keeps the best validation accuracy). TFLite's converter "
+        "always uses min/max.",
     )
     symmetric_activations: bool = Field(
         False, description="Symmetric activation ranges (zero point 0) instead of asymmetric min/max ranges."
     )
+
+    @model_serializer(mode="wrap")
+    def _method_options_after_method(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """The methods' options dump right after ``method``, where config.yaml has always had ``percentile``."""
+        data = handler(self)
+        extras = set(self.model_extra or {})
+        head = list(type(self).model_fields)[: list(type(self).model_fields).index("method") + 1]
+        ordered = {key: value for key, value in data.items() if key in head}
+        ordered.update((key, value) for key, value in data.items() if key in extras)
+        ordered.update((key, value) for key, value in data.items() if key not in ordered)
+        return ordered
 
 
 class QatConfig(_Section):
@@ -405,33 +416,22 @@ class QuantizeConfig(_Section):
     qat: QatConfig = Field(default_factory=QatConfig)
 
 
-class OnnxQuantConfig(_Section):
-    """onnx-int8 settings; ``auto`` lets the int8 search choose on validation, the portable value first (a tie
-    keeps it): the file ships to phones, not to the build host's CPU."""
-
-    per_channel: bool | Literal["auto"] = Field(
-        "auto", description="Per-channel int8 weights; auto: chosen on validation (true first)."
-    )
-    reduce_range: bool | Literal["auto"] = Field(
-        "auto",
-        description="7-bit weights, a workaround for u8s8 saturation on x86 CPUs without VNNI (AVX2); auto: chosen "
-        "on validation (false first).",
-    )
-    activation_type: Literal["auto", "uint8", "int8"] = Field(
-        "auto", description="Activation type in the QDQ model; auto: chosen on validation (uint8 first)."
-    )
-
-
 class ExportConfig(_Section):
-    targets: list[str] = Field(
-        ["onnx-fp32", "onnx-int8", "onnx-int8-ort-defaults", "tflite-fp32", "tflite-fp16", "tflite-int8"],
-        description="Export targets to build (see `edgepipe targets`).",
+    """Which targets to build and how the ONNX graph is exported. A target's own options sit in this section under
+    its name with ``-`` → ``_`` (``onnx_int8``): each is declared by its target (``Target.options``) and validated
+    against it by ``config_load.check_config``; read them with ``Target.options_of(config)``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    targets: list[str] | None = Field(
+        None,
+        description="Export targets to build (see `edgepipe targets`); absent or null: every registered target "
+        "built by default, in listing order (the checked config, and so a run's config.yaml, holds the list).",
     )
     opset: int = Field(18, ge=13, le=21, description="ONNX opset of the exported graph.")
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx exporter: torch.export-based (dynamo) or the legacy TorchScript one."
     )
-    onnx_int8: OnnxQuantConfig = Field(default_factory=OnnxQuantConfig)
 
 
 class BenchConfig(_Section):

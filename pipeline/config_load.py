@@ -1,5 +1,6 @@
 """Reading a run config: YAML (or a mapping) into a :class:`~pipeline.config.RunConfig`, overrides applied,
-checked against the registries it names (targets, losses, teacher file formats), and its files made absolute.
+checked against the registries it names (targets and their options, calibration methods and theirs, losses, teacher
+file formats), and its files made absolute.
 
 The config models (``pipeline.config``) check structure only and import no registry; the checks that need one
 live here, so no import cycle runs through the config.
@@ -7,23 +8,28 @@ live here, so no import cycle runs through the config.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from pipeline.config import RunConfig, TeacherInput
+from pipeline.config import CalibrationConfig, ExportConfig, RunConfig, TeacherInput
 from pipeline.data.splits import SOURCES
 from pipeline.errors import ConfigError
 from pipeline.manifest import QAT_SUFFIX
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, where: tuple[str, ...] = ()) -> str:
+    """The first error of ``error`` on one line, naming its dotted key (under ``where``, the section validated)."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in (*where, *first["loc"])) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"unknown config key {where!r}"
-    return f"config key {where!r}: {first['msg'].removeprefix('Value error, ')}"
+        return f"unknown config key {key!r}"
+    return f"config key {key!r}: {first['msg'].removeprefix('Value error, ')}"
+
+
+CONFIG_HINT = "see examples/config.yaml for every key"
 
 
 def parse_config(raw: dict) -> RunConfig:
@@ -37,24 +43,30 @@ def parse_config(raw: dict) -> RunConfig:
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e), "see examples/config.yaml for every key") from None
-    check_config(config)
-    return config
+        raise ConfigError(_describe(e), CONFIG_HINT) from None
+    return check_config(config)
 
 
-def check_config(config: RunConfig) -> None:
+def check_config(config: RunConfig) -> RunConfig:
     """The checks that need the registries the config names into: every target exists (export, prune's measure,
-    the gate's per-target limits), every loss takes exactly its parameters, and a teacher file (ONNX, TFLite,
-    Keras) is distilled with logit losses only. They import torch (the losses), so they run after the structure.
+    the gate's per-target limits), each target's and calibration method's options fit the model it declares,
+    every loss takes exactly its parameters, and a teacher file (ONNX, TFLite, Keras) is distilled with logit losses
+    only. They import torch (the losses), so they run after the structure.
+
+    Returns:
+        ``config`` completed from the registries: ``export.targets`` the default list when not given, every
+        target's options (``export.onnx_int8``) and every method's (``calibration.percentile``) validated, defaults
+        filled in — what a run saves as its config.yaml.
 
     Raises:
-        ConfigError: the first name or parameter that does not fit, naming it.
+        ConfigError: the first name, key or value that does not fit, naming it.
     """
     from pipeline.training.losses import check_loss_params
     from targets import TARGETS
 
-    for name in config.export.targets:
-        TARGETS.get(name)
+    config = config.model_copy(
+        update={"export": _checked_export(config.export), "calibration": _checked_calibration(config.calibration)}
+    )
     if config.prune is not None:
         TARGETS.get(config.prune.measure.target)
     for name in config.gate.targets:
@@ -62,6 +74,67 @@ def check_config(config: RunConfig) -> None:
     for spec in config.distill.losses if config.distill else []:
         check_loss_params(spec.name, spec.params)
     _check_file_teacher(config)
+    return config
+
+
+def _unknown_key(where: str, key: str, valid: list[str]) -> ConfigError:
+    """``where.key`` is no key of its section: the error lists the section's keys, the hint a close one."""
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else CONFIG_HINT
+    return ConfigError(f"unknown config key '{where}.{key}'; valid: {', '.join(valid)}", hint)
+
+
+def _options(model: type[BaseModel], value: object, where: tuple[str, ...]) -> BaseModel:
+    """``value`` validated into ``model``; a failure is one ConfigError naming the dotted key under ``where``."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, where), CONFIG_HINT) from None
+
+
+def _checked_export(export: ExportConfig) -> ExportConfig:
+    """Every target named exists; every other key of the section is a target's options (``onnx_int8``), validated
+    into its model, with the defaults of each target that declares options and is not configured."""
+    from targets import TARGETS
+
+    targets = TARGETS.defaults() if export.targets is None else export.targets
+    for name in targets:
+        TARGETS.get(name)
+    models = TARGETS.options_models()
+    given = export.model_extra or {}
+    for key in given:
+        if key not in models:
+            raise _unknown_key("export", key, [*ExportConfig.model_fields, *models])
+    options = {key: _options(model, given.get(key, {}), ("export", key)) for key, model in models.items()}
+    declared = {field: getattr(export, field) for field in ExportConfig.model_fields}
+    return ExportConfig.model_construct(export.model_fields_set, **declared | {"targets": list(targets)}, **options)
+
+
+def _checked_calibration(calibration: CalibrationConfig) -> CalibrationConfig:
+    """``method`` is auto or a registered method; every other key of the section is a method's option
+    (``percentile``), validated against it, the defaults of every method's options filled in."""
+    from calibration.methods import CALIBRATION_METHODS, option_keys
+
+    methods = ["auto", *CALIBRATION_METHODS.names()]
+    if calibration.method not in methods:
+        close = difflib.get_close_matches(calibration.method, methods, n=1)
+        raise ConfigError(
+            f"unknown calibration method {calibration.method!r} (calibration.method); valid: {', '.join(methods)}",
+            f"did you mean {close[0]!r}?" if close else None,
+        )
+    known = [key for name in CALIBRATION_METHODS for key in option_keys(CALIBRATION_METHODS.get(name))]
+    given = calibration.model_extra or {}
+    for key in given:
+        if key not in known:
+            raise _unknown_key("calibration", key, [*CalibrationConfig.model_fields, *known])
+    options: dict = {}
+    for name in CALIBRATION_METHODS:
+        model = CALIBRATION_METHODS.get(name).options
+        if model is not None:
+            mine = {key: given[key] for key in model.model_fields if key in given}
+            options |= _options(model, mine, ("calibration",)).model_dump()
+    declared = {field: getattr(calibration, field) for field in CalibrationConfig.model_fields}
+    return CalibrationConfig.model_construct(calibration.model_fields_set, **declared, **options)
 
 
 def _check_file_teacher(config: RunConfig) -> None:

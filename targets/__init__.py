@@ -1,11 +1,14 @@
-"""Export targets, one module each; importing this package registers them all."""
+"""Export targets, one module each: importing this package imports every module in it, which registers the
+targets they define (adding a target is adding a file). The registry keeps them in ``base.listing_order``
+(onnx → tflite, fp32 → fp16 → int8, references last), not in import order."""
 
 import importlib
+import pkgutil
 
 from targets.base import TARGETS, ExportInputs, ExportResult, Target, register_target
 
-TARGET_MODULES = ("onnx_fp32", "onnx_int8", "onnx_int8_ort_defaults", "tflite_fp32", "tflite_fp16", "tflite_int8")
-for _module in TARGET_MODULES:  # registration order = listing order
-    importlib.import_module(f"targets.{_module}")
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["TARGETS", "ExportInputs", "ExportResult", "Target", "register_target"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
-from pipeline.config import RunConfig
+from pipeline.config import ExportConfig, RunConfig
 from pipeline.manifest import Preprocessing, TensorSpec
 from pipeline.registry import Registry
 
@@ -53,6 +54,24 @@ class Target:
     reference: ClassVar[bool] = False  # a comparison point measured in the report, never shipped
     max_abs_diff: ClassVar[float | None] = None  # absolute logit tolerance vs the float student; None: int8, measured
     rtol: ClassVar[float] = 0.0  # plus this share of the largest |logit| (fp16 rounds relative to magnitude)
+    options: ClassVar[type[BaseModel] | None] = None  # its own settings, the config's export.<options_key()>
+    default: ClassVar[bool] = True  # built when export.targets is not given; False: only when named there
+
+    @classmethod
+    def options_key(cls) -> str:
+        """The export section's key of this target's options: its name with ``-`` → ``_`` (``onnx_int8``)."""
+        return cls.name.replace("-", "_")
+
+    @classmethod
+    def options_of(cls, config: RunConfig) -> BaseModel:
+        """This target's options in ``config`` (``export.<options_key()>``), as validated by
+        ``config_load.check_config``; the defaults when the key is absent."""
+        if cls.options is None:
+            raise TypeError(f"target {cls.name!r} declares no options")
+        value = (config.export.model_extra or {}).get(cls.options_key())
+        if isinstance(value, cls.options):
+            return value
+        return cls.options.model_validate({} if value is None else value)  # a config check_config has not seen
 
     def tolerance(self, reference_logits: np.ndarray) -> float | None:
         """Largest absolute logit difference a correct conversion may show against ``reference_logits``
@@ -70,7 +89,55 @@ class Target:
         return {"opset": config.export.opset}
 
 
-TARGETS: Registry[type[Target]] = Registry("target")
+FORMAT_ORDER = ("onnx", "tflite")
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+
+
+def _rank(order: tuple[str, ...], value: str) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def listing_order(target: type[Target]) -> tuple:
+    """Where a target lists, is reported and is built: by format (onnx, tflite), then precision (fp32, fp16, int8),
+    a reference after the shipped targets of its kind, then by name; formats and precisions not named above after
+    the known ones. (Today's parent of every other target, onnx-fp32, so comes first.)"""
+    return (
+        _rank(FORMAT_ORDER, target.format),
+        _rank(PRECISION_ORDER, target.precision),
+        target.reference,
+        target.name,
+    )
+
+
+class TargetRegistry(Registry[type[Target]]):
+    """The target registry: entries kept in :func:`listing_order` whatever order their modules are imported in,
+    the default target list, and each target's options key."""
+
+    def register(self, name: str) -> Callable[[type[Target]], type[Target]]:
+        add = super().register(name)
+
+        def add_in_order(cls: type[Target]) -> type[Target]:
+            add(cls)  # a duplicate name raises here
+            if cls.options is not None and cls.options_key() in ExportConfig.model_fields:
+                del self._entries[name]
+                raise ValueError(f"target {name!r}: its options key {cls.options_key()!r} is an export setting")
+            ordered = sorted(self._entries.items(), key=lambda item: listing_order(item[1]))
+            self._entries.clear()  # in place: a test's monkeypatch of the dict restores into this one
+            self._entries.update(ordered)
+            return cls
+
+        return add_in_order
+
+    def defaults(self) -> list[str]:
+        """The targets built when ``export.targets`` is not given: every registered one whose ``default`` is set."""
+        return [name for name, cls in self._entries.items() if cls.default]
+
+    def options_models(self) -> dict[str, type[BaseModel]]:
+        """Per export key (``onnx_int8``), in listing order: the options model of each target that declares one."""
+        return {cls.options_key(): cls.options for cls in self._entries.values() if cls.options}
+
+
+TARGETS = TargetRegistry("target")
 
 
 def register_target(cls: type[Target]) -> type[Target]:

@@ -18,10 +18,13 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-from calibration.methods import METHODS, ort_calibration
+from pydantic import BaseModel, ConfigDict, Field
+
+from calibration.methods import CALIBRATION_METHODS, ort_calibration
 from calibration.readers import ort_reader
-from pipeline.config import OnnxQuantConfig, RunConfig
+from pipeline.config import RunConfig
 from pipeline.converter_log import captured_output
 from pipeline.environment import cpu_facts
 from pipeline.errors import DataError, ExportError
@@ -56,6 +59,25 @@ STAGE_HINTS = {  # {other} is the exporter the run does not use
 }
 _NODE = re.compile(r"Node \(([^)]*)\)")
 _OP = re.compile(r"Op(?:Type)? ?\(([^)]*)\)")
+
+
+class OnnxQuantConfig(BaseModel):
+    """onnx-int8's options (``export.onnx_int8``); ``auto`` lets the int8 search choose on validation, the portable
+    value first (a tie keeps it): the file ships to phones, not to the build host's CPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_channel: bool | Literal["auto"] = Field(
+        "auto", description="Per-channel int8 weights; auto: chosen on validation (true first)."
+    )
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="7-bit weights, a workaround for u8s8 saturation on x86 CPUs without VNNI (AVX2); auto: chosen "
+        "on validation (false first).",
+    )
+    activation_type: Literal["auto", "uint8", "int8"] = Field(
+        "auto", description="Activation type in the QDQ model; auto: chosen on validation (uint8 first)."
+    )
 
 
 def _all_auto(options: OnnxQuantConfig, calibration) -> bool:
@@ -152,10 +174,11 @@ class OnnxInt8(Target):
     suffix = ".onnx"
     parent = "onnx-fp32"
     needs_calibration = True
+    options = OnnxQuantConfig
 
     def config_key(self, config: RunConfig) -> dict:
         return {
-            "onnx_int8": config.export.onnx_int8.model_dump(),
+            "onnx_int8": self.options_of(config).model_dump(),
             "calibration": config.calibration.model_dump(exclude={"size", "selection"}),
             "quantize": config.quantize.model_dump(exclude={"qat"}),
         }
@@ -163,7 +186,7 @@ class OnnxInt8(Target):
     def export(self, inputs: ExportInputs) -> ExportResult:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        options, calibration = inputs.config.export.onnx_int8, inputs.config.calibration
+        options, calibration = self.options_of(inputs.config), inputs.config.calibration
         work = inputs.work_dir / "onnx-int8"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -204,7 +227,7 @@ class OnnxInt8(Target):
             input_name, groups = _input_name(prepared), float_groups(prepared)
             x_val, y_val = inputs.validation
             result = search_int8(
-                methods=METHODS if calibration.method == "auto" else [calibration.method],
+                methods=CALIBRATION_METHODS.names() if calibration.method == "auto" else [calibration.method],
                 quantize=quantize,
                 score=score,
                 share=share,

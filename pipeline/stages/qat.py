@@ -23,7 +23,7 @@ def _grid(run: RunDir, name: str) -> bool:
     search chose), never for TFLite (±127)."""
     if TARGETS.get(name).format != "onnx":
         return False
-    configured = run.config.export.onnx_int8.reduce_range
+    configured = TARGETS.get("onnx-int8").options_of(run.config).reduce_range
     if configured != "auto":
         return configured
     record = run.manifest.artifacts.get(name)
@@ -58,7 +58,8 @@ def ensure_qat_student(
     it (reused when unchanged)."""
     source = run.shipped_student()  # the pruned student when the run prunes
     cfg, student_record = run.config.quantize.qat, run.require(source)
-    per_channel = run.config.export.onnx_int8.per_channel is not False  # auto: per-channel, the portable choice
+    onnx_int8 = TARGETS.get("onnx-int8").options_of(run.config)
+    per_channel = onnx_int8.per_channel is not False  # auto: per-channel, the portable choice
     key = {
         "qat": cfg.model_dump(exclude={"when"}),
         "losses": [spec.model_dump() for spec in run.config.kd.losses],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnxruntime.quantization import CalibrationDataReader
 
-from calibration.methods import METHODS, ort_calibration
+from calibration.methods import CALIBRATION_METHODS, ort_calibration
 from calibration.readers import equal_batch_size, ort_reader, representative_dataset
 from calibration.sampling import CalibrationSet
 from pipeline.config import CalibrationConfig
@@ -97,7 +97,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("count", [100, 37])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CALIBRATION_METHODS.names())
 def test_every_method_calibrates_any_size(tiny_onnx, tmp_path, method: str, count: int) -> None:
     """minmax, entropy and percentile quantize from a calibration set whose size is no multiple of 32 (the
     histogram calibrators failed on a ragged last batch: 'setting an array element with a sequence')."""
@@ -118,3 +118,26 @@ def test_every_method_calibrates_any_size(tiny_onnx, tmp_path, method: str, coun
     )
     ops = [node.op_type for node in onnx.load(output).graph.node]
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
+
+
+def test_method_keywords_for_the_quantizer() -> None:
+    """Each method's quantize_static keywords: its onnxruntime calibrator, and its own option (percentile) read from
+    the checked calibration section."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    from pipeline.config_load import parse_config
+
+    calibration = parse_config({"calibration": {"percentile": 99.9, "symmetric_activations": True}}).calibration
+    keywords = {name: ort_calibration(name, calibration) for name in CALIBRATION_METHODS.names()}
+    assert keywords == {
+        "minmax": {"calibrate_method": CalibrationMethod.MinMax, "extra_options": {"ActivationSymmetric": True}},
+        "percentile": {
+            "calibrate_method": CalibrationMethod.Percentile,
+            "extra_options": {"ActivationSymmetric": True, "CalibPercentile": 99.9, "CalibTensorRangeSymmetric": True},
+        },
+        "entropy": {
+            "calibrate_method": CalibrationMethod.Entropy,
+            "extra_options": {"ActivationSymmetric": True, "CalibTensorRangeSymmetric": True},
+        },
+    }
+    assert ort_calibration("percentile", CalibrationConfig())["extra_options"]["CalibPercentile"] == 99.999

@@ -9,14 +9,19 @@ from pipeline.config import RunConfig, dump_config
 from pipeline.config_load import load_config, parse_config
 from pipeline.errors import ConfigError
 from targets import TARGETS
+from targets.onnx_int8 import OnnxQuantConfig
 
 
 def test_defaults_validate() -> None:
-    """An empty mapping and no file both give the documented defaults."""
+    """An empty mapping and no file both give the documented defaults, completed from the registries: every
+    default target, onnx-int8's options and the percentile method's at their defaults."""
     config = parse_config({})
-    assert config == RunConfig()
+    registry_filled = {"export", "calibration"}
+    assert config.model_dump(exclude=registry_filled) == RunConfig().model_dump(exclude=registry_filled)
     assert load_config(None) == config
     assert config.export.targets == TARGETS.names()
+    assert config.export.model_dump()["onnx_int8"] == OnnxQuantConfig().model_dump()
+    assert config.calibration.model_dump() == {**RunConfig().calibration.model_dump(), "percentile": 99.999}
     assert 0 < config.data.val_fraction < 0.5
 
 
@@ -34,6 +39,8 @@ def test_tiny_config_validates(tiny_config_dict: dict) -> None:
         ({"bogus": 1}, "bogus"),
         ({"distill": {"temprature": 3.0}}, "distill.temprature"),
         ({"export": {"onnx_int8": {"per_chanel": False}}}, "export.onnx_int8.per_chanel"),
+        ({"export": {"onnx_int9": {}}}, "export.onnx_int9"),
+        ({"calibration": {"percentil": 99.9}}, "calibration.percentil"),
     ],
 )
 def test_unknown_key_is_named(raw: dict, key: str) -> None:
@@ -52,6 +59,9 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
         ({"bench": {"min_runs": 0}}, "bench.min_runs"),
         ({"data": {"val_fraction": 0.9}}, "data.val_fraction"),
         ({"export": {"exporter": "onnxmltools"}}, "export.exporter"),
+        ({"export": {"onnx_int8": {"activation_type": "int4"}}}, "export.onnx_int8.activation_type"),
+        ({"export": {"onnx_int8": None}}, "export.onnx_int8"),
+        ({"calibration": {"percentile": 50}}, "calibration.percentile"),
     ],
 )
 def test_wrong_type_or_value_names_key(raw: dict, key: str) -> None:
@@ -97,8 +107,9 @@ def test_dotted_overrides(write_config, tiny_config_dict: dict) -> None:
     assert config.data.source == "/some/dir"
     assert config.distill.lr == 0.01
     assert config.distill.epochs == 2
-    assert config.export.onnx_int8.activation_type == "int8"
-    assert config.export.onnx_int8.per_channel == "auto"
+    onnx_int8 = TARGETS.get("onnx-int8").options_of(config)
+    assert onnx_int8.activation_type == "int8"
+    assert onnx_int8.per_channel == "auto"
 
 
 def test_override_with_unknown_key_is_rejected(write_config, tiny_config_dict: dict) -> None:

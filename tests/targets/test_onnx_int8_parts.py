@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OnnxQuantConfig
-from targets.onnx_int8 import failure, float_groups, pre_process, search_options, stage
+from targets.onnx_int8 import OnnxQuantConfig, failure, float_groups, pre_process, search_options, stage
 
 
 class UpsampleResidual(nn.Module):
