@@ -54,6 +54,56 @@ def hinton_loss(student_logits, teacher_logits, labels, *, temperature: float, a
     return alpha * hard + (1 - alpha) * temperature**2 * soft
 
 
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score of each row: ``(z - mean(z)) / std(z)`` over the classes (std with Bessel's correction, as the
+    published code of Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024)."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (logits.std(dim=1, keepdim=True) + 1e-7)
+
+
+def standardized_kd_loss(
+    student_logits, teacher_logits, labels, *, temperature: float, kd_weight: float, ce_weight: float
+) -> torch.Tensor:
+    """``ce_weight*CE(y) + kd_weight*T²*KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T))``, Z the row z-score
+    (:func:`standardize`; Sun et al., CVPR 2024): the student matches the teacher's logit relations, not their
+    scale."""
+    hard = F.cross_entropy(student_logits, labels)
+    soft = F.kl_div(
+        F.log_softmax(standardize(student_logits) / temperature, dim=1),
+        F.log_softmax(standardize(teacher_logits) / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return ce_weight * hard + kd_weight * temperature**2 * soft
+
+
+def dkd_loss(
+    student_logits, teacher_logits, labels, *, alpha: float, beta: float, temperature: float, ce_weight: float
+) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022):
+    ``ce_weight*CE(y) + alpha*TCKD + beta*NCKD``, both terms scaled by T².
+
+    TCKD is the KL between teacher and student of the binary split (target class, all others) of softmax(·/T);
+    NCKD the KL between their softmax(·/T) over the non-target classes alone. Shapes: logits (N, C), labels (N,)."""
+    target = F.one_hot(labels, student_logits.shape[1]).bool()
+    s, t = student_logits / temperature, teacher_logits / temperature
+    binary_s = torch.stack([_log_mass(s, target), _log_mass(s, ~target)], dim=1)
+    binary_t = torch.stack([_log_mass(t, target), _log_mass(t, ~target)], dim=1)
+    tckd = F.kl_div(binary_s, binary_t, reduction="batchmean", log_target=True)
+    hidden = torch.finfo(s.dtype).min
+    nckd = F.kl_div(
+        F.log_softmax(s.masked_fill(target, hidden), dim=1),
+        F.softmax(t.masked_fill(target, hidden), dim=1),
+        reduction="batchmean",
+    )
+    return ce_weight * F.cross_entropy(student_logits, labels) + temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def _log_mass(scaled_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log of the softmax probability mass on the classes in ``mask``, per row (N,)."""
+    kept = scaled_logits.masked_fill(~mask, float("-inf"))
+    return torch.logsumexp(kept, dim=1) - torch.logsumexp(scaled_logits, dim=1)
+
+
 class _LogitLoss(DistillLoss):
     def __init__(self, fn: Callable, needs_teacher: bool = True, **params) -> None:
         super().__init__()
@@ -75,6 +125,30 @@ def hinton(student, teacher, example, temperature: float = 4.0, alpha: float = 0
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise ConfigError(f"hinton loss needs temperature > 0 and 0 ≤ alpha ≤ 1; got {temperature}, {alpha}")
     return _LogitLoss(hinton_loss, temperature=temperature, alpha=alpha)
+
+
+@LOSSES.register("lskd")
+def logit_standardized(
+    student, teacher, example, temperature: float = 2.0, kd_weight: float = 9.0, ce_weight: float = 0.1
+) -> DistillLoss:
+    """KD on z-scored logits (Sun et al., CVPR 2024); defaults: the paper's CIFAR-100 setting (base temperature 2,
+    KD weight 9, CE weight 0.1)."""
+    if temperature <= 0 or kd_weight < 0 or ce_weight < 0:
+        raise ConfigError(
+            f"lskd loss needs temperature > 0 and weights ≥ 0; got {temperature}, {kd_weight}, {ce_weight}"
+        )
+    return _LogitLoss(standardized_kd_loss, temperature=temperature, kd_weight=kd_weight, ce_weight=ce_weight)
+
+
+@LOSSES.register("dkd")
+def decoupled(
+    student, teacher, example, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0
+) -> DistillLoss:
+    """Decoupled KD (Zhao et al., CVPR 2022); defaults: the paper's CIFAR-100 setting (alpha 1, beta 8, T 4, CE
+    weight 1; its 20-epoch linear warm-up of the KD terms is not applied)."""
+    if temperature <= 0 or min(alpha, beta, ce_weight) < 0:
+        raise ConfigError(f"dkd loss needs temperature > 0 and weights ≥ 0; got {temperature}, {alpha}, {beta}")
+    return _LogitLoss(dkd_loss, alpha=alpha, beta=beta, temperature=temperature, ce_weight=ce_weight)
 
 
 @LOSSES.register("mse")
