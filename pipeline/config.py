@@ -207,13 +207,34 @@ class TrainConfig(_Section):
         "(at most torch's own count, shared among torchrun processes), since threads on busy cores wait for each "
         "other. The bytes of a checkpoint depend on it: pin it for byte-identical reruns. Recorded as `threads`.",
     )
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        exclude_if=lambda value: value == 0,  # off stays out of dumps, so cache ids made before it hold
+        description="Mixup (Zhang et al., 2018): each training batch is blended with a shuffled copy of itself by a "
+        "weight drawn from Beta(mixup, mixup); the teacher sees the same blended images (consistent teaching, Beyer "
+        "et al., CVPR 2022) and label losses take both labels by that weight. 0: off; 0.2–1 are usual.",
+    )
+    cutmix: float = Field(
+        0.0,
+        ge=0,
+        exclude_if=lambda value: value == 0,
+        description="CutMix (Yun et al., 2019): a box of a shuffled copy of the batch is pasted in, its area share "
+        "drawn from Beta(cutmix, cutmix); teacher and labels as for mixup. With both set, each batch takes one of the "
+        "two at random. 0: off; 1.0 is usual.",
+    )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or cutmix): the teacher must then see each batch live."""
+        return self.mixup > 0 or self.cutmix > 0
 
 
 class LossSpec(BaseModel):
     """One weighted term of the distillation objective; other keys are the loss's own parameters."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(description="Registered loss: ce, hinton, mse, hint.")
+    name: str = Field(description="Registered loss: ce, hinton, dkd, lskd, mse, hint.")
     weight: float = Field(1.0, ge=0, description="Weight of this term in the sum.")
 
     @property
@@ -310,7 +331,7 @@ class DistillConfig(TrainConfig):
         # a known-good default, built unchecked: checking it imports torch (pipeline.training.losses)
         default_factory=lambda: [LossSpec.model_construct(name="hinton", temperature=2.0, alpha=0.5)],
         min_length=1,
-        description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), mse, hint.",
+        description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), dkd, lskd, mse, hint.",
     )
     baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
     output: ModelOutput = Field(0, description=OUTPUT_DESCRIPTION)

@@ -182,7 +182,8 @@ def _train(
     model, outputs = _check_outputs(start, run, name, output)
     objective = Objective(losses, model, teacher, _example(run))
     teacher_logits = None
-    if objective.needs_teacher and not objective.teacher_layers and run.splits.fixed_train_inputs:
+    same_views = run.splits.fixed_train_inputs and not cfg.mixes  # else the teacher sees each mixed batch live
+    if objective.needs_teacher and not objective.teacher_layers and same_views:
         with torch_threads_kept():  # the threads the training will take, for the same reason
             torch.set_num_threads(training_threads(cfg.threads, torch.get_num_threads())[0])
             teacher_logits = predict_logits(teacher, run.splits, run.splits.train, label="teacher logits")

@@ -24,6 +24,7 @@ from pipeline.measure.machine_load import training_threads
 from pipeline.measure.runtimes import torch_threads_kept
 from pipeline.training import distributed
 from pipeline.training.losses import FeatureTap, Objective, Outputs
+from pipeline.training.mixing import mix_batch
 
 
 def seed_everything(seed: int) -> None:
@@ -131,7 +132,7 @@ class TrainJob:
     progress_path: Path
     job_id: str
     teacher: nn.Module | None = None
-    teacher_logits: np.ndarray | None = None  # cached over the training split (no augmentation, no features)
+    teacher_logits: np.ndarray | None = None  # cached over the training split (no augmentation or mixing, no features)
 
 
 class _Trainee(nn.Module):
@@ -142,9 +143,16 @@ class _Trainee(nn.Module):
         self.model, self.objective = model, objective
         self.tap = FeatureTap(model, objective.student_layers, role="student")
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, teacher: Outputs | None) -> torch.Tensor:
-        logits = self.model(x)
-        return self.objective(Outputs(logits, dict(self.tap.features)), teacher, labels)
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, teacher: Outputs | None, mixed: tuple | None = None
+    ) -> torch.Tensor:
+        """The objective on a batch; ``mixed`` = (the labels ``x`` was mixed with, the share ``lam`` of its own):
+        ``lam * objective(labels) + (1 - lam) * objective(mixed labels)`` (label-free terms count once)."""
+        student = Outputs(self.model(x), dict(self.tap.features))
+        if mixed is None:
+            return self.objective(student, teacher, labels)
+        other, lam = mixed
+        return lam * self.objective(student, teacher, labels) + (1 - lam) * self.objective(student, teacher, other)
 
 
 def _schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -164,7 +172,7 @@ class _Teacher:
         layers = job.objective.teacher_layers
         self.tap = FeatureTap(job.teacher, layers, role="teacher") if job.teacher is not None and layers else None
         self.cached = None
-        if job.teacher_logits is not None:
+        if job.teacher_logits is not None and not job.cfg.mixes:  # cached logits are of the unmixed images
             self.cached = torch.from_numpy(job.teacher_logits).to(device)
         elif job.teacher is not None:
             job.teacher.to(device).eval()
@@ -237,7 +245,11 @@ def fit(job: TrainJob, splits: Splits) -> dict:
                 x_batch, y_batch, index = batch
                 x = to_input(x_batch, device)
                 y = y_batch.to(device)
-                loss = trainee(x, y, teacher(x, index.numpy()))
+                mixed = None
+                if cfg.mixes:  # the teacher below sees the mixed batch too
+                    x, perm, lam = mix_batch(x, cfg)
+                    mixed = (y[perm], lam)
+                loss = trainee(x, y, teacher(x, index.numpy()), mixed)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
