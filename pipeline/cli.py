@@ -358,7 +358,9 @@ def bench(
     --mean/--std, else the recorded mean/std, else the training split's; data of another size or channel count than
     the model's is refused unless --resize.
     """
-    if target.is_dir() or (data is None and target.suffix not in (".onnx", ".tflite")):
+    from pipeline.formats import format_for_suffix
+
+    if target.is_dir() or (data is None and format_for_suffix(target.suffix) is None):
         if data or mean or std or threads or batch or json_out or resize:
             raise ConfigError("a run directory is measured as its config says", "change bench: in RUN_DIR/config.yaml")
         with _progress_view("bench", target, progress_mode, quiet) as view, view.stage("bench"):

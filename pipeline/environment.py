@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 
 import pipeline
+from pipeline.formats import all_formats
 from pipeline.manifest import PRUNED_STUDENT, QAT_STUDENT
 
 PACKAGES = [
@@ -96,9 +97,11 @@ def stage_tool_versions(stage: str) -> dict[str, str | None]:
 
 
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages edgepipe runs (absent ones are left out)."""
+    """Installed versions of the packages edgepipe runs, the runtimes of every registered format among them
+    (``Format.tools``); absent ones are left out."""
+    runtimes = [name for fmt in all_formats() for tool in fmt.tools for name in TOOL_DISTRIBUTIONS.get(tool, (tool,))]
     versions = {}
-    for name in PACKAGES:
+    for name in dict.fromkeys([*PACKAGES, *runtimes]):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -1,4 +1,5 @@
-"""Key/value metadata inside model files: ONNX ``metadata_props`` and TFLite ``Model.metadata`` entries.
+"""Key/value metadata inside model files: ONNX ``metadata_props`` and TFLite ``Model.metadata`` entries (the
+``embed_metadata`` and ``read_metadata`` of their ``pipeline.formats`` entries).
 
 TFLite entries are written without tflite_support: the file is unpacked with the flatbuffers object API of the
 TFLite schema shipped in ai-edge-litert (``ai_edge_litert.schema_py_generated``), each entry becomes a buffer
@@ -16,16 +17,6 @@ from pipeline.errors import ExportError
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 EMBEDDED_KEY = "edgepipe"  # a released file's own bundle entry (JSON): how to feed it, what it measured
 EMBEDDED_LABELS_KEY = "labels"  # a released file's class names, one per line
-
-
-def embed_metadata(source: Path, dest: Path, entries: dict[str, str]) -> None:
-    """Write ``source`` to ``dest`` with ``entries`` added to its metadata (.onnx or .tflite)."""
-    if source.suffix == ".onnx":
-        _embed_onnx(source, dest, entries)
-    elif source.suffix == ".tflite":
-        _embed_tflite(source, dest, entries)
-    else:
-        raise ExportError(f"{source.name}: cannot embed metadata in a {source.suffix or 'suffix-less'} file")
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
@@ -47,7 +38,8 @@ def read_tflite_metadata(path: Path) -> dict[str, bytes]:
     return entries
 
 
-def _embed_onnx(source: Path, dest: Path, entries: dict[str, str]) -> None:
+def embed_onnx_metadata(source: Path, dest: Path, entries: dict[str, str]) -> None:
+    """Write the ONNX file ``source`` to ``dest`` with ``entries`` in its ``metadata_props`` (same keys replaced)."""
     import onnx
 
     model = onnx.load(str(source))
@@ -58,7 +50,11 @@ def _embed_onnx(source: Path, dest: Path, entries: dict[str, str]) -> None:
     onnx.save(model, str(dest))
 
 
-def _embed_tflite(source: Path, dest: Path, entries: dict[str, str]) -> None:
+def embed_tflite_metadata(source: Path, dest: Path, entries: dict[str, str]) -> None:
+    """Write the TFLite file ``source`` to ``dest`` with ``entries`` as metadata buffers (same names replaced).
+
+    Raises:
+        ExportError: the file keeps its weights outside the flatbuffer (the >2 GB layout)."""
     import flatbuffers
     import numpy as np
     from ai_edge_litert import schema_py_generated as schema

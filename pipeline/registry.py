@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -37,6 +38,22 @@ class Registry(Generic[T]):
             hint = f"did you mean {close[0]!r}?" if close else None
             valid = ", ".join(sorted(self._entries))
             raise ConfigError(f"unknown {self.kind} {name!r}; valid: {valid}", hint) from None
+
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its entry (a plug-in a test registered for itself); an unknown name raises
+        ConfigError naming the valid ones."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
+    @contextlib.contextmanager
+    def registered(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` under ``name`` for the block only (a duplicate name raises ValueError)."""
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            self._entries.pop(name, None)
 
     def names(self) -> list[str]:
         """Registered names in registration order."""

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline import __version__
+from pipeline.formats import FORMATS
 from pipeline.manifest import Measurement, Preprocessing, TensorSpec
 
 RELEASE_SCHEMA_VERSION = 1
@@ -51,7 +52,7 @@ class BundledArtifact(_Record):
 
     name: str = Field(description="The artifact's name in the run (a target, or <target>-qat).")
     file: str = Field(description="Path inside the bundle.")
-    format: Literal["onnx", "tflite"]
+    format: str = Field(description="The file's format (pipeline.formats: onnx, tflite).")
     precision: str
     bytes: int
     sha256: str = Field(description="Of the bundled file, metadata embedded.")
@@ -66,6 +67,13 @@ class BundledArtifact(_Record):
     versions: dict[str, str] = Field(description="edgepipe, Python and every converter and runtime of the run.")
     over_budget: str | None = Field(None, description="Why the file is over its accuracy budget; None: within it.")
     allowed_over_budget: bool = Field(False, description="Shipped over budget with `release --allow-over-budget`.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown model format {value!r}; valid: {', '.join(FORMATS.names())}")
+        return value
 
     def embedded_json(self) -> str:
         return self.model_dump_json(exclude={"bytes", "sha256"})

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from pipeline.config import ExportConfig, RunConfig
+from pipeline.formats import FORMATS
 from pipeline.manifest import Preprocessing, TensorSpec
 from pipeline.registry import Registry
 
@@ -89,7 +90,6 @@ class Target:
         return {"opset": config.export.opset}
 
 
-FORMAT_ORDER = ("onnx", "tflite")
 PRECISION_ORDER = ("fp32", "fp16", "int8")
 
 
@@ -98,11 +98,11 @@ def _rank(order: tuple[str, ...], value: str) -> int:
 
 
 def listing_order(target: type[Target]) -> tuple:
-    """Where a target lists, is reported and is built: by format (onnx, tflite), then precision (fp32, fp16, int8),
-    a reference after the shipped targets of its kind, then by name; formats and precisions not named above after
-    the known ones. (Today's parent of every other target, onnx-fp32, so comes first.)"""
+    """Where a target lists, is reported and is built: by format (in ``FORMATS`` order: onnx, tflite), then
+    precision (fp32, fp16, int8), a reference after the shipped targets of its kind, then by name; precisions not
+    named above after the known ones. (Today's parent of every other target, onnx-fp32, so comes first.)"""
     return (
-        _rank(FORMAT_ORDER, target.format),
+        _rank(tuple(FORMATS.names()), target.format),
         _rank(PRECISION_ORDER, target.precision),
         target.reference,
         target.name,

@@ -19,7 +19,7 @@ from pipeline.converter_log import captured_output, log_tail
 from pipeline.environment import TFLITE_CONVERTER_TOOLS, tool_versions
 from pipeline.errors import ExportError
 from pipeline.io import hash_json
-from pipeline.manifest import TensorSpec
+from pipeline.measure.file_specs import tflite_dtype_counts, tflite_specs
 from targets.base import ExportInputs, ExportResult
 from targets.converter_errors import converter_error
 
@@ -194,41 +194,10 @@ def convert_saved_model(
     output_path.write_bytes(flatbuffer)
 
 
-def _spec(detail: dict, layout: str | None) -> TensorSpec:
-    scale, zero_point = detail["quantization"]
-    signature = [int(d) for d in detail["shape_signature"]]
-    quantized = np.dtype(detail["dtype"]).kind in "iu" and scale != 0
-    return TensorSpec(
-        name=detail["name"],
-        shape=["batch" if d < 0 else d for d in signature],
-        dtype=np.dtype(detail["dtype"]).name,
-        layout=layout,
-        scale=float(scale) if quantized else None,
-        zero_point=int(zero_point) if quantized else None,
-    )
-
-
-def tensor_dtype_counts(path: Path) -> dict[str, int]:
-    """How many tensors of each dtype the TFLite file holds (proves int8 is really int8)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    counts: dict[str, int] = {}
-    for detail in Interpreter(model_path=str(path)).get_tensor_details():
-        name = np.dtype(detail["dtype"]).name
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
 def describe_tflite(path: Path, info: dict) -> ExportResult:
     """Tensor specs (with int8 scale and zero point) and dtype counts of a TFLite file."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    return ExportResult(
-        inputs=[_spec(d, "NHWC") for d in interpreter.get_input_details()],
-        outputs=[_spec(d, None) for d in interpreter.get_output_details()],
-        info={**info, "tensor_dtypes": tensor_dtype_counts(path)},
-    )
+    inputs, outputs = tflite_specs(path)
+    return ExportResult(inputs=inputs, outputs=outputs, info={**info, "tensor_dtypes": tflite_dtype_counts(path)})
 
 
 def export_tflite(inputs: ExportInputs, precision: str, target: str) -> ExportResult:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny config, digits splits, and ONE finished run built once per session."""
+"""Shared fixtures: a tiny config, digits splits, every target of a tiny inline module (unit tests of targets), and
+ONE finished run built once per session (end-to-end tests: what the stages write together)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,19 @@ def digits_splits():
 
 
 @pytest.fixture(scope="session")
+def inline_exports(tmp_path_factory: pytest.TempPathFactory, digits_splits):
+    """Every target of a tiny inline module, each converted on first use through its real converter, no run
+    directory (``tests/inline_targets.py``): what a unit test of a target file reads instead of ``finished_run``."""
+    from inline_targets import InlineExports
+
+    return InlineExports(tmp_path_factory.mktemp("inline-targets"), digits_splits)
+
+
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete run on digits (distill, calibrate, every target, qat, bench, report), built once.
+    """A complete run on digits (distill, calibrate, every target, qat, bench, report), built once, for end-to-end
+    tests: what the stages write together (records, measurements, report, caching, release). A test of one target's
+    file or of a runtime takes ``inline_exports`` instead.
 
     Treat it as read-only; tests that change a run use ``run_copy``.
     """

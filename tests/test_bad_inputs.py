@@ -31,12 +31,14 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.converter_log import RUN_LOG
 from pipeline.io import sha256_file
+from targets import TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR = "edgepipe: error:"
 TEMP_FILE = re.compile(r"^\..+\.tmp")  # atomic_path's ".<name>.<random>.tmp<suffix>", release's ".<out>.<hex>.tmp"
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
 CONFIG, DATA, MODEL, RUN_STATE = 2, 3, 4, 6  # pipeline/errors.py
+TARGET_NAMES = tuple(TARGETS.names())  # an unknown target's error lists them all
 
 
 @dataclass
@@ -167,15 +169,23 @@ def merged(base: dict, sections: dict) -> dict:
 CASES: list = []
 
 
-def case(exit_code: int, *marks: pytest.MarkDecorator) -> Callable:
-    """Register a case function ``(env) -> Call`` expecting ``exit_code``."""
+def case(exit_code: int, *marks: pytest.MarkDecorator, says: tuple[str, ...] = ()) -> Callable:
+    """Register a case function ``(env) -> Call`` expecting ``exit_code`` and an error line holding every fragment
+    of ``says``."""
 
     def add(build: Callable[[Env], Call]) -> Callable[[Env], Call]:
         name = build.__name__.replace("_", "-")
-        CASES.append(pytest.param(build, exit_code, id=name, marks=marks))
+        CASES.append(pytest.param(build, exit_code, says, id=name, marks=marks))
         return build
 
     return add
+
+
+def _absent(path: Path) -> Callable[[], None]:
+    def check() -> None:
+        assert not path.exists(), f"{path} was created"
+
+    return check
 
 
 # --- config (exit 2) -----------------------------------------------------------------------------------------
@@ -221,9 +231,31 @@ def run_config_calibration_size_zero(env: Env) -> Call:
     return env.fresh_run(env.write_config(calibration={"size": 0}))
 
 
+@case(CONFIG, says=("distill.temprature",))
+def run_config_unknown_nested_key(env: Env) -> Call:
+    call = env.fresh_run(env.write_config(distill={"temprature": 3.0}))
+    call.after = _absent(call.fresh)
+    return call
+
+
 @case(CONFIG)
 def run_config_unknown_target(env: Env) -> Call:
     return env.fresh_run(env.write_config(export={"targets": ["onnx-fp32", "tflite-int4"]}))
+
+
+@case(CONFIG, says=("'nope'", *TARGET_NAMES))
+def export_unknown_target(env: Env) -> Call:
+    return Call(["export", env.finished, "--target", "nope"], watch=[env.finished])
+
+
+@case(CONFIG, says=("unknown stage 'distil' for --force", "distill, calibrate, prune, export, qat, bench, report"))
+def run_force_unknown_stage(env: Env) -> Call:
+    return env.fresh_run(env.write_config(), "--force", "distil")
+
+
+@case(CONFIG, says=("has no prune: section",))
+def prune_run_without_prune_section(env: Env) -> Call:
+    return Call(["prune", env.run], watch=[env.run])
 
 
 @case(CONFIG)
@@ -254,7 +286,7 @@ def export_run_config_wrong_type(env: Env) -> Call:
     return Call(["export", env.run, "--target", "onnx-fp32"], watch=[env.run])
 
 
-@case(CONFIG)
+@case(CONFIG, says=("needs --data",))
 def bench_file_without_data(env: Env) -> Call:
     return Call(["bench", env.artifact("onnx-fp32")], watch=[env.finished])
 
@@ -269,6 +301,16 @@ def bench_run_dir_with_file_options(env: Env) -> Call:
     return Call(["bench", env.run, "--batch", "4"], watch=[env.run])
 
 
+@case(CONFIG, says=("config.yaml",))
+def bench_run_dir_with_data(env: Env) -> Call:
+    return Call(["bench", env.finished, "--data", "digits"], watch=[env.finished])
+
+
+@case(CONFIG, says=("threads",))
+def bench_file_threads_not_a_number(env: Env) -> Call:
+    return Call(["bench", env.artifact("onnx-fp32"), "--data", "digits", "--threads", "many"], watch=[env.finished])
+
+
 @case(CONFIG)
 def report_threshold_without_compare(env: Env) -> Call:
     return Call(["report", env.run, "--max-size-increase", "3"], watch=[env.run])
@@ -279,6 +321,13 @@ def report_threshold_without_compare(env: Env) -> Call:
 
 def _nan_images(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, 8, 8), np.nan, np.float32), np.arange(n) % 10
+
+
+@case(DATA, says=("/nonexistent", "does not exist"))
+def run_data_path_missing(env: Env) -> Call:
+    call = env.fresh_run(env.write_config(), "--data", "/nonexistent")
+    call.after = _absent(call.fresh)  # a bad data source leaves no run directory behind
+    return call
 
 
 @case(DATA)
@@ -324,7 +373,7 @@ def bench_file_data_four_channels(env: Env) -> Call:
     return Call(["bench", env.artifact("onnx-fp32"), "--data", data], watch=[env.finished])
 
 
-@case(DATA)
+@case(DATA, says=("outputs 10 classes but the data has 12",))
 def bench_file_data_more_classes_than_outputs(env: Env) -> Call:
     data = env.npz("twelve.npz", np.zeros((120, 8, 8), np.uint8), np.arange(120) % 12)
     return Call(["bench", env.artifact("tflite-int8"), "--data", data], watch=[env.finished])
@@ -471,12 +520,17 @@ def bench_file_truncated_tflite(env: Env) -> Call:
     return Call(["bench", model, "--data", "digits"])
 
 
-@case(MODEL)
+@case(MODEL, says=("unknown model format",))
 def bench_file_unknown_format(env: Env) -> Call:
     return Call(["bench", env.finished / "checkpoints" / "student.pt", "--data", "digits"], watch=[env.finished])
 
 
-@case(MODEL)
+@case(MODEL, says=("unknown model format",))
+def bench_file_manifest_json(env: Env) -> Call:
+    return Call(["bench", env.finished / "manifest.json", "--data", "digits"], watch=[env.finished])
+
+
+@case(MODEL, says=("does not exist",))
 def bench_file_missing(env: Env) -> Call:
     return Call(["bench", env.tmp / "absent.tflite", "--data", "digits"])
 
@@ -488,6 +542,18 @@ def bench_file_unreadable(env: Env) -> Call:
 
 
 # --- run directory (exit 6) ----------------------------------------------------------------------------------
+
+
+def _missing_run_dir(command: str) -> Callable[[Env], Call]:
+    def build(env: Env) -> Call:
+        return Call([command, env.tmp / "no-such-run"], after=_absent(env.tmp / "no-such-run"))
+
+    build.__name__ = f"{command}_run_dir_missing"
+    return build
+
+
+for _command in ("distill", "quantize", "prune", "export", "bench", "report"):
+    case(RUN_STATE, says=("no-such-run", "not an edgepipe run directory"))(_missing_run_dir(_command))
 
 
 @case(RUN_STATE)
@@ -515,7 +581,7 @@ def export_student_checkpoint_missing(env: Env) -> Call:
     return Call(["export", env.run, "--target", "onnx-fp32"], watch=[env.run])
 
 
-@case(RUN_STATE)
+@case(RUN_STATE, says=("has no manifest.json",))
 def report_compare_run_missing(env: Env) -> Call:
     return Call(["report", env.run, "--compare", env.tmp / "no-run"], watch=[env.run])
 
@@ -587,10 +653,28 @@ HAS_RELEASE = any((c.name or c.callback.__name__) == "release" for c in app.regi
 needs_release = pytest.mark.skipif(not HAS_RELEASE, reason="`edgepipe release` does not exist yet")
 
 
-@case(CONFIG, needs_release)
+@case(CONFIG, needs_release, says=("'tflite-int9'", "tflite-int8", "did you mean"))
 def release_unknown_artifact(env: Env) -> Call:
     out = env.tmp / "bundle"
-    return Call(["release", env.run, "--target", "onnx-fp64", "--out", out], watch=[env.run], fresh=out)
+    return Call(["release", env.finished, "--target", "tflite-int9", "--out", out], watch=[env.finished], fresh=out)
+
+
+@case(CONFIG, needs_release, says=("reference",))
+def release_reference_artifact(env: Env) -> Call:
+    out = env.tmp / "bundle"
+    args = ["release", env.finished, "--target", "onnx-int8-ort-defaults", "--out", out]
+    return Call(args, watch=[env.finished], fresh=out)
+
+
+@case(CONFIG, needs_release)
+def release_missing_target(env: Env) -> Call:
+    out = env.tmp / "bundle"
+    return Call(["release", env.finished, "--out", out], watch=[env.finished], fresh=out)
+
+
+@case(CONFIG, needs_release, says=("--out",))
+def release_missing_out(env: Env) -> Call:
+    return Call(["release", env.finished, "--target", "onnx-int8"], watch=[env.finished])
 
 
 @case(CONFIG, needs_release)
@@ -685,10 +769,10 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_config_dict: dict):
         cleanup()
 
 
-@pytest.mark.parametrize(("build", "exit_code"), CASES)
-def test_bad_input(env: Env, build: Callable[[Env], Call], exit_code: int) -> None:
-    """One `edgepipe: error:` line, the documented exit code, every watched file untouched (a run's log only
-    appended to: it records the failed command), no temp file."""
+@pytest.mark.parametrize(("build", "exit_code", "says"), CASES)
+def test_bad_input(env: Env, build: Callable[[Env], Call], exit_code: int, says: tuple[str, ...]) -> None:
+    """One `edgepipe: error:` line holding the case's fragments, the documented exit code, every watched file
+    untouched (a run's log only appended to: it records the failed command), no temp file."""
     call = build(env)
     before = {root: snapshot(root) for root in call.watch}
     logs_before = {root: _run_log(root) for root in call.watch}
@@ -698,6 +782,7 @@ def test_bad_input(env: Env, build: Callable[[Env], Call], exit_code: int) -> No
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.exit_code == exit_code, errors[0]
+    assert all(fragment in errors[0] for fragment in says), (says, errors[0])
     for root, files in before.items():
         log = _run_log(root)
         assert log.startswith(logs_before[root]), f"{root}/{RUN_LOG} was rewritten, not appended to"
@@ -717,4 +802,4 @@ def test_matrix_covers_every_command() -> None:
     """At least 30 cases, and every command that takes input appears in one."""
     assert len(CASES) >= 30
     used = {param.values[0].__name__.split("_")[0] for param in CASES}
-    assert {"run", "distill", "quantize", "export", "bench", "report", "targets"} <= used
+    assert {"run", "distill", "quantize", "prune", "export", "bench", "report", "targets"} <= used

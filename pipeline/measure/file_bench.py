@@ -11,22 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from pipeline.config import BenchConfig, DataConfig
 from pipeline.data.splits import SOURCES, Splits, load_splits
 from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.formats import Format, format_of
 from pipeline.manifest import Measurement, TensorSpec
+from pipeline.measure.format_plan import format_plan
 from pipeline.measure.harness import Plan, measure_plan
 from pipeline.measure.machine_load import threads_warning
-from pipeline.measure.memory_probe import ProbeSpec
-from pipeline.measure.model_profile import onnx_profile, tflite_profile
-from pipeline.measure.runtimes import Runner, fed, onnxruntime_runner, tflite_runner, to_nhwc
+from pipeline.measure.runtimes import Runner
 from pipeline.training.teacher_files import recorded_preprocessing
 
-FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 OWN_SIZE = "the data's own size and channels"
 
 
@@ -48,14 +46,6 @@ class FileBench:
     warnings: list[str] = field(default_factory=list)
 
 
-def _model_format(path: Path) -> str:
-    if not path.is_file():
-        raise ModelError(f"{path} does not exist or is not a file", "pass an .onnx or .tflite file")
-    if path.suffix not in FORMATS:
-        raise ModelError(f"{path}: unknown model format {path.suffix!r}", "pass an .onnx or .tflite file")
-    return FORMATS[path.suffix]
-
-
 def _layout(shape: list) -> str:
     """NCHW or NHWC from a 4-d image input shape: the channel axis is the one of 1 or 3 elements."""
     if len(shape) != 4:
@@ -66,34 +56,25 @@ def _layout(shape: list) -> str:
     return "NCHW" if channels_first else "NHWC"
 
 
-def describe_file(path: Path) -> tuple[str, list[TensorSpec], list[TensorSpec]]:
-    """(format, input specs with layout, output specs) read from the model file."""
-    fmt = _model_format(path)
+def describe_file(path: Path) -> tuple[Format, list[TensorSpec], list[TensorSpec]]:
+    """(format, input specs with layout, output specs) read from the model file.
+
+    Raises:
+        ModelError: an unknown suffix or unreadable file, not one image input, or an input the format's runner
+            cannot feed (its layout, or a non-float32 dtype on a runtime fed float only)."""
+    fmt = format_of(path)
     try:
-        if fmt == "onnx":
-            from targets.onnx_io import describe_onnx
-
-            described = describe_onnx(path, "NCHW", {})
-        else:
-            from targets.tflite_io import describe_tflite
-
-            described = describe_tflite(path, {})
+        inputs, outputs = fmt.describe(path)
     except Exception as e:
-        raise ModelError(f"{path} is not a readable {fmt} model: {str(e).strip().splitlines()[0]}") from e
-    if len(described.inputs) != 1:
-        raise ModelError(f"{path} has {len(described.inputs)} inputs; `edgepipe bench` measures one-input models")
-    spec = described.inputs[0]
-    spec = spec.model_copy(update={"layout": _layout(spec.shape)})
-    if fmt == "onnx" and spec.dtype != "float32":
-        raise ModelError(f"{path}: input dtype {spec.dtype}; ONNX models are measured with float32 input")
-    if fmt == "tflite" and spec.layout != "NHWC":
-        raise ModelError(f"{path}: TFLite input layout {spec.layout}; the interpreter is fed NHWC")
-    return fmt, [spec], described.outputs
-
-
-def _onnx_runner(path: Path, layout: str, threads: int) -> Runner:
-    runner = onnxruntime_runner(path, "CPUExecutionProvider", threads)
-    return runner if layout == "NCHW" else fed(runner, to_nhwc)
+        raise ModelError(f"{path} is not a readable {fmt.name} model: {str(e).strip().splitlines()[0]}") from e
+    if len(inputs) != 1:
+        raise ModelError(f"{path} has {len(inputs)} inputs; `edgepipe bench` measures one-input models")
+    spec = inputs[0].model_copy(update={"layout": _layout(inputs[0].shape)})
+    if not fmt.quantized_input and spec.dtype != "float32":
+        raise ModelError(f"{path}: input dtype {spec.dtype}; {fmt.label} models are measured with float32 input")
+    if spec.layout not in fmt.layouts:
+        raise ModelError(f"{path}: {fmt.label} input layout {spec.layout}; {fmt.runtime_label} is fed {fmt.layout}")
+    return fmt, [spec], outputs
 
 
 def _model_chw(spec: TensorSpec) -> tuple[int | str, int | str, int | str]:
@@ -227,31 +208,19 @@ def _batch_settings(bench: BenchConfig, spec: TensorSpec, path: Path) -> tuple[B
     return _FixedBatchBench.model_validate(settings), size, warnings
 
 
-def _plan(path: Path, fmt: str, inputs: list[TensorSpec], outputs: list[TensorSpec], splits: Splits, batch) -> Plan:
-    """The harness plan of the file on its own runtime (``batch``: a fixed batch size, None: any)."""
-    shape = list(splits.input_shape)
-    fit: Callable[[Runner], Runner] = (lambda runner: fixed_batch(runner, batch)) if batch else (lambda r: r)
-    if fmt == "onnx":
-        layout = inputs[0].layout
-        return Plan(
-            artifact=path.name,
-            runtime="onnxruntime CPUExecutionProvider",
-            make_runner=lambda threads: fit(_onnx_runner(path, layout, threads)),
-            file_bytes=lambda: path.stat().st_size,
-            profile=lambda: onnx_profile(path),
-            probe=ProbeSpec(kind="onnx", path=str(path.resolve()), input_shape=shape, batch=batch or 1)
-            if layout == "NCHW"
-            else None,
-        )
-    return Plan(
-        artifact=path.name,
-        runtime="tflite",
-        make_runner=lambda threads: fit(tflite_runner(path, inputs, outputs, threads)),
-        file_bytes=lambda: path.stat().st_size,
-        profile=lambda: tflite_profile(path),
-        probe=ProbeSpec(
-            kind="tflite", path=str(path.resolve()), input_shape=shape, batch=batch or 1, inputs=inputs, outputs=outputs
-        ),
+def _plan(path: Path, fmt: Format, inputs: list[TensorSpec], outputs: list[TensorSpec], splits: Splits, batch) -> Plan:
+    """The harness plan of the file on its format's runtime, CPU (``batch``: a fixed batch size, None: any)."""
+    return format_plan(
+        fmt,
+        path.name,
+        path.resolve(),
+        inputs,
+        outputs,
+        list(splits.input_shape),
+        fmt.cpu_provider,
+        lambda: path.stat().st_size,
+        batch=batch or 1,
+        fit=(lambda runner: fixed_batch(runner, batch)) if batch else (lambda runner: runner),
     )
 
 

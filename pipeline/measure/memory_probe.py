@@ -7,23 +7,28 @@ process's own address space: ``ru_maxrss`` would also count the parent's pages a
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline.manifest import TensorSpec
 
+if TYPE_CHECKING:
+    from pipeline.measure.runtimes import Runner
+
 
 class ProbeSpec(BaseModel):
-    """What the fresh process loads: an ONNX or TFLite file, or a model of a run (``run_dir`` + ``name``)."""
+    """What the fresh process loads: a file of a ``pipeline.formats`` format (``kind`` names it), a TFLite file's
+    tf2onnx conversion (``tf2onnx``), or a model of a run (``torch``: ``run_dir`` + ``name``)."""
 
-    kind: Literal["onnx", "tflite", "tf2onnx", "torch"]
+    kind: str = Field(description="torch, tf2onnx, or a FORMATS name (onnx, tflite).")
     path: str = ""
     inputs: list[TensorSpec] = []
     outputs: list[TensorSpec] = []
@@ -61,11 +66,6 @@ def _load_and_run(spec: ProbeSpec) -> MemoryUse:
         from pipeline.training.run_models import load_model
 
         runner = runtimes.torch_runner(load_model(RunDir.open(Path(spec.run_dir)), spec.name), spec.threads)
-    elif spec.kind == "onnx":
-        import onnxruntime  # noqa: F401
-
-        runtime = _maxrss_mib()
-        runner = runtimes.onnxruntime_runner(spec.path, spec.provider, spec.threads)
     elif spec.kind == "tf2onnx":
         import onnxruntime  # noqa: F401
 
@@ -74,12 +74,21 @@ def _load_and_run(spec: ProbeSpec) -> MemoryUse:
         runtime = _maxrss_mib()
         runner = tf2onnx_runner(Path(spec.path), spec.inputs, spec.outputs, spec.threads)
     else:
-        import ai_edge_litert.interpreter  # noqa: F401
-
-        runtime = _maxrss_mib()
-        runner = runtimes.tflite_runner(spec.path, spec.inputs, spec.outputs, spec.threads)
+        runtime, runner = _format_runner(spec)
     runner.predict(np.zeros((spec.batch, *spec.input_shape), np.float32))
     return MemoryUse(runtime_mib=round(runtime, 1), peak_mib=round(_maxrss_mib(), 1))
+
+
+def _format_runner(spec: ProbeSpec) -> tuple[float, Runner]:
+    """(peak MiB after the format's runtime import, a runner of the file) for a ``kind`` naming a format."""
+    from pipeline.formats import FORMATS
+
+    fmt = FORMATS.get(spec.kind)
+    if fmt.probe_import is None:
+        raise ValueError(f"the {fmt.label} format has no memory probe")
+    importlib.import_module(fmt.probe_import)  # the runtime import is part of the baseline
+    runtime = _maxrss_mib()
+    return runtime, fmt.runner(Path(spec.path), spec.inputs, spec.outputs, spec.threads, spec.provider)
 
 
 def probe_memory(spec: ProbeSpec, timeout: float = 300) -> MemoryUse:

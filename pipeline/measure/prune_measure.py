@@ -14,9 +14,10 @@ import numpy as np
 from torch import nn
 
 from pipeline.config import PruneMeasureConfig, RunConfig
+from pipeline.formats import FORMATS
 from pipeline.manifest import Preprocessing, TensorSpec
 from pipeline.measure.harness import batch_of, predict_all
-from pipeline.measure.runtimes import Runner, onnxruntime_runner, tflite_runner
+from pipeline.measure.runtimes import Runner
 from pipeline.measure.timing import measure_latency
 from targets import TARGETS, ExportInputs
 
@@ -27,15 +28,13 @@ class BuiltFile:
 
     target: str
     path: Path
-    format: str
+    format: str  # a FORMATS name
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
     def runner(self, threads: int) -> Runner:
-        """A CPU runner: onnxruntime for ONNX files, the TFLite interpreter (XNNPACK) for TFLite files."""
-        if self.format == "onnx":
-            return onnxruntime_runner(self.path, "CPUExecutionProvider", threads)
-        return tflite_runner(self.path, self.inputs, self.outputs, threads)
+        """A CPU runner on the format's own runtime (onnxruntime for ONNX files, XNNPACK for TFLite files)."""
+        return FORMATS.get(self.format).cpu_runner(self.path, self.inputs, self.outputs, threads)
 
 
 @dataclass(frozen=True)

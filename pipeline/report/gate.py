@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from pipeline.config import GateConfig
 from pipeline.errors import EdgepipeError, ExportError, GateError
+from pipeline.formats import FORMATS
 from pipeline.manifest import (
     QAT_SUFFIX,
     WITHIN_BUDGET,
@@ -20,7 +21,6 @@ from pipeline.manifest import (
     TargetFailure,
 )
 
-NATIVE_RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 BUDGET_RUNTIME = "export stage (validation split)"
 WARNINGS_HINT = "if the figures are right after all, accept them with `gate.allow_warnings: [{kinds}]`"
 
@@ -119,7 +119,7 @@ def evaluate_gate(
             continue
         if artifacts is not None and m.artifact not in artifacts:
             continue
-        if m.runtime != NATIVE_RUNTIMES[record.info["format"]]:
+        if m.runtime != FORMATS.get(record.info["format"]).runtime:
             continue  # a converted run (tf2onnx) is informative, not what ships
         figures = _figures(m, teacher, student, record.info["precision"] == "int8")
         for name, value, limit, broken in _checks(figures, gate.limits_for(m.artifact)):

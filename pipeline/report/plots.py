@@ -20,9 +20,11 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.formats import runtime_format
 from pipeline.manifest import Measurement
 
-_RUNTIME_MARKERS = {"pytorch": "o", "onnxruntime": "s", "tflite": "^"}
+TORCH_MARKER = "o"  # PyTorch rows; a format's own runtime has its table marker, anything else (tf2onnx) a diamond
+OTHER_MARKER = "D"
 _NO_METADATA = {"Format": None, "Type": None, "Creator": None, "Date": None}
 _WIDTH_IN = 8.0
 _TICK_PT = 9.0  # tick and row labels
@@ -52,6 +54,14 @@ _GRID_MANTISSAS = tuple(range(1, 10))
 def row_label(m: Measurement) -> str:
     """How a figure names one artifact × runtime: the thread count is the headline timing's."""
     return f"{m.artifact} · {m.runtime} ({m.provider}, {m.threads} thr)"
+
+
+def runtime_marker(runtime: str) -> str:
+    """The matplotlib marker of rows on ``runtime``: PyTorch's, a format's own runtime's, or a diamond."""
+    if runtime == "pytorch":
+        return TORCH_MARKER
+    fmt = runtime_format(runtime)
+    return fmt.marker if fmt is not None else OTHER_MARKER
 
 
 def artifact_colors(measurements: list[Measurement]) -> dict[str, str]:
@@ -239,7 +249,7 @@ def accuracy_latency_figure(measurements: list[Measurement]) -> Figure:
         ax.plot(
             [m.latency.p50_ms],
             [m.accuracy],
-            _RUNTIME_MARKERS.get(m.runtime, "D"),
+            runtime_marker(m.runtime),
             ms=_MARKER_PT,
             color=colors[m.artifact],
             mfc="none" if noisy else colors[m.artifact],

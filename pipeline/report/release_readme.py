@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.formats import all_formats
+
 if TYPE_CHECKING:
     from pipeline.release_manifest import ReleaseManifest
 
@@ -68,30 +70,6 @@ def logits(y):
     return y
 '''
 
-ONNXRUNTIME = """\
-import onnxruntime as ort
-
-pixels = np.stack([load_pixels(path) for path in paths])  # paths: your image files
-session = ort.InferenceSession(entry["file"], providers=["CPUExecutionProvider"])
-scores = logits(session.run(None, {inp["name"]: model_input(pixels)})[0])
-classes = [bundle["labels"][i] for i in scores.argmax(1)]
-"""
-
-TFLITE = """\
-from ai_edge_litert.interpreter import Interpreter
-
-pixels = np.stack([load_pixels(path) for path in paths])  # paths: your image files
-feed = model_input(pixels)
-interpreter = Interpreter(model_path=entry["file"])
-detail = interpreter.get_input_details()[0]
-interpreter.resize_tensor_input(detail["index"], list(feed.shape))
-interpreter.allocate_tensors()
-interpreter.set_tensor(detail["index"], feed)
-interpreter.invoke()
-scores = logits(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-classes = [bundle["labels"][i] for i in scores.argmax(1)]
-"""
-
 
 def render_readme(manifest: "ReleaseManifest") -> str:
     """The bundle's README: a table of its files, then the code that feeds them."""
@@ -133,9 +111,8 @@ def render_readme(manifest: "ReleaseManifest") -> str:
     lines += [
         "",
         f"Top-1 is measured on the {run.test_images} test images. Each file also carries its manifest entry (key "
-        "`edgepipe`, JSON without `bytes`/`sha256`) and the labels (key `labels`): ONNX in `metadata_props`, TFLite "
-        "as metadata entries of the flatbuffer. `sha256` is that of the bundled file, `source_sha256` that of the "
-        "run's artifact; both compute the same outputs.",
+        f"`edgepipe`, JSON without `bytes`/`sha256`) and the labels (key `labels`): {_metadata_places()}. `sha256` is "
+        "that of the bundled file, `source_sha256` that of the run's artifact; both compute the same outputs.",
         "",
         "## Feeding a model",
         "",
@@ -146,12 +123,16 @@ def render_readme(manifest: "ReleaseManifest") -> str:
         "",
         *_code(PREPARE.format(name=next(iter(manifest.artifacts)))),
     ]
-    formats = {entry.format for entry in manifest.artifacts.values()}
-    if "onnx" in formats:
-        lines += ["", "### ONNX files on onnxruntime", "", *_code(ONNXRUNTIME)]
-    if "tflite" in formats:
-        lines += ["", "### TFLite files on the LiteRT interpreter", "", *_code(TFLITE)]
+    bundled = {entry.format for entry in manifest.artifacts.values()}
+    for fmt in all_formats():  # the table's order: ONNX, then TFLite
+        if fmt.name in bundled:
+            lines += ["", f"### {fmt.readme_heading}", "", *_code(fmt.feeding_snippet)]
     return "\n".join(lines) + "\n"
+
+
+def _metadata_places() -> str:
+    """Where each format keeps the entries: "ONNX in `metadata_props`, TFLite as metadata entries of the …"."""
+    return ", ".join(f"{fmt.label} {fmt.metadata_where}" for fmt in all_formats() if fmt.embed_metadata)
 
 
 def _tensor(spec) -> str:

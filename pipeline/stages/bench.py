@@ -1,9 +1,10 @@
 """Stage 4: accuracy, agreement with the teacher (or, for a trained model shipped without one, with the model
 itself), latency and footprint of every model on every runtime.
 
-PyTorch runs the teacher and students, onnxruntime every ONNX file (CPU, and CUDA when installed), the TFLite
-interpreter every TFLite file, and onnxruntime each TFLite file again through tf2onnx, with its parity. Each row
-stands on its own runtime: a TFLite file's parameters and MACs come from its own graph, so a file that tf2onnx
+PyTorch runs the teacher and students; each exported file runs on its format's own runtime (``pipeline.formats``:
+onnxruntime for ONNX files, CPU and CUDA when installed; the TFLite interpreter for TFLite files), and again through
+its format's cross-check (each TFLite file on onnxruntime through tf2onnx, with its parity). Each row stands on its
+own runtime: a TFLite file's parameters and MACs come from its own graph, so a file that tf2onnx
 cannot convert loses only its tf2onnx row (skipped, with the reason)."""
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ from pipeline import progress as view
 from pipeline.converter_log import captured_output
 from pipeline.environment import TF2ONNX_TOOLS, tool_versions
 from pipeline.errors import DataError, failure_reason
+from pipeline.formats import FORMATS, all_formats, format_labelled
 from pipeline.io import hash_json
 from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, BenchLoad, Measurement, Skipped
+from pipeline.measure.format_plan import format_plan, format_probe
 from pipeline.measure.harness import Plan, measure_plan
 from pipeline.measure.machine_load import load_snapshot, threads_warning
 from pipeline.measure.memory_probe import ProbeSpec
-from pipeline.measure.model_profile import onnx_profile, tflite_profile, torch_profile
-from pipeline.measure.runtimes import (
-    onnxruntime_providers,
-    onnxruntime_runner,
-    tflite_runner,
-    torch_runner,
-    torch_threads_kept,
-)
+from pipeline.measure.model_profile import onnx_profile, torch_profile
+from pipeline.measure.runtimes import torch_runner, torch_threads_kept
 from pipeline.measure.tflite_onnx import parity as tflite_parity
 from pipeline.measure.tflite_onnx import tf2onnx_runner, tflite_to_onnx
 from pipeline.rundir import RunDir
@@ -58,18 +55,17 @@ def _torch_plan(run: RunDir, name: str) -> Plan:
 
 
 def _teacher_file_plan(run: RunDir, shape: list[int]) -> Plan:
-    """An ONNX, TFLite or Keras teacher on its own runtime, fed the run's test split through its own normalization."""
+    """A teacher file of another framework on its own runtime, fed the run's test split through its own
+    normalization; a file of a ``FORMATS`` format gets its parameter/MAC count and (when laid out as the format's
+    runner feeds it) a memory probe, a Keras or SavedModel teacher neither."""
     teacher, record = load_model(run, "teacher"), run.require("teacher")
     interface, path = teacher.interface, run.path(record.path)
+    fmt = format_labelled(interface.format)
     probe, profile = None, None
-    if interface.format == "ONNX":
-        profile = lambda: onnx_profile(path)  # noqa: E731
-        if interface.layout == "NCHW":
-            probe = ProbeSpec(kind="onnx", path=str(path), input_shape=shape)
-    elif interface.format == "TFLite":
-        profile = lambda: tflite_profile(path)  # noqa: E731
-        specs = {"inputs": [interface.input], "outputs": [interface.output]}
-        probe = ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs)
+    if fmt is not None:
+        profile = (lambda: fmt.profile(path)) if fmt.profile else None
+        if interface.layout == fmt.layout:
+            probe = format_probe(fmt, path, [interface.input], [interface.output], shape, fmt.cpu_provider)
     return Plan(
         artifact="teacher",
         runtime=interface.runtime,
@@ -80,19 +76,15 @@ def _teacher_file_plan(run: RunDir, shape: list[int]) -> Plan:
     )
 
 
-def _onnx_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
+def _format_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
+    """An exported file on its format's runtime, one plan per provider, then the format's cross-check if any."""
+    fmt = FORMATS.get(record.info["format"])
     path = run.path(record.path)
-    return [
-        Plan(
-            artifact=record.name,
-            runtime=f"onnxruntime {provider}",
-            make_runner=lambda threads, provider=provider: onnxruntime_runner(path, provider, threads),
-            file_bytes=lambda: record.bytes,
-            profile=lambda: onnx_profile(path),
-            probe=ProbeSpec(kind="onnx", path=str(path), input_shape=shape, provider=provider),
-        )
-        for provider in onnxruntime_providers()
+    plans = [
+        format_plan(fmt, record.name, path, record.inputs, record.outputs, shape, provider, lambda: record.bytes)
+        for provider in fmt.bench_providers()
     ]
+    return plans + (CROSS_CHECKS[fmt.cross_check](run, record, shape) if fmt.cross_check else [])
 
 
 def converted_path(run: RunDir, record: ArtifactRecord) -> Path:
@@ -110,21 +102,13 @@ def converted_tflite(run: RunDir, record: ArtifactRecord) -> Path:
     return path
 
 
-def _tflite_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
-    path = run.path(record.path)
+def _tf2onnx_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list[Plan]:
+    """A TFLite artifact converted by tf2onnx, on onnxruntime's CPU provider (fed as the TFLite file is)."""
     specs = {"inputs": record.inputs, "outputs": record.outputs}
 
     def converted() -> Path:
         return converted_tflite(run, record)
 
-    interpreter = Plan(
-        artifact=record.name,
-        runtime="tflite",
-        make_runner=lambda threads: tflite_runner(path, record.inputs, record.outputs, threads),
-        file_bytes=lambda: record.bytes,
-        profile=lambda: tflite_profile(path),
-        probe=ProbeSpec(kind="tflite", path=str(path), input_shape=shape, **specs),
-    )
     onnx = Plan(
         artifact=record.name,
         runtime=TF2ONNX_RUNTIME,
@@ -133,7 +117,12 @@ def _tflite_plans(run: RunDir, record: ArtifactRecord, shape: list[int]) -> list
         profile=lambda: onnx_profile(converted()),
         probe=ProbeSpec(kind="tf2onnx", path=str(converted_path(run, record)), input_shape=shape, **specs),
     )
-    return [interpreter, onnx]
+    return [onnx]
+
+
+# Conversions bench measures a file through besides its own runtime, by name (``Format.cross_check``): each gives
+# plans whose rows are renamed and get their parity with the file's first plan (see ``_converted``).
+CROSS_CHECKS: dict[str, Callable[[RunDir, ArtifactRecord, list[int]], list[Plan]]] = {"tf2onnx": _tf2onnx_plans}
 
 
 def _model_entry(run: RunDir, name: str, shape: list[int]) -> tuple[str, str, Callable[[], list[Plan]]]:
@@ -166,10 +155,8 @@ def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
             record.info.get("source", "student") not in SHIPPED_SOURCES and record.info["precision"] != "int8"
         ):
             continue  # a QAT-KD student's float files are only steps towards its int8 ones
-        if record.info["format"] == "onnx":
-            plans.append((record.name, "onnxruntime", lambda r=record: _onnx_plans(run, r, shape)))
-        else:
-            plans.append((record.name, "tflite", lambda r=record: _tflite_plans(run, r, shape)))
+        runtime = FORMATS.get(record.info["format"]).runtime
+        plans.append((record.name, runtime, lambda r=record: _format_plans(run, r, shape)))
     return plans
 
 
@@ -229,8 +216,8 @@ def run_bench(run: RunDir) -> list[Measurement]:
                 if teacher_top1 is None:
                     teacher_top1 = logits.argmax(1)
                     measurement = measurement.model_copy(update={"agreement": 100.0})
-                if plan.runtime == TF2ONNX_RUNTIME:
-                    measurement = _converted(measurement, logits_of.get("tflite"), logits)
+                if plan.runtime == TF2ONNX_RUNTIME:  # against the file's own runtime, its first plan
+                    measurement = _converted(measurement, logits_of.get(plans[0].runtime), logits)
                 measurement = measurement.model_copy(update={"sha256": run.manifest.artifacts[name].sha256})
                 logits_of[plan.runtime] = logits
                 measurements.append(measurement)
@@ -238,19 +225,22 @@ def run_bench(run: RunDir) -> list[Measurement]:
                     measurements.insert(0, measurement.model_copy(update={"artifact": "teacher"}))
             bar.advance()
             _say_rows(said, [*measurements, *skipped])  # after the step, so its ETA counts this artifact as done
-    if "CUDAExecutionProvider" not in onnxruntime_providers():
-        skipped.append(
-            Skipped(
-                artifact="onnx-*",
-                runtime="onnxruntime CUDAExecutionProvider",
-                reason="the installed onnxruntime has no CUDA provider (install onnxruntime-gpu on a GPU machine)",
-            )
-        )
+    skipped += _absent_providers()
     run.manifest.measurements = measurements
     run.manifest.skipped = skipped
     run.manifest.bench_load = BenchLoad(before=before, after=load_snapshot(), warnings=[warning] if warning else [])
     run.save()
     return measurements
+
+
+def _absent_providers() -> list[Skipped]:
+    """A skipped row ``<format>-*`` for each provider a format's runtime lacks on this machine (onnxruntime's CUDA)."""
+    return [
+        Skipped(artifact=f"{fmt.name}-*", runtime=fmt.plan_runtime(provider), reason=reason)
+        for fmt in all_formats()
+        if fmt.absent_providers
+        for provider, reason in fmt.absent_providers().items()
+    ]
 
 
 def _say_rows(said: set[int], rows: list[Measurement | Skipped]) -> None:

@@ -17,10 +17,11 @@ from calibration.sampling import CalibrationSet
 from pipeline import progress as view
 from pipeline.converter_log import captured_output
 from pipeline.errors import DataError, EdgepipeError, ExportError, ModelError, RunStateError, first_line
+from pipeline.formats import FORMATS
 from pipeline.io import atomic_path
 from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, TargetFailure
 from pipeline.measure.prune_measure import gzip_bytes
-from pipeline.measure.runtimes import onnxruntime_runner, tflite_runner, torch_runner
+from pipeline.measure.runtimes import torch_runner
 from pipeline.rundir import RunDir
 from pipeline.stages.calibrate import CALIBRATION_PATH
 from pipeline.training.run_models import load_model
@@ -32,10 +33,8 @@ MAX_REASON_CHARS = 300
 
 
 def artifact_runner(path, fmt: str, inputs, outputs, threads: int | None):
-    """A CPU runner for an ONNX or TFLite file."""
-    if fmt == "onnx":
-        return onnxruntime_runner(path, "CPUExecutionProvider", threads)
-    return tflite_runner(path, inputs, outputs, threads)
+    """A CPU runner for a file of format ``fmt`` (a ``FORMATS`` name; an unknown one raises ConfigError)."""
+    return FORMATS.get(fmt).cpu_runner(path, inputs, outputs, threads)
 
 
 class Exporter:

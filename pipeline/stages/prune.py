@@ -24,6 +24,7 @@ from torch import nn
 from pipeline import progress
 from pipeline.config import PruneConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.formats import FORMATS
 from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord
 from pipeline.measure.model_profile import torch_profile
 from pipeline.measure.prune_measure import ExportContext, export_chain, gzip_bytes, p50_ms, val_top1
@@ -326,7 +327,7 @@ def _save(run: RunDir, prune_id: str, pruned: nn.Module, info: dict, variants: l
     distributed.barrier()
     shipped = info.get("search", {}).get("met", True)
     measure = cfg.measure
-    runtime = "onnxruntime CPU" if TARGETS.get(measure.target).format == "onnx" else "TFLite XNNPACK"
+    runtime = FORMATS.get(TARGETS.get(measure.target).format).runtime_label
     return run.record(
         PRUNED_STUDENT,
         "prune",

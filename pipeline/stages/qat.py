@@ -19,11 +19,12 @@ QAT_STUDENT_PATH = "checkpoints/student-qat.pt"
 
 
 def _grid(run: RunDir, name: str) -> bool:
-    """The reduce_range of a target's int8 weights: onnx-int8's setting for ONNX (with ``auto``, the one its int8
-    search chose), never for TFLite (±127)."""
-    if TARGETS.get(name).format != "onnx":
+    """The reduce_range of a target's int8 weights: its own ``reduce_range`` option (with ``auto``, the one its int8
+    search chose); a target without that option (TFLite int8) uses the full ±127 grid."""
+    target = TARGETS.get(name)
+    if target.options is None or "reduce_range" not in target.options.model_fields:
         return False
-    configured = TARGETS.get("onnx-int8").options_of(run.config).reduce_range
+    configured = target.options_of(run.config).reduce_range
     if configured != "auto":
         return configured
     record = run.manifest.artifacts.get(name)

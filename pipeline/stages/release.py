@@ -1,8 +1,9 @@
 """`edgepipe release`: chosen artifacts of a benched run as a bundle that says how to feed each file.
 
-The bundle holds each model file with its bundle entry embedded (ONNX ``metadata_props``, TFLite metadata:
-keys ``edgepipe`` and ``labels``), ``labels.txt``, ``manifest.json`` (a ``ReleaseManifest``) and ``README.md``.
-It is built in a temporary directory beside ``--out`` and renamed into place, so a failure leaves nothing.
+The bundle holds each model file with its bundle entry embedded (keys ``edgepipe`` and ``labels``, where its
+format keeps metadata: ONNX ``metadata_props``, TFLite metadata), ``labels.txt``, ``manifest.json`` (a
+``ReleaseManifest``) and ``README.md``. It is built in a temporary directory beside ``--out`` and renamed into
+place, so a failure leaves nothing.
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import ConfigError, ExportError, GateError, RunStateError
+from pipeline.formats import FORMATS
 from pipeline.io import cannot_write, sha256_file, write_errors_name
 from pipeline.manifest import QAT_SUFFIX, ArtifactRecord, Measurement
-from pipeline.model_metadata import EMBEDDED_KEY, EMBEDDED_LABELS_KEY, embed_metadata
+from pipeline.model_metadata import EMBEDDED_KEY, EMBEDDED_LABELS_KEY
 from pipeline.release_manifest import LABELS_FILE, BundledArtifact, OutputMeaning, ReleaseManifest, SourceRun
-from pipeline.report.gate import (
-    NATIVE_RUNTIMES,
-    WARNINGS_HINT,
-    evaluate_gate,
-    file_over_budget,
-    raise_if_failed,
-)
+from pipeline.report.gate import WARNINGS_HINT, evaluate_gate, file_over_budget, raise_if_failed
 from pipeline.report.release_readme import render_readme
 from pipeline.report.sanity import sanity_warnings
 from pipeline.rundir import RunDir
@@ -137,7 +133,7 @@ def _measurements(run: RunDir, record: ArtifactRecord) -> list[Measurement]:
     hint = f"run `edgepipe bench {run.root}` first"
     if not run.manifest.measurements:
         raise RunStateError(f"{run.root} has no measurements: the bench stage has not run", hint)
-    runtime = NATIVE_RUNTIMES[record.info["format"]]
+    runtime = FORMATS.get(record.info["format"]).runtime
     rows = [m for m in run.manifest.measurements if m.artifact == record.name and m.runtime == runtime]
     if not rows:
         reasons = [s.reason for s in run.manifest.skipped if s.artifact == record.name and s.runtime == runtime]
@@ -233,8 +229,20 @@ def _bundle_file(
         allowed_over_budget=over_budget is not None,
     )
     dest = stage / entry.file
-    embed_metadata(source, dest, {EMBEDDED_KEY: entry.embedded_json(), EMBEDDED_LABELS_KEY: _labels_text(labels)})
+    entries = {EMBEDDED_KEY: entry.embedded_json(), EMBEDDED_LABELS_KEY: _labels_text(labels)}
+    _embed(record.info["format"], source, dest, entries)
     return entry.model_copy(update={"bytes": dest.stat().st_size, "sha256": sha256_file(dest)})
+
+
+def _embed(format_name: str, source: Path, dest: Path, entries: dict[str, str]) -> None:
+    """Write ``source`` to ``dest`` with ``entries`` in its metadata, as its format keeps them.
+
+    Raises:
+        ExportError: the format cannot carry metadata (a bundle file says how to feed itself)."""
+    fmt = FORMATS.get(format_name)
+    if fmt.embed_metadata is None:
+        raise ExportError(f"{source.name}: cannot embed metadata in a {fmt.label} file", "release another target")
+    fmt.embed_metadata(source, dest, entries)
 
 
 def _versions(environment: dict) -> dict[str, str]:

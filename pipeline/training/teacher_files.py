@@ -25,31 +25,30 @@ from torch import nn
 from pipeline.config import TeacherInput
 from pipeline.data.splits import Splits
 from pipeline.errors import DataError, ModelError
+from pipeline.formats import Format, format_for_suffix, format_labelled
 from pipeline.io import atomic_path, hash_json, sha256_file
 from pipeline.manifest import TensorSpec
-from pipeline.measure.runtimes import (
-    Runner,
-    fed,
-    onnxruntime_runner,
-    tensorflow_parameters,
-    tensorflow_runner,
-    tensorflow_signature,
-    tflite_runner,
-    to_nhwc,
-)
+from pipeline.measure.runtimes import Runner, fed, tensorflow_parameters, tensorflow_runner, tensorflow_signature
 
-FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".keras": "Keras", ".h5": "Keras"}
+# Keras and SavedModel teachers are this module's own; ONNX and TFLite teachers (any ``pipeline.formats`` format)
+# are spelled, read and run as the formats table says
+KERAS = "Keras"
+KERAS_SUFFIXES = (".keras", ".h5")
 SAVED_MODEL = "SavedModel"
-RUNTIMES = {"ONNX": "onnxruntime", "TFLite": "tflite", "Keras": "tensorflow", SAVED_MODEL: "tensorflow"}
+TENSORFLOW = "tensorflow"  # the runtime of Keras and SavedModel teachers
 SAVED_MODEL_ARCHIVE = ".savedmodel.zip"
 PROBABILITY_TOLERANCE = 1e-2  # |row sum - 1| of a softmax output (int8 outputs round each probability)
 LOG_FLOOR = 1e-7  # probabilities of 0 (an int8 softmax rounds small ones to 0) become log(1e-7), not -inf
 
 
 def file_format(path: Path) -> str | None:
-    """ONNX, TFLite, Keras or SavedModel for a teacher file of another framework; None for PyTorch files."""
-    if path.suffix in FORMATS:
-        return FORMATS[path.suffix]
+    """A format's label (ONNX, TFLite), Keras or SavedModel for a teacher file of another framework; None for
+    PyTorch files."""
+    table = format_for_suffix(path.suffix)
+    if table is not None:
+        return table.label
+    if path.suffix in KERAS_SUFFIXES:
+        return KERAS
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return SAVED_MODEL
     return None
@@ -88,16 +87,8 @@ class TeacherInterface(BaseModel):
 
 def _raw_specs(path: Path, fmt: str) -> tuple[TensorSpec, TensorSpec]:
     """The file's first input and output as read by its own tooling (layout not yet known)."""
-    if fmt == "ONNX":
-        from targets.onnx_io import describe_onnx
-
-        inputs, outputs = (described := describe_onnx(path, None, {})).inputs, described.outputs
-    elif fmt == "TFLite":
-        from targets.tflite_io import describe_tflite
-
-        inputs, outputs = (described := describe_tflite(path, {})).inputs, described.outputs
-    else:
-        inputs, outputs = tensorflow_signature(path)
+    table = format_labelled(fmt)
+    inputs, outputs = table.describe(path) if table is not None else tensorflow_signature(path)
     if len(inputs) != 1:
         raise ModelError(f"the teacher {path.name} has {len(inputs)} inputs; a teacher takes one image batch")
     return inputs[0], outputs[0]
@@ -124,12 +115,14 @@ def _layout(spec: TensorSpec, given: str | None, name: str) -> tuple[str, str]:
     )
 
 
-def _embedded_preprocessing(path: Path, fmt: str) -> dict | None:
-    """The preprocessing edgepipe embedded in a released ONNX/TFLite file (``edgepipe release``)."""
-    from pipeline.model_metadata import EMBEDDED_KEY, read_onnx_metadata, read_tflite_metadata
+def _embedded_preprocessing(path: Path, fmt: Format) -> dict | None:
+    """The preprocessing edgepipe embedded in a released file (``edgepipe release``), where its format keeps any."""
+    from pipeline.model_metadata import EMBEDDED_KEY
 
+    if fmt.read_metadata is None:
+        return None
     try:
-        entries = read_onnx_metadata(path) if fmt == "ONNX" else read_tflite_metadata(path)
+        entries = fmt.read_metadata(path)
     except Exception:
         return None
     text = entries.get(EMBEDDED_KEY)
@@ -157,12 +150,12 @@ def _manifest_preprocessing(path: Path) -> tuple[dict, Path] | None:
 
 
 def recorded_preprocessing(path: Path) -> tuple[dict, str] | None:
-    """The preprocessing record edgepipe keeps for an ONNX/TFLite file (a manifest ``Preprocessing``: mean, std,
-    channels, resize, resize_mode, channel_order, …) and where it was found: the entry ``edgepipe release``
-    embedded in the file, else a run's or release's manifest.json beside it that lists the file's sha256; None
-    for other files."""
-    fmt = file_format(path)
-    if fmt not in ("ONNX", "TFLite"):
+    """The preprocessing record edgepipe keeps for a file of a ``pipeline.formats`` format (a manifest
+    ``Preprocessing``: mean, std, channels, resize, resize_mode, channel_order, …) and where it was found: the entry
+    ``edgepipe release`` embedded in the file, else a run's or release's manifest.json beside it that lists the
+    file's sha256; None for other files (Keras, SavedModel, PyTorch)."""
+    fmt = format_for_suffix(path.suffix)
+    if fmt is None:
         return None
     found = _embedded_preprocessing(path, fmt)
     if found is not None:
@@ -206,12 +199,13 @@ def describe_teacher_file(
     except Exception as e:
         raise ModelError(f"cannot read the teacher {path}: {str(e).strip().splitlines()[0]}") from e
     layout, layout_from = _layout(raw_input, given.layout, path.name)
-    if fmt != "TFLite" and raw_input.dtype != "float32":
+    table = format_labelled(fmt)
+    if not (table is not None and table.quantized_input) and raw_input.dtype != "float32":
         raise ModelError(f"the teacher {path.name} takes {raw_input.dtype} input; {fmt} teachers are fed float32")
     pixel_scale, mean, std, source = _normalization(path, fmt, given)
     interface = TeacherInterface(
         format=fmt,
-        runtime=RUNTIMES[fmt],
+        runtime=table.runtime if table is not None else TENSORFLOW,
         input=raw_input.model_copy(update={"layout": layout}),
         output=output,
         layout_from=layout_from,
@@ -288,13 +282,9 @@ def loadable_path(path: Path) -> Path:
 
 def file_runner(path: Path, interface: TeacherInterface, threads: int | None) -> Runner:
     """The file on its own runtime, fed float NCHW in the teacher's normalization; returns float outputs."""
-    if interface.format == "ONNX":
-        runner = onnxruntime_runner(path, "CPUExecutionProvider", threads)
-        if interface.layout == "NCHW":
-            return runner
-        return fed(runner, to_nhwc)
-    if interface.format == "TFLite":
-        return tflite_runner(path, [interface.input], [interface.output], threads)
+    table = format_labelled(interface.format)
+    if table is not None:
+        return table.cpu_runner(path, [interface.input], [interface.output], threads)
     return tensorflow_runner(loadable_path(path), interface.layout, threads)
 
 
@@ -355,8 +345,10 @@ def adopt_teacher_file(
     run's ``folder`` and load it; what its outputs are (logits or probabilities) is settled on the first validation
     batch when ``given.outputs`` is auto."""
     interface = describe_teacher_file(source, given, splits, data_name, mapped)
-    if interface.format == "TFLite" and interface.layout != "NHWC":
-        raise ModelError(f"the teacher {source.name} takes NCHW input; the TFLite interpreter is fed NHWC here")
+    table = format_labelled(interface.format)
+    if table is not None and interface.layout not in table.layouts:
+        feeds = f"{table.runtime_label} is fed {table.layout} here"
+        raise ModelError(f"the teacher {source.name} takes {interface.layout} input; {feeds}")
     stored = store_teacher_file(source, folder)
     teacher = FileTeacher(stored, interface, splits.mean, splits.std)
     outputs = given.outputs
@@ -381,12 +373,14 @@ def source_digest(path: Path) -> str:
 
 
 def file_parameters(path: Path, interface: TeacherInterface) -> int:
-    """Parameters of the teacher file: onnx-tool's count (ONNX), its constant tensors' elements (TFLite), or
-    TensorFlow's count (Keras)."""
-    from pipeline.measure.model_profile import onnx_profile, tflite_profile
+    """Parameters of the teacher file: its format's count (onnx-tool's for ONNX, its constant tensors' elements for
+    TFLite), or TensorFlow's count (Keras, SavedModel).
 
-    if interface.format == "ONNX":
-        return onnx_profile(path).params
-    if interface.format == "TFLite":
-        return tflite_profile(path).params
-    return tensorflow_parameters(loadable_path(path))
+    Raises:
+        ModelError: a file of a format that counts no parameters."""
+    table = format_labelled(interface.format)
+    if table is None:
+        return tensorflow_parameters(loadable_path(path))
+    if table.profile is None:
+        raise ModelError(f"the teacher {path.name}: {table.label} files have no parameter count")
+    return table.profile(path).params

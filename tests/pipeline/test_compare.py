@@ -95,15 +95,6 @@ def test_cli_exit_codes(run_a: Manifest, tmp_path: Path) -> None:
     assert not (a / "report.md").exists(), "comparing writes nothing"
 
 
-def test_cli_misuse(run_a: Manifest, tmp_path: Path) -> None:
-    """A threshold without --compare is a config error (2); a RUN_B without manifest a run-state error (6)."""
-    a = save(run_a, tmp_path / "a")
-    cli = CliRunner()
-    assert cli.invoke(app, ["report", str(a), "--max-size-increase", "3"]).exit_code == 2
-    missing = cli.invoke(app, ["report", str(a), "--compare", str(tmp_path / "nope")])
-    assert missing.exit_code == 6 and "has no manifest.json" in missing.stderr
-
-
 def test_help_states_the_defaults() -> None:
     """The help text's defaults are the ones applied."""
     text = " ".join(CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "300"}).stdout.split())

@@ -238,14 +238,3 @@ def test_run_puts_both_students_side_by_side(tmp_path: Path, teacher_checkpoint:
     before = checkpoint.stat().st_mtime_ns
     run_pipeline(parse_config(raw), out, set())
     assert checkpoint.stat().st_mtime_ns == before
-
-
-def test_prune_command_errors(unpruned_run: Path, tmp_path: Path) -> None:
-    """`edgepipe prune` exits 6 on a missing run directory and 2 on a run without a prune: section (one line)."""
-    cli = CliRunner()
-    missing = cli.invoke(app, ["prune", str(tmp_path / "no-such-run")])
-    assert missing.exit_code == 6 and "not an edgepipe run directory" in missing.stderr
-    unconfigured = cli.invoke(app, ["prune", str(unpruned_run)])
-    assert unconfigured.exit_code == 2
-    (line,) = [line for line in unconfigured.stderr.splitlines() if line.startswith("edgepipe: error:")]
-    assert "has no prune: section" in line and "Traceback" not in unconfigured.output

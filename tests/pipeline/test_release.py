@@ -171,27 +171,6 @@ def test_bundle_entries_describe_the_run(bundle: Path, finished_run: Path) -> No
     assert manifest["artifacts"]["tflite-int8"]["input"]["scale"] is not None
 
 
-@pytest.mark.parametrize(
-    ("name", "code", "words"),
-    [
-        ("tflite-int9", 2, ["'tflite-int9'", "tflite-int8", "did you mean"]),
-        ("onnx-int8-ort-defaults", 2, ["reference"]),
-    ],
-)
-def test_bad_target_is_one_line(finished_run: Path, tmp_path: Path, name: str, code: int, words: list[str]) -> None:
-    result = CliRunner().invoke(app, release_args(finished_run, tmp_path / "out", name))
-    assert result.exit_code == code
-    line = one_error_line(result)
-    assert all(word in line for word in words), line
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_missing_target_or_out_is_one_line(finished_run: Path, tmp_path: Path) -> None:
-    assert CliRunner().invoke(app, release_args(finished_run, tmp_path / "out")).exit_code == 2
-    result = CliRunner().invoke(app, ["release", str(finished_run), "--target", "onnx-int8"])
-    assert result.exit_code == 2 and "--out" in one_error_line(result)
-
-
 def test_target_not_exported(run_copy: Path, tmp_path: Path) -> None:
     """A known target the run did not export exits 6 and says how to export it."""
     manifest = Manifest.load(run_copy / "manifest.json")

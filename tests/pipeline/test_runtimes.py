@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from pipeline.manifest import Manifest, TensorSpec
+from pipeline.manifest import TensorSpec
 from pipeline.measure.runtimes import dequantize_output, onnxruntime_runner, quantize_input, torch_runner
 from pipeline.stages.export import artifact_runner
 
@@ -22,21 +20,19 @@ def test_quantize_input_rounds_and_clips() -> None:
     np.testing.assert_allclose(back[:3], [0.0, 0.5, -0.5])
 
 
-def test_runners_agree_with_direct_runtimes(
-    finished_run: Path, digits_splits, student_model, tflite_invoke, onnx_invoke
-) -> None:
-    """Each edgepipe runner gives what the runtime gives when fed directly."""
-    manifest = Manifest.load(finished_run / "manifest.json")
-    x = digits_splits.normalize(digits_splits.test.x[:64])
-    torch_logits = torch_runner(student_model, 1).predict(x)
-    onnx_record = manifest.artifacts["onnx-fp32"]
-    onnx_logits = onnxruntime_runner(finished_run / onnx_record.path, "CPUExecutionProvider", 1).predict(x)
-    np.testing.assert_allclose(onnx_logits, onnx_invoke(finished_run / onnx_record.path, x), atol=1e-6)
+def test_runners_agree_with_direct_runtimes(inline_exports, tflite_invoke, onnx_invoke) -> None:
+    """Each edgepipe runner gives what the runtime gives when fed directly (files of the tiny inline module)."""
+    x = inline_exports.check_x[:64]
+    torch_logits = torch_runner(inline_exports.model, 1).predict(x)
+    onnx_path = inline_exports.get("onnx-fp32").path
+    onnx_logits = onnxruntime_runner(onnx_path, "CPUExecutionProvider", 1).predict(x)
+    np.testing.assert_allclose(onnx_logits, onnx_invoke(onnx_path, x), atol=1e-6)
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
-    record = manifest.artifacts["tflite-int8"]
-    runner = artifact_runner(finished_run / record.path, "tflite", record.inputs, record.outputs, 1)
+    exported = inline_exports.get("tflite-int8")
+    spec_in, spec_out = exported.result.inputs, exported.result.outputs
+    runner = artifact_runner(exported.path, "tflite", spec_in, spec_out, 1)
     assert (runner.runtime, runner.provider) == ("tflite", "XNNPACK")
-    q = quantize_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), record.inputs[0])
-    direct = dequantize_output(tflite_invoke(finished_run / record.path, q), record.outputs[0])
+    q = quantize_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), spec_in[0])
+    direct = dequantize_output(tflite_invoke(exported.path, q), spec_out[0])
     np.testing.assert_allclose(runner.predict(x), direct, atol=1e-6)
     assert callable(runner.timed_call(x[:1]))

@@ -63,6 +63,8 @@ def test_user_student_file_and_image_folder_through_run(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and f"wrote {out / 'report.md'}" in done.stdout
+    assert not list(out.rglob("*.tmp*")), "temp files left behind"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["classes"] == sorted(["zero", "one", "two", "three"])
     assert manifest["data"]["preprocessing"]["resize"] == [12, 12]

@@ -3,10 +3,10 @@ runs it (the installed console script, a YAML config, ``--out``), on small data.
 
 Nothing here hard-codes how a pattern ends: each run must be *honest*. It prints no traceback and writes report.md
 and manifest.json; every configured target is either an export record or a one-line entry of
-``manifest["failures"]`` (one line naming the target, no converter dump, with a hint); the exit code is 5 when a
-target failed, else 8 when an artifact is over its accuracy budget after fallback and QAT-KD
-(``info["over_budget"]``), else 0; a non-zero exit opens the report with FAILED naming each such artifact; every
-int8 record states its ``int8_share``. As a check that does not trust the pipeline's own
+``manifest["failures"]`` (one line naming the target, no converter dump, with a hint); no temp file is left; the
+exit code is 5 when a target failed, else 8 when an artifact is over its accuracy budget after fallback and QAT-KD
+(``info["over_budget"]``), else 0 (and stdout names report.md); a non-zero exit opens the report with FAILED naming
+each such artifact; every int8 record states its ``int8_share``. As a check that does not trust the pipeline's own
 verdict, an int8 file that collapsed on test (``COLLAPSE_POINTS`` below the float student) must be over budget.
 
 The slowest patterns are behind the ``slow`` marker (``pytest -m slow tests/zoo``); the default set keeps the
@@ -196,6 +196,9 @@ def broken_rules(done: subprocess.CompletedProcess, out: Path, targets: list[str
     problems = [f"a traceback was printed, ending {last.strip()!r}"] if "Traceback" in output else []
     if not (out / "report.md").is_file() or not (out / "manifest.json").is_file():
         return [*problems, f"exit {done.returncode} without report.md and manifest.json: {error_lines(done.stderr)}"]
+    problems += [f"temp file left behind: {p.relative_to(out)}" for p in out.rglob("*.tmp*")]
+    if done.returncode == 0 and "report.md" not in done.stdout:
+        problems.append("exit 0 without naming report.md on stdout")
     manifest = json.loads((out / "manifest.json").read_text())
     artifacts, failures = manifest["artifacts"], manifest.get("failures", [])
     failed = {failure["target"]: failure for failure in failures}
