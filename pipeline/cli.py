@@ -246,6 +246,25 @@ def prune(
 
 @app.command()
 @reports_errors
+def calibrate(
+    run_dir: Path = RunDirArg,
+    force: bool = typer.Option(False, help="Draw again even if cached."),
+    quiet: bool = QuietOption,
+    progress_mode: ProgressMode = ProgressOption,
+) -> None:
+    """Draw the calibration set from the training split (the calibrate stage alone; `quantize` also builds the int8
+    targets from it)."""
+    with _progress_view("calibrate", run_dir, progress_mode, quiet) as view, view.stage("calibrate"):
+        from pipeline.stages.calibrate import CALIBRATION_PATH, run_calibrate
+
+        run = _open(run_dir)
+        calibration = run_calibrate(run, force)
+    selection = run.config.calibration.selection
+    typer.echo(f"calibration: {len(calibration)} training images ({selection}) in {run.path(CALIBRATION_PATH)}")
+
+
+@app.command()
+@reports_errors
 def quantize(
     run_dir: Path = RunDirArg,
     force: bool = typer.Option(False, help="Redraw and requantize."),

@@ -552,7 +552,7 @@ def _missing_run_dir(command: str) -> Callable[[Env], Call]:
     return build
 
 
-for _command in ("distill", "quantize", "prune", "export", "bench", "report"):
+for _command in ("distill", "calibrate", "quantize", "prune", "export", "bench", "report"):
     case(RUN_STATE, says=("no-such-run", "not an edgepipe run directory"))(_missing_run_dir(_command))
 
 
@@ -802,4 +802,4 @@ def test_matrix_covers_every_command() -> None:
     """At least 30 cases, and every command that takes input appears in one."""
     assert len(CASES) >= 30
     used = {param.values[0].__name__.split("_")[0] for param in CASES}
-    assert {"run", "distill", "quantize", "prune", "export", "bench", "report", "targets"} <= used
+    assert {"run", "distill", "calibrate", "quantize", "prune", "export", "bench", "report", "targets"} <= used

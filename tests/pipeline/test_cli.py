@@ -52,7 +52,7 @@ def test_help_lists_commands(cli: CliRunner) -> None:
     """`--help` works and names every command."""
     result = cli.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "distill", "quantize", "export", "bench", "report", "targets"):
+    for command in ("run", "distill", "calibrate", "quantize", "export", "bench", "report", "targets"):
         assert command in result.stdout
 
 
@@ -127,6 +127,21 @@ def test_cli_export_rebuilds_only_named_target(run_copy: Path, snapshot_artifact
     assert record["sha256"] == after["onnx-int8"][2]
     (line,) = result.stdout.strip().splitlines()
     assert line.startswith(f"onnx-int8: {record['path']} ({record['bytes']} bytes, sha256 {record['sha256'][:12]})")
+
+
+def test_cli_calibrate_draws_again_only_when_forced(cli: CliRunner, run_copy: Path) -> None:
+    """`edgepipe calibrate DIR` reuses the calibration set; `--force` draws it again (same seed: same samples, a
+    new file); either way it says how many training images it holds and where."""
+    path = run_copy / "calibration" / "calibration.npz"
+    before = path.stat().st_mtime_ns
+    reused = cli.invoke(app, ["calibrate", str(run_copy), "--quiet"])
+    assert reused.exit_code == 0, reused.stderr
+    assert path.stat().st_mtime_ns == before
+    size = json.loads((run_copy / "manifest.json").read_text())["artifacts"]["calibration"]["info"]["size"]
+    assert reused.stdout.strip() == f"calibration: {size} training images (stratified) in {path}"
+    forced = cli.invoke(app, ["calibrate", str(run_copy), "--force", "--quiet"])
+    assert forced.exit_code == 0, forced.stderr
+    assert path.stat().st_mtime_ns != before
 
 
 def test_interrupt_exits_130(cli: CliRunner, finished_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
