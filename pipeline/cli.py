@@ -274,8 +274,8 @@ def quantize(
     """Draw the calibration set and build the int8 targets (static post-training quantization): the calibrate,
     export and qat stages for the int8 targets."""
     with _progress_view("quantize", run_dir, progress_mode, quiet) as view:
-        from pipeline.progress import Stage
-        from pipeline.run import trains_qat
+        from pipeline.progress import Stage, plural
+        from pipeline.run import qat_stage, trains_qat
         from pipeline.stages.calibrate import run_calibrate
         from pipeline.stages.export import run_export
         from pipeline.stages.qat import run_qat
@@ -283,10 +283,15 @@ def quantize(
 
         run = _open(run_dir)
         int8 = [name for name in run.config.export.targets if TARGETS.get(name).needs_calibration]
+        if not int8:
+            raise ConfigError(
+                f"{run.root / 'config.yaml'} names no int8 target in export.targets: nothing to quantize",
+                f"add onnx-int8 or tflite-int8 to export.targets, or build another with `edgepipe export {run.root}`",
+            )
         qat = trains_qat(run.config, int8)
         view.plan(
-            [Stage("calibrate", quick=True), Stage("export", f"{len(int8)} int8 targets")]
-            + [Stage("qat", "int8 targets over budget")] * qat
+            [Stage("calibrate", quick=True), Stage("export", plural(len(int8), "int8 target"))]
+            + [qat_stage(run.config)] * qat
         )
         with view.stage("calibrate"):
             run_calibrate(run, force)
@@ -320,8 +325,8 @@ def export(
     for name in target:
         TARGETS.get(name)
     with _progress_view("export", run_dir, progress_mode, quiet) as view:
-        from pipeline.progress import Stage
-        from pipeline.run import trains_qat
+        from pipeline.progress import Stage, plural
+        from pipeline.run import qat_stage, trains_qat
         from pipeline.stages.calibrate import run_calibrate
         from pipeline.stages.export import run_export
         from pipeline.stages.qat import run_qat
@@ -330,20 +335,16 @@ def export(
         names = target or run.config.export.targets
         calibrates = any(TARGETS.get(name).needs_calibration for name in names)
         qat = trains_qat(run.config, names)
-        export_stage = Stage("export", f"{len(names)} target{'s' if len(names) != 1 else ''}")
-        view.plan(
-            [Stage("calibrate", quick=True)] * calibrates
-            + [export_stage]
-            + [Stage("qat", "int8 targets over budget")] * qat
-        )
+        export_stage = Stage("export", plural(len(names), "target"))
+        view.plan([Stage("calibrate", quick=True)] * calibrates + [export_stage] + [qat_stage(run.config)] * qat)
         if calibrates:
             with view.stage("calibrate"):
                 run_calibrate(run)
         with view.stage("export"):
             records = run_export(run, target or None, set(target))
         if qat:
-            with view.stage("qat"):
-                records += run_qat(run, target or None, set(target))
+            with view.stage("qat"):  # a named target is rebuilt; the QAT-KD student is not retrained for it
+                records += run_qat(run, target or None)
     for record in records:
         typer.echo(f"{record.name}: {record.path} ({record.bytes} bytes, sha256 {record.sha256[:12]})")
     _raise_if_export_failed(run)
@@ -512,13 +513,18 @@ def release(
 
 
 @app.command("targets")
+@reports_errors
 def list_targets() -> None:
-    """List the export targets, one line each."""
+    """List the export targets, one line each: name, description, then where a target is not built by default
+    and the config key of its own options."""
     from targets import TARGETS
 
+    width = max(map(len, TARGETS.names()))
     for name in TARGETS:
         target = TARGETS.get(name)
-        typer.echo(f"{name:<12} {target.description}")
+        notes = ["only when named in export.targets"] * (not target.default)
+        notes += [f"options: export.{target.options_key()}"] * (target.options is not None)
+        typer.echo(f"{name:<{width}}  {target.description}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 @app.command()

@@ -9,6 +9,8 @@ live here, so no import cycle runs through the config.
 from __future__ import annotations
 
 import difflib
+import re
+import typing
 from pathlib import Path
 
 import yaml
@@ -19,14 +21,64 @@ from pipeline.data.splits import SOURCES
 from pipeline.errors import ConfigError
 from pipeline.manifest import QAT_SUFFIX
 
+UNION_MEMBER = re.compile(r"^(bool|int|float|str|constrained-\w+|(literal|function-\w+|list|dict|nullable)\[.*\])$")
 
-def _describe(error: ValidationError, where: tuple[str, ...] = ()) -> str:
-    """The first error of ``error`` on one line, naming its dotted key (under ``where``, the section validated)."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in (*where, *first["loc"])) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"unknown config key {key!r}"
-    return f"config key {key!r}: {first['msg'].removeprefix('Value error, ')}"
+
+def _config_error(
+    error: ValidationError, where: tuple[str, ...] = (), model: type[BaseModel] = RunConfig
+) -> ConfigError:
+    """The first error of ``error`` as one ConfigError naming its dotted key (under ``where``, the section validated
+    into ``model``). A value that fits no member of a union (``2 | 'auto'``) gets every member's expectation; an
+    unknown key gets its section's keys, and a close one as the hint."""
+    errors = error.errors()
+    loc = _field_path(errors[0]["loc"])
+    key = ".".join(str(part) for part in (*where, *loc)) or "(top level)"
+    if errors[0]["type"] == "extra_forbidden":
+        valid = _keys_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        listed = f"; valid: {', '.join(valid)}" if valid else ""
+        return ConfigError(
+            f"unknown config key {key!r}{listed}", f"did you mean {close[0]!r}?" if close else CONFIG_HINT
+        )
+    messages = [e["msg"] for e in errors if _field_path(e["loc"]) == loc]
+    if not all(message.startswith("Input should be ") for message in messages):  # a validator's own sentence
+        return ConfigError(f"config key {key!r}: {messages[0].removeprefix('Value error, ')}", CONFIG_HINT)
+    expected = " or ".join(dict.fromkeys(_expectation(message) for message in messages))
+    got = f"; got {errors[0]['input']!r}" if not isinstance(errors[0].get("input"), (dict, list)) else ""
+    return ConfigError(f"config key {key!r} should be {expected}{got}", CONFIG_HINT)
+
+
+def _field_path(loc: tuple) -> tuple:
+    """``loc`` without pydantic's union-member labels (``constrained-int``, ``literal['auto']``)."""
+    return tuple(part for part in loc if not (isinstance(part, str) and UNION_MEMBER.match(part)))
+
+
+def _expectation(message: str) -> str:
+    """A pydantic "Input should be …" message as what the value should be, in the config's words: "a valid integer"
+    (no parser detail after a comma, no internal model class names)."""
+    message = message.removeprefix("Input should be ")
+    message = re.sub(r"a valid dictionary or instance of \w+", "a mapping of keys", message)
+    return message.split(", unable to")[0]
+
+
+def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys of the config section at ``path`` (its model's fields), or [] where the path leaves the models."""
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        inner = (
+            [a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
+        )
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _flatten(annotation) -> list:
+    """``annotation`` and every type argument inside it (``X | None`` → X, None)."""
+    return [annotation, *(inner for arg in typing.get_args(annotation) for inner in _flatten(arg))]
 
 
 CONFIG_HINT = "see examples/config.yaml for every key"
@@ -43,7 +95,7 @@ def parse_config(raw: dict) -> RunConfig:
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e), CONFIG_HINT) from None
+        raise _config_error(e) from None
     return check_config(config)
 
 
@@ -62,19 +114,36 @@ def check_config(config: RunConfig) -> RunConfig:
         ConfigError: the first name, key or value that does not fit, naming it.
     """
     from pipeline.training.losses import check_loss_params
-    from targets import TARGETS
 
     config = config.model_copy(
         update={"export": _checked_export(config.export), "calibration": _checked_calibration(config.calibration)}
     )
     if config.prune is not None:
-        TARGETS.get(config.prune.measure.target)
+        _target(config.prune.measure.target, "prune.measure.target")
     for name in config.gate.targets:
-        TARGETS.get(name.removesuffix(QAT_SUFFIX))
-    for spec in config.distill.losses if config.distill else []:
-        check_loss_params(spec.name, spec.params)
+        _target(name.removesuffix(QAT_SUFFIX), f"gate.targets.{name}")
+    for index, spec in enumerate(config.distill.losses if config.distill else []):
+        try:
+            check_loss_params(spec.name, spec.params)
+        except ConfigError as e:
+            raise ConfigError(f"distill.losses.{index}: {e}", e.hint or CONFIG_HINT) from None
     _check_file_teacher(config)
     return config
+
+
+def _target(name: str, key: str) -> None:
+    """Raise a ConfigError naming config key ``key`` unless target ``name`` is registered."""
+    from targets import TARGETS
+
+    try:
+        TARGETS.get(name)
+    except ConfigError as e:
+        raise ConfigError(f"config key {key!r}: {e}", e.hint) from None
+
+
+def _mapping(value: object) -> object:
+    """A plug-in's options as written: none (a key whose sub-keys are all commented out) means its defaults."""
+    return {} if value is None else value
 
 
 def _unknown_key(where: str, key: str, valid: list[str]) -> ConfigError:
@@ -89,7 +158,7 @@ def _options(model: type[BaseModel], value: object, where: tuple[str, ...]) -> B
     try:
         return model.model_validate(value)
     except ValidationError as e:
-        raise ConfigError(_describe(e, where), CONFIG_HINT) from None
+        raise _config_error(e, where, model) from None
 
 
 def _checked_export(export: ExportConfig) -> ExportConfig:
@@ -98,14 +167,17 @@ def _checked_export(export: ExportConfig) -> ExportConfig:
     from targets import TARGETS
 
     targets = TARGETS.defaults() if export.targets is None else export.targets
+    twice = next((name for index, name in enumerate(targets) if name in targets[:index]), None)
+    if twice:
+        raise ConfigError(f"config key 'export.targets' names {twice!r} twice", "list each target once")
     for name in targets:
-        TARGETS.get(name)
+        _target(name, "export.targets")
     models = TARGETS.options_models()
     given = export.model_extra or {}
     for key in given:
         if key not in models:
             raise _unknown_key("export", key, [*ExportConfig.model_fields, *models])
-    options = {key: _options(model, given.get(key, {}), ("export", key)) for key, model in models.items()}
+    options = {key: _options(model, _mapping(given.get(key)), ("export", key)) for key, model in models.items()}
     declared = {field: getattr(export, field) for field in ExportConfig.model_fields}
     return ExportConfig.model_construct(export.model_fields_set, **declared | {"targets": list(targets)}, **options)
 

@@ -73,6 +73,7 @@ class GateError(EdgepipeError):
 
 
 class SetupError(EdgepipeError):
-    """`edgepipe doctor`: a package or the default data the pipeline needs is missing or does not import."""
+    """`edgepipe doctor`: a package or the default data the pipeline needs is missing or does not import; a target
+    plug-in module does not load."""
 
     exit_code = 9

@@ -37,6 +37,11 @@ _SHOWN = {"stage": ("plain",), "event": ("plain", "rich"), "warning": ("plain", 
 _MARKS = {"pending": ("·", "dim"), "running": ("▸", "bold cyan"), "done": ("✓", "green"), "failed": ("✗", "red")}
 
 
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, with an s unless the count is 1: "1 target", "6 targets"."""
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 def duration(seconds: float) -> str:
     """``12.3 s`` under a minute, else ``2:05`` (m:ss) or ``1:02:05`` (h:mm:ss)."""
     return f"{seconds:.1f} s" if seconds < 59.95 else clock_text(seconds)

@@ -33,6 +33,11 @@ def trains_qat(config: RunConfig, targets: list[str] | None = None) -> bool:
     return int8 and config.quantize.qat.when != "never"
 
 
+def qat_stage(config: RunConfig) -> progress.Stage:
+    """The qat stage as the progress view lists it: which int8 targets it rebuilds (``quantize.qat.when``)."""
+    return progress.Stage("qat", "every int8 target" if config.quantize.qat.when == "always" else "int8 over budget")
+
+
 def planned_stages(config: RunConfig) -> list[progress.Stage]:
     """The stages ``config`` runs, in order: data, distill, calibrate (when an export target, or pruning's measure
     target, is int8), prune (with a ``prune:`` section), export, qat (when an int8 target may need QAT-KD), bench,
@@ -43,8 +48,8 @@ def planned_stages(config: RunConfig) -> list[progress.Stage]:
         progress.Stage("distill", "" if config.distill is not None else "take in the trained student"),
         progress.Stage("calibrate", quick=True) if calibrates(config) else None,
         progress.Stage("prune") if config.prune is not None else None,
-        progress.Stage("export", f"{targets} target{'s' if targets != 1 else ''}"),
-        progress.Stage("qat", "int8 targets over budget") if trains_qat(config) else None,
+        progress.Stage("export", progress.plural(targets, "target")),
+        qat_stage(config) if trains_qat(config) else None,
         progress.Stage("bench"),
         progress.Stage("report", quick=True),
     ]

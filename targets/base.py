@@ -118,15 +118,45 @@ class TargetRegistry(Registry[type[Target]]):
 
         def add_in_order(cls: type[Target]) -> type[Target]:
             add(cls)  # a duplicate name raises here
-            if cls.options is not None and cls.options_key() in ExportConfig.model_fields:
+            problem = self._problem(cls)
+            if problem:
                 del self._entries[name]
-                raise ValueError(f"target {name!r}: its options key {cls.options_key()!r} is an export setting")
+                raise TypeError(f"target {name!r}: {problem}")
             ordered = sorted(self._entries.items(), key=lambda item: listing_order(item[1]))
             self._entries.clear()  # in place: a test's monkeypatch of the dict restores into this one
             self._entries.update(ordered)
             return cls
 
         return add_in_order
+
+    def _problem(self, cls: type[Target]) -> str | None:
+        """What keeps ``cls`` (just added) from being a target, or None: a class attribute every target sets is
+        missing, its format is not in ``FORMATS``, or its options model is not a pydantic model with a default for
+        every field that refuses unknown keys, or has the config key of an export setting or of another target's
+        options."""
+        missing = [attr for attr in REQUIRED_ATTRIBUTES if not hasattr(cls, attr)]
+        if missing:
+            return f"sets no {', '.join(missing)} (every Target subclass sets {', '.join(REQUIRED_ATTRIBUTES)})"
+        if cls.format not in FORMATS:
+            return f"format {cls.format!r} is none of the registered formats ({', '.join(FORMATS.names())})"
+        if cls.options is None:
+            return None
+        if not (isinstance(cls.options, type) and issubclass(cls.options, BaseModel)):
+            return f"options must be a pydantic BaseModel subclass, not {cls.options!r}"
+        if cls.options.model_config.get("extra") != "forbid":
+            return "its options model must refuse unknown keys (model_config = ConfigDict(extra='forbid'))"
+        required = [field for field, info in cls.options.model_fields.items() if info.is_required()]
+        if required:
+            return f"its options need a default for {', '.join(required)} (a run that does not use it still loads them)"
+        key = cls.options_key()
+        if key in ExportConfig.model_fields:
+            return f"its options key {key!r} is an export setting"
+        clash = [
+            other.name
+            for other in self._entries.values()
+            if other is not cls and other.options and other.options_key() == key
+        ]
+        return f"its options key {key!r} is also that of target {clash[0]!r}" if clash else None
 
     def defaults(self) -> list[str]:
         """The targets built when ``export.targets`` is not given: every registered one whose ``default`` is set."""
@@ -137,6 +167,7 @@ class TargetRegistry(Registry[type[Target]]):
         return {cls.options_key(): cls.options for cls in self._entries.values() if cls.options}
 
 
+REQUIRED_ATTRIBUTES = ("name", "description", "format", "precision", "suffix", "parent")
 TARGETS = TargetRegistry("target")
 
 

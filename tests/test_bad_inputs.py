@@ -274,6 +274,12 @@ def distill_config_option_bad_yaml(env: Env) -> Call:
     return Call(["distill", env.run, "--config", config], watch=[env.run])
 
 
+@case(CONFIG, says=("names no int8 target in export.targets", "nothing to quantize"))
+def quantize_without_int8_targets(env: Env) -> Call:
+    env.edit_run_config(env.run, export={"targets": ["onnx-fp32", "tflite-fp16"]})
+    return Call(["quantize", env.run], watch=[env.run])
+
+
 @case(CONFIG)
 def quantize_run_config_unknown_key(env: Env) -> Call:
     env.edit_run_config(env.run, calibration={"sise": 64})

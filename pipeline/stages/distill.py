@@ -223,6 +223,7 @@ def _train(
             **({"outputs": outputs} if outputs else {}),
             **class_map_info(model, run.splits.classes),
             "losses": [spec.model_dump() for spec in losses],
+            **cfg.model_dump(include={"mixup", "cutmix"}),  # when set: off is left out of the dump
             **({"initialized_from": str(initial), "initialized_from_sha256": sha256_file(initial)} if initial else {}),
             **summary,
         },

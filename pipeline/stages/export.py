@@ -264,7 +264,7 @@ def run_export(run: RunDir, targets: list[str] | None = None, force: set[str] | 
     others are still built; a re-run replaces the failures of every target it tries. Raises RunStateError when an
     earlier stage's output (student, calibration) is missing."""
     force = force or set()
-    names = targets or run.config.export.targets
+    names = run.config.export.targets if targets is None else targets
     exporter = Exporter(run, force, run.shipped_student())
     records = build_all(exporter, names)
     replace_failures(run, with_parents(names), list(exporter.failures.values()))

@@ -111,7 +111,7 @@ def run_qat(run: RunDir, targets: list[str] | None = None, force: set[str] | Non
     ``force``. Returns the ``<target>-qat`` records built or reused; the failures of the ``<target>-qat`` artifacts
     tried are replaced in ``manifest.failures`` (every one of them when training fails)."""
     force = force or set()
-    names = targets or run.config.export.targets
+    names = run.config.export.targets if targets is None else targets
     exported = [run.manifest.artifacts[name] for name in names if name in run.manifest.artifacts]
     qat_names, reduce_range, left_out = qat_targets(run, exported)
     records, failures = _build_qat(run, force, qat_names, reduce_range, left_out) if qat_names else ([], [])

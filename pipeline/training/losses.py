@@ -8,11 +8,13 @@ Adding a loss is one factory and one ``@LOSSES.register`` line.
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, TypeAdapter, ValidationError
 from torch import nn
 
 from pipeline.errors import ConfigError
@@ -39,6 +41,9 @@ class DistillLoss(nn.Module):
 
 
 LossFactory = Callable[..., DistillLoss]
+Temperature = Annotated[float, Field(gt=0)]  # a softmax temperature
+Weight = Annotated[float, Field(ge=0)]  # a loss term's weight
+Share = Annotated[float, Field(ge=0, le=1)]  # a share of the objective, e.g. Hinton's label weight alpha
 LOSSES: Registry[LossFactory] = Registry("distillation loss")
 
 
@@ -120,34 +125,32 @@ def cross_entropy(student, teacher, example, **_) -> DistillLoss:
 
 
 @LOSSES.register("hinton")
-def hinton(student, teacher, example, temperature: float = 4.0, alpha: float = 0.5) -> DistillLoss:
+def hinton(student, teacher, example, temperature: Temperature = 4.0, alpha: Share = 0.5) -> DistillLoss:
     """Hinton KD with temperature T and label weight alpha."""
-    if temperature <= 0 or not 0 <= alpha <= 1:
-        raise ConfigError(f"hinton loss needs temperature > 0 and 0 ≤ alpha ≤ 1; got {temperature}, {alpha}")
     return _LogitLoss(hinton_loss, temperature=temperature, alpha=alpha)
 
 
 @LOSSES.register("lskd")
 def logit_standardized(
-    student, teacher, example, temperature: float = 2.0, kd_weight: float = 9.0, ce_weight: float = 0.1
+    student, teacher, example, temperature: Temperature = 2.0, kd_weight: Weight = 9.0, ce_weight: Weight = 0.1
 ) -> DistillLoss:
     """KD on z-scored logits (Sun et al., CVPR 2024); defaults: the paper's CIFAR-100 setting (base temperature 2,
     KD weight 9, CE weight 0.1)."""
-    if temperature <= 0 or kd_weight < 0 or ce_weight < 0:
-        raise ConfigError(
-            f"lskd loss needs temperature > 0 and weights ≥ 0; got {temperature}, {kd_weight}, {ce_weight}"
-        )
     return _LogitLoss(standardized_kd_loss, temperature=temperature, kd_weight=kd_weight, ce_weight=ce_weight)
 
 
 @LOSSES.register("dkd")
 def decoupled(
-    student, teacher, example, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0
+    student,
+    teacher,
+    example,
+    alpha: Weight = 1.0,
+    beta: Weight = 8.0,
+    temperature: Temperature = 4.0,
+    ce_weight: Weight = 1.0,
 ) -> DistillLoss:
     """Decoupled KD (Zhao et al., CVPR 2022); defaults: the paper's CIFAR-100 setting (alpha 1, beta 8, T 4, CE
     weight 1; its 20-epoch linear warm-up of the KD terms is not applied)."""
-    if temperature <= 0 or min(alpha, beta, ce_weight) < 0:
-        raise ConfigError(f"dkd loss needs temperature > 0 and weights ≥ 0; got {temperature}, {alpha}, {beta}")
     return _LogitLoss(dkd_loss, alpha=alpha, beta=beta, temperature=temperature, ce_weight=ce_weight)
 
 
@@ -251,8 +254,10 @@ class Objective(nn.Module):
 
 
 def check_loss_params(name: str, params: dict) -> None:
-    """Raise ConfigError unless ``params`` are exactly what loss ``name`` accepts (names the bad key)."""
-    signature = inspect.signature(LOSSES.get(name))
+    """Raise ConfigError unless ``params`` are exactly what loss ``name`` accepts, each of the type and in the range
+    its factory's annotation says (``Temperature``: > 0, ``Weight``: ≥ 0, ``Share``: in [0, 1]); names the bad key."""
+    factory = LOSSES.get(name)
+    signature = inspect.signature(factory)
     accepted = [
         p for p in list(signature.parameters)[3:] if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
     ]
@@ -262,17 +267,15 @@ def check_loss_params(name: str, params: dict) -> None:
     for key in accepted:
         if signature.parameters[key].default is inspect.Parameter.empty and key not in params:
             raise ConfigError(f"loss {name!r} needs parameter {key!r}")
+    hints = typing.get_type_hints(factory, include_extras=True)
     for key, value in params.items():
-        expected = _PARAM_TYPES.get(str(signature.parameters[key].annotation))
-        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise ConfigError(
-                f"loss {name!r} parameter {key!r} must be {signature.parameters[key].annotation}; got {value!r}"
-            )
+        try:
+            TypeAdapter(hints.get(key, typing.Any)).validate_python(value, strict=True)
+        except ValidationError as e:
+            message = e.errors()[0]["msg"].removeprefix("Input should be ")
+            raise ConfigError(f"loss {name!r} parameter {key!r} should be {message}; got {value!r}") from None
 
 
 def reads_teacher_features(name: str) -> bool:
     """Whether loss ``name`` taps the teacher's inner layers (its factory takes a ``teacher_layer``)."""
     return "teacher_layer" in inspect.signature(LOSSES.get(name)).parameters
-
-
-_PARAM_TYPES = {"float": (int, float), "int": (int,), "str": (str,)}

@@ -52,6 +52,47 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        (
+            {"distill": {"threads": "many"}},
+            "config key 'distill.threads' should be a valid integer or 'auto'; got 'many'",
+        ),
+        (
+            {"export": {"onnx_int8": {"per_channel": "maybe"}}},
+            "config key 'export.onnx_int8.per_channel' should be a valid boolean or 'auto'; got 'maybe'",
+        ),
+        ({"export": {"onnx_int8": [1]}}, "config key 'export.onnx_int8' should be a mapping of keys"),
+        (
+            {"distill": {"epoch": 3}},
+            "unknown config key 'distill.epoch'; valid: epochs, batch_size",
+        ),
+    ],
+)
+def test_errors_speak_the_config_not_pydantic(raw: dict, line: str) -> None:
+    """Union members (``constrained-int``, ``literal['auto']``) and model class names never reach the user; every
+    member of a union is named; an unknown key lists its section's keys and hints the close one."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert caught.value.one_line().startswith(line)
+    assert "constrained" not in caught.value.one_line() and "Config" not in caught.value.one_line()
+
+
+def test_unknown_nested_key_hints_the_close_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"data": {"augment": {"hflp": True}}})
+    assert caught.value.hint == "did you mean 'hflip'?"
+
+
+def test_options_left_empty_are_the_defaults() -> None:
+    """``export.onnx_int8:`` with every sub-key commented out (YAML null) is onnx-int8's defaults."""
+    from targets import TARGETS
+
+    config = parse_config({"export": {"onnx_int8": None}})
+    assert TARGETS.get("onnx-int8").options_of(config) == TARGETS.get("onnx-int8").options()
+
+
+@pytest.mark.parametrize(
     ("raw", "key"),
     [
         ({"distill": {"epochs": "many"}}, "distill.epochs"),
@@ -60,7 +101,7 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
         ({"data": {"val_fraction": 0.9}}, "data.val_fraction"),
         ({"export": {"exporter": "onnxmltools"}}, "export.exporter"),
         ({"export": {"onnx_int8": {"activation_type": "int4"}}}, "export.onnx_int8.activation_type"),
-        ({"export": {"onnx_int8": None}}, "export.onnx_int8"),
+        ({"export": {"onnx_int8": [1, 2]}}, "export.onnx_int8"),
         ({"calibration": {"percentile": 50}}, "calibration.percentile"),
     ],
 )
@@ -181,3 +222,16 @@ def test_default_config_is_unchanged_by_absolute_paths(tiny_config_dict: dict, w
     assert dump_config(load_config(None, absolute=True)) == dump_config(load_config(None))
     tiny = write_config(tiny_config_dict)
     assert dump_config(load_config(tiny, absolute=True)) == dump_config(load_config(tiny))
+
+
+@pytest.mark.parametrize(
+    ("targets", "line"),
+    [
+        (["onnx-int8", "onnx-fp32", "onnx-int8"], "config key 'export.targets' names 'onnx-int8' twice"),
+        (["onnx-int9"], "config key 'export.targets': unknown target 'onnx-int9'"),
+    ],
+)
+def test_export_targets_name_each_target_once(targets: list[str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"export": {"targets": targets}})
+    assert caught.value.one_line().startswith(line)

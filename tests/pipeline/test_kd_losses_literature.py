@@ -73,14 +73,23 @@ def test_logit_standardized_kd_matches_its_definition() -> None:
 @pytest.mark.parametrize(
     ("name", "params", "fragment"),
     [
-        ("dkd", {"beta": -1.0}, "weights ≥ 0"),
-        ("lskd", {"temperature": 0.0}, "temperature > 0"),
+        ("dkd", {"beta": -1.0}, "parameter 'beta' should be greater than or equal to 0; got -1.0"),
+        ("dkd", {"ce_weight": -1}, "parameter 'ce_weight' should be greater than or equal to 0; got -1"),
+        ("lskd", {"temperature": 0.0}, "parameter 'temperature' should be greater than 0"),
+        ("hinton", {"alpha": 5}, "parameter 'alpha' should be less than or equal to 1"),
+        ("hinton", {"temperature": True}, "parameter 'temperature' should be a valid number"),
     ],
 )
-def test_bad_parameters_are_config_errors(name: str, params: dict, fragment: str) -> None:
-    check_loss_params(name, params)  # the names and types are right; the values are checked when built
-    with pytest.raises(ConfigError, match=fragment):
-        LOSSES.get(name)(None, None, None, **params)
+def test_bad_values_are_config_errors_when_the_config_is_read(
+    tiny_config_dict: dict, name: str, params: dict, fragment: str
+) -> None:
+    """Out-of-range values are caught with the config (before any run directory or training), naming the entry."""
+    from pipeline.config_load import parse_config
+
+    tiny_config_dict["distill"]["losses"] = [{"name": "ce"}, {"name": name, **params}]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tiny_config_dict)
+    assert caught.value.one_line().startswith(f"distill.losses.1: loss {name!r} {fragment}")
 
 
 def test_unknown_parameter_names_the_accepted_ones() -> None:

@@ -93,7 +93,7 @@ def test_target_option_overrides(toy) -> None:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"level": 0}, "config key 'export.toy_fp16.level': Input should be greater than or equal to 1"),
+        ({"level": 0}, "config key 'export.toy_fp16.level' should be greater than or equal to 1; got 0"),
         ({"mode": "tiny"}, "config key 'export.toy_fp16.mode'"),
         ({"levle": 4}, "unknown config key 'export.toy_fp16.levle'"),
         ("high", "config key 'export.toy_fp16'"),
@@ -160,18 +160,7 @@ def test_default_targets_come_from_the_registry(toy, monkeypatch: pytest.MonkeyP
     assert yaml.safe_load(dump_config(config))["export"]["targets"] == DOCUMENTED_ORDER
     monkeypatch.setattr(ToyFp16, "default", True)
     assert parse_config({}).export.targets == ["onnx-fp32", "toy-fp16", *DOCUMENTED_ORDER[1:]]
-    assert parse_config({"export": {"targets": []}}).export.targets == []
-
-
-def test_an_options_key_cannot_shadow_an_export_setting() -> None:
-    """A target whose options key would be an export setting is refused when it registers."""
-
-    class Opset(ToyFp16):
-        name = "opset"
-
-    with pytest.raises(ValueError, match="'opset' is an export setting"):
-        register_target(Opset)
-    assert "opset" not in TARGETS
+    assert parse_config({"export": {"targets": []}}).export.targets == []  # a run that only distils and benches
 
 
 def test_calibration_method_option_is_validated() -> None:
@@ -180,7 +169,7 @@ def test_calibration_method_option_is_validated() -> None:
     assert percentile.options_of(parse_config({}).calibration).percentile == 99.999
     config = parse_config({"calibration": {"method": "percentile", "percentile": 99.9}})
     assert percentile.options_of(config.calibration).percentile == 99.9
-    with pytest.raises(ConfigError, match="config key 'calibration.percentile': Input should be less than or equal"):
+    with pytest.raises(ConfigError, match="config key 'calibration.percentile' should be less than or equal"):
         parse_config({"calibration": {"percentile": 101}})
 
 
