@@ -83,7 +83,7 @@ def pareto_front(measurements: list[Measurement]) -> list[Measurement]:
     return front
 
 
-def _svg(figure: Figure, name: str) -> str:
+def figure_svg(figure: Figure, name: str) -> str:
     """The figure as an ``<svg>`` element to inline: no XML prolog or metadata, text kept as text, every id
     (and every reference to one) prefixed with ``name`` so figures on one page never share an id."""
     buffer = io.StringIO()
@@ -285,7 +285,7 @@ def accuracy_latency_figure(measurements: list[Measurement]) -> Figure:
 
 def accuracy_latency_svg(measurements: list[Measurement]) -> str:
     """``accuracy_latency_figure`` as inline SVG."""
-    return _svg(accuracy_latency_figure(measurements), "plot-accuracy-latency")
+    return figure_svg(accuracy_latency_figure(measurements), "plot-accuracy-latency")
 
 
 def size_figure(sizes: dict[str, int], colors: dict[str, str]) -> Figure:
@@ -307,7 +307,7 @@ def size_figure(sizes: dict[str, int], colors: dict[str, str]) -> Figure:
 
 def size_svg(sizes: dict[str, int], colors: dict[str, str]) -> str:
     """``size_figure`` as inline SVG."""
-    return _svg(size_figure(sizes, colors), "plot-sizes")
+    return figure_svg(size_figure(sizes, colors), "plot-sizes")
 
 
 def _latency_row(ax: Axes, y: int, m: Measurement, color: str) -> bool:
@@ -366,4 +366,4 @@ def latency_figure(measurements: list[Measurement]) -> Figure:
 
 def latency_svg(measurements: list[Measurement]) -> str:
     """``latency_figure`` as inline SVG."""
-    return _svg(latency_figure(measurements), "plot-latency")
+    return figure_svg(latency_figure(measurements), "plot-latency")

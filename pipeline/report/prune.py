@@ -185,7 +185,7 @@ def path_svg(manifest: Manifest) -> str | None:
         return None
     from matplotlib.figure import Figure
 
-    from pipeline.report.plots import _svg as inline_svg  # the report's one way of inlining a figure
+    from pipeline.report.plots import figure_svg  # the report's one way of inlining a figure
 
     path = search["path"]
     figure = Figure(figsize=(8.0, 4.0))
@@ -209,7 +209,7 @@ def path_svg(manifest: Manifest) -> str | None:
     ax.set_ylabel("validation top-1 (%)")
     ax.grid(True, linewidth=0.3)
     ax.legend(fontsize=7)
-    return inline_svg(figure, "plot-prune-path")
+    return figure_svg(figure, "plot-prune-path")
 
 
 def md_lines(manifest: Manifest, md_table) -> list[str]:
