@@ -40,9 +40,14 @@ def summary(rows: list[dict]) -> str:
     of its accuracy): a gain is only called larger than the spread when its mean exceeds that std and every seed
     gains."""
     gains = [r["kd_gain"] for r in rows]
-    spread = statistics.stdev(r["baseline"] for r in rows) if len(rows) > 1 else float("nan")
-    std = statistics.stdev(gains) if len(gains) > 1 else float("nan")
     ratio = rows[0]["teacher_parameters"] / rows[0]["student_parameters"]
+    if len(rows) == 1:
+        return (
+            f"KD gain {gains[0]:+.2f} points on one seed (no spread: pass several --seeds); student has {ratio:.1f}× "
+            "fewer parameters than the teacher"
+        )
+    spread = statistics.stdev(r["baseline"] for r in rows)
+    std = statistics.stdev(gains)
     larger = statistics.mean(gains) > spread and min(gains) > 0
     return (
         f"mean KD gain {statistics.mean(gains):+.2f} ± {std:.2f} points (std over {len(rows)} seeds; "
