@@ -189,7 +189,9 @@ def run(
 def distill(
     run_dir: Path = RunDirArg,
     force: bool = typer.Option(False, help="Retrain even if cached (an interrupted training resumes without it)."),
-    baseline: bool = typer.Option(False, help="Also train the student from labels alone, same budget (KD gain)."),
+    baseline: bool = typer.Option(
+        False, help="Also train the student from labels alone, same budget (KD gain), distill.baseline_seeds times."
+    ),
     config: Optional[Path] = typer.Option(None, help="Start RUN_DIR from this YAML config (default: open RUN_DIR)."),
     quiet: bool = QuietOption,
     progress_mode: ProgressMode = ProgressOption,

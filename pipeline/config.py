@@ -334,6 +334,13 @@ class DistillConfig(TrainConfig):
         description="Weighted sum of registered losses, e.g. hinton (temperature, alpha), dkd, lskd, mse, hint.",
     )
     baseline: bool = Field(False, description="Also train the same student from labels alone, same budget (KD gain).")
+    baseline_seeds: int = Field(
+        1,
+        ge=1,
+        description="How many baseline students to train (with baseline or `edgepipe distill --baseline`): the same "
+        "split and budget, training seeds seed, seed + 1, …; with 2 or more the report gives the KD gain over their "
+        "mean and says whether it is larger than their seed-to-seed spread.",
+    )
     output: ModelOutput = Field(0, description=OUTPUT_DESCRIPTION)
 
 

@@ -322,6 +322,17 @@ class SanityWarning(_Record):
 PRUNED_STUDENT = "student-pruned"  # the artifact the prune stage records
 QAT_STUDENT = "student-qat"  # the artifact the qat stage records: the QAT-KD student
 QAT_SUFFIX = QAT_STUDENT.removeprefix("student")  # <target>-qat: a target built from the QAT-KD student
+BASELINE = "baseline"  # the first labels-only baseline student; distill.baseline_seeds adds baseline-2, baseline-3, …
+
+
+def baseline_name(index: int) -> str:
+    """The artifact name of baseline student ``index`` (0-based): ``baseline``, then ``baseline-2``, …"""
+    return BASELINE if index == 0 else f"{BASELINE}-{index + 1}"
+
+
+def is_baseline(name: str) -> bool:
+    """Whether artifact ``name`` is one of the labels-only baseline students."""
+    return name == BASELINE or name.startswith(f"{BASELINE}-")
 
 
 class Manifest(_Record):

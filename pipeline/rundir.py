@@ -23,6 +23,7 @@ from pipeline.manifest import (
     DataRecord,
     Manifest,
     Preprocessing,
+    is_baseline,
 )
 from pipeline.run_lock import lock_run
 from pipeline.training import distributed
@@ -216,7 +217,7 @@ class RunDir:
         """The command that makes artifact ``name`` and the artifacts it needs that another command makes."""
         if name in ("teacher", "student"):
             return f"edgepipe distill {self.root}", []
-        if name == "baseline":
+        if is_baseline(name):
             return f"edgepipe distill {self.root} --baseline", []
         if name == PRUNED_STUDENT:
             return f"edgepipe prune {self.root}", ["teacher", "student"]

@@ -8,7 +8,8 @@
 - **teacher-not-better**: the teacher scores no higher than the student distilled from it (skipped without
   distillation, when the run's reference is the student itself, and when both score 100 %).
 - **kd-below-baseline**: the distilled student scores below the same student trained from labels alone
-  (``distill.baseline``), on the same test split.
+  (``distill.baseline``), on the same test split; with several baselines (``distill.baseline_seeds``), below the
+  mean of their test top-1.
 
 Each warning is recorded in the manifest, printed on stderr and shown near the top of the report. When the gate
 is configured it fails the gate (exit 8) unless ``gate.allow_warnings`` names its kind. Torch-free (the report
@@ -24,7 +25,7 @@ from pipeline import progress
 from pipeline.config import GateConfig
 from pipeline.manifest import PRUNED_STUDENT, QAT_STUDENT, Manifest, SanityKind, SanityWarning
 from pipeline.report.gate import gate_configured
-from pipeline.report.sections import reference_is_student
+from pipeline.report.sections import baseline_names, reference_is_student, train_seed
 
 if TYPE_CHECKING:
     from pipeline.rundir import RunDir
@@ -91,15 +92,27 @@ def _teacher_warnings(manifest: Manifest) -> list[tuple[SanityKind, str, str]]:
 
 
 def _baseline_warnings(manifest: Manifest) -> list[tuple[SanityKind, str, str]]:
-    student, baseline = _accuracy(manifest, "student"), _accuracy(manifest, "baseline")
-    if manifest.config.get("distill") is None or student is None or baseline is None or student >= baseline:
+    student = _accuracy(manifest, "student")
+    names = baseline_names(manifest)
+    measured = {name: accuracy for name in names if (accuracy := _accuracy(manifest, name)) is not None}
+    if manifest.config.get("distill") is None or student is None or not measured:
         return []
+    baseline = sum(measured.values()) / len(measured)
+    if student >= baseline:
+        return []
+    if len(measured) == 1:
+        which = f"the same student trained from labels alone ({baseline:.2f} %)"
+    else:
+        seeds = ", ".join(str(train_seed(manifest, name)) for name in measured)
+        which = (
+            f"the mean of {len(measured)} copies of the same student trained from labels alone ({baseline:.2f} %, "
+            f"training seeds {seeds})"
+        )
     return [
         (
             "kd-below-baseline",
             "student",
-            f"the distilled student scores {student:.2f} % test top-1, below the same student trained from labels "
-            f"alone ({baseline:.2f} %): the distillation costs accuracy",
+            f"the distilled student scores {student:.2f} % test top-1, below {which}: the distillation costs accuracy",
         )
     ]
 

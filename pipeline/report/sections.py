@@ -5,9 +5,10 @@ Text is markdown-inline (`code`, **bold**); each renderer turns it into its own 
 
 from __future__ import annotations
 
+import statistics
 from typing import NamedTuple
 
-from pipeline.manifest import LatencyStats, Manifest, Measurement, TargetFailure
+from pipeline.manifest import LatencyStats, Manifest, Measurement, TargetFailure, is_baseline
 from pipeline.measure.machine_load import free_cores
 from pipeline.report.gate import over_budget
 
@@ -378,7 +379,7 @@ def _file_teacher_note(info: dict) -> str:
 
 
 def model_bullets(manifest: Manifest) -> list[str]:
-    """Teacher, student, baseline and KD gain; empty until both teacher and student exist."""
+    """Teacher, student, baselines and KD gain; empty until both teacher and student exist."""
     teacher, student = manifest.artifacts.get("teacher"), manifest.artifacts.get("student")
     if not teacher or not student:
         return []
@@ -392,19 +393,79 @@ def model_bullets(manifest: Manifest) -> list[str]:
         f"loss {_losses(student.info)}, {student.info['epochs_run']} epochs, best val epoch "
         f"{student.info['best_epoch']} ({student.info['val_accuracy']:.2f} % val)",
     ]
-    baseline = manifest.artifacts.get("baseline")
-    if baseline:
-        bullets.append(
-            f"baseline student: same architecture and budget, loss {_losses(baseline.info)}, "
-            f"best val epoch {baseline.info['best_epoch']} ({baseline.info['val_accuracy']:.2f} % val)"
+    return bullets + _baseline_bullets(manifest)
+
+
+def baseline_names(manifest: Manifest) -> list[str]:
+    """The labels-only baseline students recorded (``distill.baseline``): ``baseline``, then ``baseline-2`` … when
+    ``distill.baseline_seeds`` trained more, in training-seed order."""
+    return [name for name in manifest.artifacts if is_baseline(name)]
+
+
+def train_seed(manifest: Manifest, name: str) -> int | None:
+    """The training seed of trained model ``name``: its ``info.train_seed``, else (a record from before it was
+    recorded) the run's seed."""
+    return manifest.artifacts[name].info.get("train_seed", manifest.config.get("seed"))
+
+
+def _baseline_bullets(manifest: Manifest) -> list[str]:
+    """What the baseline students are, and the KD gain over those measured on PyTorch."""
+    names = baseline_names(manifest)
+    if not names:
+        return []
+    infos = [manifest.artifacts[name].info for name in names]
+    if len(names) == 1:
+        about = (
+            f"baseline student: same architecture and budget, loss {_losses(infos[0])}, "
+            f"best val epoch {infos[0]['best_epoch']} ({infos[0]['val_accuracy']:.2f} % val)"
+        )
+    else:
+        seeds = ", ".join(str(train_seed(manifest, name)) for name in names)
+        epochs = ", ".join(str(info["best_epoch"]) for info in infos)
+        val = ", ".join(f"{info['val_accuracy']:.2f}" for info in infos)
+        about = (
+            f"baseline students: {len(names)} training seeds ({seeds}), same architecture and budget, loss "
+            f"{_losses(infos[0])}, best val epochs {epochs} ({val} % val)"
         )
     pytorch = {m.artifact: m.accuracy for m in manifest.measurements if m.runtime == "pytorch"}
-    if "baseline" in pytorch and "student" in pytorch:
-        bullets.append(
-            f"**KD gain** (test top-1, KD student − baseline student): "
-            f"{pytorch['student'] - pytorch['baseline']:+.2f} points"
+    measured = [(train_seed(manifest, name), pytorch[name]) for name in names if name in pytorch]
+    if "student" not in pytorch or not measured:
+        return [about]
+    return [about, kd_gain_line(pytorch["student"], measured)]
+
+
+def kd_gain_line(student: float, baselines: list[tuple[int | None, float]]) -> str:
+    """The KD gain bullet: the KD student's test top-1 (percent) minus the mean of the baselines' (each given as
+    (training seed, test top-1 percent)).
+
+    With two or more baselines it gives their seed-to-seed spread (sample std and range, points) and says whether
+    the gain is larger than it: the gain exceeds the std and the KD student beats every baseline seed."""
+    head = "**KD gain** (test top-1, KD student − "
+    if len(baselines) == 1:
+        ((_, baseline),) = baselines
+        return (
+            f"{head}baseline student): {student - baseline:+.2f} points; one baseline seed: seed-to-seed spread not "
+            "measured (distill.baseline_seeds: 3 measures it)"
         )
-    return bullets
+    scores = [score for _, score in baselines]
+    gain, std = student - statistics.mean(scores), statistics.stdev(scores)
+    best_seed, best = max(baselines, key=lambda baseline: baseline[1])
+    short = []  # why the gain is not larger than the spread
+    if gain <= std:
+        short.append("the gain does not exceed the std")
+    if student <= best:
+        short.append(f"baseline seed {best_seed} scores {best:.2f} %, not below the KD student's {student:.2f} %")
+    verdict = (
+        f"not larger than the seed-to-seed spread ({'; '.join(short)})"
+        if short
+        else "larger than the seed-to-seed spread (the gain exceeds the std and the KD student beats every baseline "
+        "seed)"
+    )
+    return (
+        f"{head}mean of {len(scores)} baseline students): {gain:+.2f} points; baselines' seed-to-seed std "
+        f"{std:.2f} points, range {min(scores):.2f}–{max(scores):.2f} % (training seeds "
+        f"{', '.join(str(seed) for seed, _ in baselines)}): {verdict}"
+    )
 
 
 def _given_bullets(manifest: Manifest) -> list[str]:

@@ -21,7 +21,7 @@ from pipeline.environment import TF2ONNX_TOOLS, tool_versions
 from pipeline.errors import DataError, failure_reason
 from pipeline.formats import FORMATS, all_formats, format_labelled
 from pipeline.io import hash_json
-from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, BenchLoad, Measurement, Skipped
+from pipeline.manifest import PRUNED_STUDENT, ArtifactRecord, BenchLoad, Measurement, Skipped, is_baseline
 from pipeline.measure.format_plan import format_plan, format_probe
 from pipeline.measure.harness import Plan, measure_plan
 from pipeline.measure.machine_load import load_snapshot, threads_warning
@@ -142,9 +142,10 @@ def _reference_is_student(run: RunDir) -> bool:
 
 
 def _plans(run: RunDir) -> list[tuple[str, str, Callable[[], list[Plan]]]]:
-    """(artifact, runtime, plan factory) for the teacher, the students and every exported artifact."""
+    """(artifact, runtime, plan factory) for the teacher, the students (every baseline among them) and every
+    exported artifact."""
     shape = list(run.splits.test.x.shape[1:])
-    names = ["teacher", "student"] + (["baseline"] if "baseline" in run.manifest.artifacts else [])
+    names = ["teacher", "student"] + [name for name in run.manifest.artifacts if is_baseline(name)]
     if _reference_is_student(run):
         names.remove("teacher")  # the student's rows stand for it (see run_bench)
     if run.shipped_student() == PRUNED_STUDENT:

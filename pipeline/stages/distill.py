@@ -1,5 +1,6 @@
-"""Stage 1: the teacher (loaded or trained), the student distilled from it, and optionally a baseline
-student trained from labels alone with the same budget (to measure the KD gain)."""
+"""Stage 1: the teacher (loaded or trained), the student distilled from it, and optionally baseline students
+trained from labels alone with the same budget (to measure the KD gain): ``distill.baseline_seeds`` of them, the
+same split and budget with training seeds seed, seed + 1, … (``baseline``, ``baseline-2``, …)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipeline import progress as view
 from pipeline.config import ClassMap, LossSpec, StudentConfig, TrainConfig
 from pipeline.errors import ConfigError, ModelError, first_line
 from pipeline.io import sha256_file
+from pipeline.manifest import BASELINE, baseline_name
 from pipeline.measure.machine_load import training_threads
 from pipeline.measure.runtimes import torch_threads_kept
 from pipeline.rundir import RunDir
@@ -168,11 +170,14 @@ def _train(
     parent: str | None = None,
     output: int | str = 0,
     initial: Path | None = None,
+    *,
+    seed: int,
 ) -> nn.Module:
     """Build (or load from the state_dict checkpoint ``initial``), train, save and record one model (resuming from
-    its progress checkpoint when one matches)."""
+    its progress checkpoint when one matches); ``seed`` draws its initial weights and its batches (recorded as
+    ``info.train_seed``)."""
     channels, classes = _shape(run)
-    seed_everything(run.config.seed)
+    seed_everything(seed)
     outputs_built = _outputs_to_build(run, name, arch, arch_kwargs, initial)
     start = (
         build_model(arch, channels, outputs_built, arch_kwargs)
@@ -193,7 +198,7 @@ def _train(
         model=model,
         objective=objective,
         cfg=cfg,
-        seed=run.config.seed,
+        seed=seed,
         progress_path=progress_path,
         job_id=artifact_id,
         teacher=teacher,
@@ -225,6 +230,7 @@ def _train(
             "losses": [spec.model_dump() for spec in losses],
             **cfg.model_dump(include={"mixup", "cutmix"}),  # when set: off is left out of the dump
             **({"initialized_from": str(initial), "initialized_from_sha256": sha256_file(initial)} if initial else {}),
+            "train_seed": seed,
             **summary,
         },
     )
@@ -266,7 +272,9 @@ def ensure_teacher(run: RunDir, force: bool = False) -> nn.Module:
         return load_teacher(run)
     source = teacher_source(run)
     if source is None:
-        return _train(run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id, output=cfg.output)
+        return _train(
+            run, "teacher", cfg.arch, cfg.arch_kwargs, cfg, CE_ONLY, teacher_id, output=cfg.output, seed=run.config.seed
+        )
     channels, classes = _shape(run)
     if file_format(source):
         return _adopt_file_teacher(run, source, teacher_id)
@@ -493,7 +501,8 @@ def _self_reference(run: RunDir) -> None:
 
 
 def run_distill(run: RunDir, force: bool = False, baseline: bool | None = None) -> nn.Module:
-    """Distil the student from the teacher; with ``baseline``, also train it from labels alone. With ``distill:
+    """Distil the student from the teacher; with ``baseline`` (default: ``distill.baseline``), also train it from
+    labels alone, ``distill.baseline_seeds`` times (see :func:`_train_baselines`). With ``distill:
     null``, ship the given student instead (its reference: the configured teacher, else the student itself).
 
     Every model is built or loaded and checked against the data before any training starts. Records which student
@@ -527,7 +536,8 @@ def _distill_or_ship(run: RunDir, force: bool, baseline: bool | None) -> nn.Modu
     view.status("teacher")
     teacher = ensure_teacher(run, force)
     distill_cfg = {
-        **cfg.model_dump(exclude={"baseline", "output", "threads"}),  # threads shape the bytes, not what is trained
+        # threads shape the bytes, not what is trained; the baselines are keyed on their own
+        **cfg.model_dump(exclude={"baseline", "baseline_seeds", "output", "threads"}),
         "arch": spec.arch,
         "arch_kwargs": spec.arch_kwargs,
     }
@@ -543,14 +553,38 @@ def _distill_or_ship(run: RunDir, force: bool, baseline: bool | None) -> nn.Modu
     train_student = (spec.arch, spec.arch_kwargs, cfg)
     if force or not run.manifest.reusable("student", student_id, run.root):
         student = _train(
-            run, "student", *train_student, cfg.losses, student_id, teacher, "teacher", spec.output, initial
+            run,
+            "student",
+            *train_student,
+            cfg.losses,
+            student_id,
+            teacher,
+            "teacher",
+            spec.output,
+            initial,
+            seed=run.config.seed,
         )
     else:
         student = load_student(run)
     if cfg.baseline if baseline is None else baseline:
         baseline_cfg = {k: v for k, v in distill_cfg.items() if k != "losses"}
         baseline_key = {**key, "distill": _output_only_if_set(baseline_cfg, spec.output)}
-        baseline_id = run.artifact_id("baseline", baseline_key, [])
-        if force or not run.manifest.reusable("baseline", baseline_id, run.root):
-            _train(run, "baseline", *train_student, CE_ONLY, baseline_id, output=spec.output, initial=initial)
+        _train_baselines(run, baseline_key, train_student, spec.output, initial, force)
     return student
+
+
+def _train_baselines(
+    run: RunDir, key: dict, train_student: tuple, output: int | str, initial: Path | None, force: bool
+) -> None:
+    """Train (or reuse) the ``distill.baseline_seeds`` labels-only students: baseline ``index`` with training seed
+    ``seed + index`` and its own id (the first keeps the id of the single baseline of earlier runs, so they reuse
+    it); records of baselines beyond the count (from a larger count before) are dropped from the manifest."""
+    count = run.config.distill.baseline_seeds
+    for index in range(count):
+        name, seed = baseline_name(index), run.config.seed + index
+        baseline_id = run.artifact_id(BASELINE, {**key, "train_seed": seed} if index else key, [])
+        if force or not run.manifest.reusable(name, baseline_id, run.root):
+            _train(run, name, *train_student, CE_ONLY, baseline_id, output=output, initial=initial, seed=seed)
+    while baseline_name(count) in run.manifest.artifacts:
+        del run.manifest.artifacts[baseline_name(count)]
+        count += 1

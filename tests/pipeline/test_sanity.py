@@ -1,5 +1,6 @@
-"""Sanity warnings: chance level, a teacher no better than its student, a KD student below its baseline; recorded,
-reported, said on stderr, and failing a configured gate (exit 8) unless accepted."""
+"""Sanity warnings: chance level, a teacher no better than its student, a KD student below its baseline (or the
+mean of its baselines); recorded, reported, said on stderr, and failing a configured gate (exit 8) unless accepted.
+And the report's KD-gain line against the baselines' seed-to-seed spread."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pipeline.manifest import (
 from pipeline.report.gate import raise_if_run_failed
 from pipeline.report.markdown import render_report
 from pipeline.report.sanity import chance_threshold, sanity_warnings
+from pipeline.report.sections import model_bullets
 
 LIMITED = GateConfig(max_drop_vs_teacher=50)
 
@@ -43,8 +45,9 @@ def _row(artifact: str, accuracy: float, runtime: str = "pytorch") -> Measuremen
 def manifest(
     accuracies: dict[str, float], test: int = 10000, largest: int = 1000, distill: dict | None = None, **teacher_info
 ) -> Manifest:
-    """A benched 10-class run: teacher, student (and baseline) PyTorch rows, an exported onnx-fp32 at the
-    student's accuracy; the test split's largest class holds ``largest`` images."""
+    """A benched 10-class run: teacher, student (and baselines: ``baseline``, ``baseline-2`` …, training seeds 0,
+    1, …) PyTorch rows, an exported onnx-fp32 at the student's accuracy; the test split's largest class holds
+    ``largest`` images."""
     counts = {"test": {str(c): largest if c == 0 else (test - largest) // 9 for c in range(10)}}
     preprocessing = Preprocessing(mean=[0.5], std=[0.5], channels=1, height=8, width=8)
     data = DataRecord(
@@ -58,8 +61,8 @@ def manifest(
     }
     rows = [_row(name, accuracy) for name, accuracy in accuracies.items()]
     rows.append(_row("onnx-fp32", accuracies["student"], "onnxruntime"))
-    if "baseline" in accuracies:
-        artifacts["baseline"] = _record("baseline", "distill", **TRAINED, parameters=170)
+    for seed, name in enumerate(name for name in accuracies if name.startswith("baseline")):
+        artifacts[name] = _record(name, "distill", **TRAINED, parameters=170, train_seed=seed)
     config = {"distill": {"epochs": 1} if distill is None else distill}
     return Manifest(edgepipe_version="0", config=config, data=data, artifacts=artifacts, measurements=rows)
 
@@ -110,6 +113,62 @@ def test_a_kd_student_below_its_baseline() -> None:
     (found,) = sanity_warnings(manifest({"teacher": 99, "student": 96.5, "baseline": 97.0}), GateConfig())
     assert (found.kind, found.artifact) == ("kd-below-baseline", "student")
     assert not sanity_warnings(manifest({"teacher": 99, "student": 97.0, "baseline": 97.0}), GateConfig())
+
+
+def test_a_kd_student_below_the_mean_of_its_baselines() -> None:
+    """With several baselines (distill.baseline_seeds) the student is held against their mean test top-1: below it
+    is flagged though above one seed; above it is not, though below another seed."""
+    seeds = {"teacher": 99, "baseline": 96.5, "baseline-2": 97.0, "baseline-3": 97.5}
+    (found,) = sanity_warnings(manifest({**seeds, "student": 96.9}), GateConfig())
+    assert (found.kind, found.artifact) == ("kd-below-baseline", "student")
+    mean = "below the mean of 3 copies of the same student trained from labels alone (97.00 %, training seeds 0, 1, 2)"
+    assert mean in found.message
+    assert not sanity_warnings(manifest({**seeds, "student": 97.1}), GateConfig())
+
+
+def kd_gain_line(run: Manifest) -> str:
+    (line,) = [bullet for bullet in model_bullets(run) if bullet.startswith("**KD gain**")]
+    return line
+
+
+def test_kd_gain_over_several_baselines_says_whether_it_is_larger_than_their_spread() -> None:
+    """Three baselines (the embedded default's 90.96 / 91.15 / 90.80 %): the gain is over their mean, beside their
+    sample std and range; larger than that spread only when it exceeds the std and beats every seed (each shortfall
+    named)."""
+    seeds = {"teacher": 93, "baseline": 90.96, "baseline-2": 91.15, "baseline-3": 90.80}
+    head = "**KD gain** (test top-1, KD student − mean of 3 baseline students): "
+    spread = "baselines' seed-to-seed std 0.18 points, range 90.80–91.15 % (training seeds 0, 1, 2): "
+    larger = manifest({**seeds, "student": 91.40})
+    assert kd_gain_line(larger) == (
+        f"{head}+0.43 points; {spread}larger than the seed-to-seed spread (the gain exceeds the std and the KD "
+        "student beats every baseline seed)"
+    )
+    assert kd_gain_line(manifest({**seeds, "student": 91.10})) == (
+        f"{head}+0.13 points; {spread}not larger than the seed-to-seed spread (the gain does not exceed the std; "
+        "baseline seed 1 scores 91.15 %, not below the KD student's 91.10 %)"
+    )
+    skewed = {"teacher": 93, "baseline": 90.0, "baseline-2": 90.1, "baseline-3": 91.0, "student": 91.0}
+    line = kd_gain_line(manifest(skewed))  # +0.63 > std 0.55, but seed 2 ties the student
+    assert "+0.63 points" in line and "std 0.55 points" in line
+    assert line.endswith(
+        "not larger than the seed-to-seed spread (baseline seed 2 scores 91.00 %, not below the KD student's 91.00 %)"
+    )
+    about = "baseline students: 3 training seeds (0, 1, 2), same architecture and budget, loss 1·ce, best val epochs"
+    assert f"{about} 1, 1, 1 (9.00, 9.00, 9.00 % val)" in model_bullets(larger)
+    assert "larger than the seed-to-seed spread" in render_report(larger)
+    from pipeline.report.html import render_html
+
+    page = render_html(larger)
+    assert "larger than the seed-to-seed spread" in page and "not larger" not in page
+
+
+def test_kd_gain_over_one_baseline_says_the_spread_is_not_measured() -> None:
+    run = manifest({"teacher": 93, "baseline": 90.96, "student": 91.26})
+    assert kd_gain_line(run) == (
+        "**KD gain** (test top-1, KD student − baseline student): +0.30 points; one baseline seed: seed-to-seed "
+        "spread not measured (distill.baseline_seeds: 3 measures it)"
+    )
+    assert "larger" not in kd_gain_line(run)
 
 
 def test_a_configured_gate_fails_on_a_warning_unless_it_is_accepted() -> None:

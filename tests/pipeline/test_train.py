@@ -1,5 +1,5 @@
 """The training loop: LR schedules, seeds, early stop and best-epoch restore, resume after SIGKILL, and the
-label-only baseline (recorded, reused, benched, reported, and reachable from the CLI)."""
+label-only baselines, one per training seed (recorded, reused, benched, reported, and reachable from the CLI)."""
 
 from __future__ import annotations
 
@@ -418,27 +418,69 @@ def test_baseline_is_retrained_when_the_data_changes(tmp_path: Path, student_con
     assert run.manifest.artifacts["baseline"].id != first_id
 
 
+def test_baseline_seeds_train_one_baseline_per_training_seed(tmp_path: Path, student_config: dict) -> None:
+    """distill.baseline_seeds: 2 keeps the run's single baseline (same id and file: the first seed is the run's) and
+    adds `baseline-2`, trained with seed + 1 (other weights), each recording its training seed; a second call
+    reuses both, --force retrains both, and a count lowered again drops the extra record."""
+    student_config["distill"].update(epochs=1, baseline=True)
+    root = tmp_path / "run"
+    run = RunDir.create(root, parse_config(copy.deepcopy(student_config)))
+    run_distill(run)
+    assert [name for name in run.manifest.artifacts if name.startswith("baseline")] == ["baseline"]
+    single = run.manifest.artifacts["baseline"].id, inode(root / "checkpoints/baseline.pt")
+
+    student_config["distill"]["baseline_seeds"] = 2
+    run = RunDir.create(root, parse_config(copy.deepcopy(student_config)))
+    run_distill(run)
+    first, second = run.manifest.artifacts["baseline"], run.manifest.artifacts["baseline-2"]
+    assert (first.id, inode(root / first.path)) == single
+    assert second.path == "checkpoints/baseline-2.pt" and second.id != first.id and second.parent is None
+    assert (first.info["train_seed"], second.info["train_seed"]) == (0, 1)
+    assert second.info["losses"] == [{"name": "ce", "weight": 1.0}]
+    assert run.manifest.artifacts["student"].info["train_seed"] == 0
+    weights = [load_model(run, name).state_dict() for name in ("baseline", "baseline-2")]
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert val_accuracy(load_model(run, "baseline-2"), run.splits) == second.info["val_accuracy"]
+    files = {name: inode(root / f"checkpoints/{name}.pt") for name in ("student", "baseline", "baseline-2")}
+
+    run = RunDir.open(root)
+    run_distill(run)
+    assert {name: inode(root / f"checkpoints/{name}.pt") for name in files} == files
+    assert run.manifest.artifacts["baseline-2"].id == second.id
+    run_distill(run, force=True)
+    assert all(inode(root / f"checkpoints/{name}.pt") != files[name] for name in files)
+
+    student_config["distill"]["baseline_seeds"] = 1
+    run = RunDir.create(root, parse_config(student_config))
+    run_distill(run)
+    assert "baseline-2" not in run.manifest.artifacts and run.manifest.artifacts["baseline"].id == first.id
+
+
 def test_bench_and_report_show_the_kd_gain(tmp_path: Path, student_config: dict) -> None:
-    """distill.baseline: true trains the baseline; bench measures it under pytorch and the report prints the
-    baseline line and the KD gain (student − baseline test top-1) from those measurements."""
+    """distill.baseline: true with baseline_seeds: 2 trains two baselines; bench measures each under pytorch and
+    the report prints the baselines line and the KD gain (student − the baselines' mean test top-1, beside their
+    seed-to-seed spread) from those measurements."""
     from pipeline.stages.bench import run_bench
     from pipeline.stages.report import run_report
 
-    student_config["distill"]["baseline"] = True
+    student_config["distill"].update(baseline=True, baseline_seeds=2)
     run = RunDir.create(tmp_path / "run", parse_config(student_config))
     run_distill(run)
-    assert "baseline" in run.manifest.artifacts
     run_bench(run)
     pytorch = {m.artifact: m for m in run.manifest.measurements if m.runtime == "pytorch"}
-    assert set(pytorch) == {"teacher", "student", "baseline"}
-    baseline_logits = predict_logits(load_model(run, "baseline"), run.splits, run.splits.test)
-    assert pytorch["baseline"].accuracy == round(accuracy(baseline_logits, run.splits.test.y), 2)
+    assert set(pytorch) == {"teacher", "student", "baseline", "baseline-2"}
+    for name in ("baseline", "baseline-2"):
+        logits = predict_logits(load_model(run, name), run.splits, run.splits.test)
+        assert pytorch[name].accuracy == round(accuracy(logits, run.splits.test.y), 2)
     run_report(run)
     report = (tmp_path / "run" / "report.md").read_text()
-    gain = pytorch["student"].accuracy - pytorch["baseline"].accuracy
-    assert f"**KD gain** (test top-1, KD student − baseline student): {gain:+.2f} points" in report
-    assert "baseline student: same architecture and budget, loss 1·ce" in report
-    assert "| baseline | pytorch" in report
+    baselines = [pytorch["baseline"].accuracy, pytorch["baseline-2"].accuracy]
+    gain = pytorch["student"].accuracy - sum(baselines) / 2
+    head = f"**KD gain** (test top-1, KD student − mean of 2 baseline students): {gain:+.2f} points; baselines' "
+    assert head + "seed-to-seed std" in report and "(training seeds 0, 1): " in report
+    assert "larger than the seed-to-seed spread" in report
+    assert "baseline students: 2 training seeds (0, 1), same architecture and budget, loss 1·ce" in report
+    assert "| baseline | pytorch" in report and "| baseline-2 | pytorch" in report
 
 
 def test_cli_distill_baseline_and_force(tmp_path: Path, student_config: dict) -> None:
