@@ -4,10 +4,13 @@ retina, rocket, Chinese temple, flower). One class per photo.
 
 Crops take 15–60 % of the photo's area at aspect ratios 3/4–4/3, are mirrored at random and saved as JPEG
 (quality 90) with the shorter side between 160 and 320 pixels, so sizes and aspect ratios vary as in a real
-folder and a model's resize/crop preprocessing matters.
+folder and a model's resize/crop preprocessing matters. ``--area MIN MAX`` (share of the photo's area) and
+``--shorter MIN MAX`` (pixels) change those ranges: small patches (e.g. ``--area 0.01 0.06``) make a harder task, in
+which some patches (sky, background, texture) could come from several photos.
 
     pip install scikit-image scikit-learn       # only their data files are read
     python bench/natural_folder.py /tmp/natural --per-class 60
+    python bench/natural_folder.py /tmp/patches --per-class 150 --area 0.01 0.06 --shorter 48 64
 
 Prints the folder's class counts and the time taken.
 """
@@ -46,11 +49,17 @@ def photo_path(package: str, relative: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / relative
 
 
-def random_crop(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """One crop of 15–60 % of the area, aspect 3/4–4/3, mirrored with probability 1/2, shorter side 160–320 px."""
+def random_crop(
+    photo: Image.Image,
+    rng: np.random.Generator,
+    area_range: tuple[float, float] = (0.15, 0.6),
+    shorter_range: tuple[int, int] = (160, 320),
+) -> Image.Image:
+    """One crop of 15–60 % of the area (``area_range``), aspect 3/4–4/3, mirrored with probability 1/2, shorter
+    side 160–320 px (``shorter_range``, inclusive)."""
     width, height = photo.size
     for _ in range(100):
-        area = rng.uniform(0.15, 0.6) * width * height
+        area = rng.uniform(*area_range) * width * height
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         w, h = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
         if w <= width and h <= height:
@@ -59,7 +68,7 @@ def random_crop(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
     crop = photo.crop((left, top, left + w, top + h))
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    shorter = int(rng.integers(160, 321))
+    shorter = int(rng.integers(shorter_range[0], shorter_range[1] + 1))
     scale = shorter / min(w, h)
     return crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
 
@@ -69,7 +78,17 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--area", type=float, nargs=2, default=[0.15, 0.6], metavar=("MIN", "MAX"), help="crop area share of the photo"
+    )
+    parser.add_argument(
+        "--shorter", type=int, nargs=2, default=[160, 320], metavar=("MIN", "MAX"), help="saved shorter side, pixels"
+    )
     args = parser.parse_args()
+    if not 0 < args.area[0] <= args.area[1] <= 1:
+        parser.error(f"--area needs 0 < MIN <= MAX <= 1, got {args.area[0]} {args.area[1]}")
+    if not 1 <= args.shorter[0] <= args.shorter[1]:
+        parser.error(f"--shorter needs 1 <= MIN <= MAX, got {args.shorter[0]} {args.shorter[1]}")
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     for name, (package, relative) in PHOTOS.items():
@@ -78,7 +97,8 @@ def main() -> None:
         with Image.open(photo_path(package, relative)) as image:
             photo = image.convert("RGB")
         for i in range(args.per_class):
-            random_crop(photo, rng).save(folder / f"{name}_{i:04d}.jpg", quality=90)
+            crop = random_crop(photo, rng, tuple(args.area), tuple(args.shorter))
+            crop.save(folder / f"{name}_{i:04d}.jpg", quality=90)
         print(f"{name:11s} {args.per_class} crops of {photo.size[0]}×{photo.size[1]} ({relative})")
     print(f"{len(PHOTOS) * args.per_class} images in {args.out}, {time.perf_counter() - start:.1f} s")
 
