@@ -189,7 +189,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(2, ge=1, description="Passes over the training split (the budget; early stop may end sooner).")
     batch_size: int = Field(128, ge=1, description="Global mini-batch size (split across torchrun processes).")
-    lr: float = Field(0.003, gt=0, description="Peak learning rate of AdamW.")
+    lr: float = Field(0.01, gt=0, description="Peak learning rate of AdamW (one-cycle peak by default).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     schedule: Literal["onecycle", "cosine", "step"] = Field(
         "onecycle", description="LR schedule per step: one-cycle warm-up + anneal, cosine decay, or step decay."
