@@ -19,6 +19,8 @@ from pydantic import (
 
 from pipeline.manifest import SanityKind
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -647,7 +649,9 @@ class PruneConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = Field(0, description="Seed of every random choice (splits, init, shuffling, calibration draw).")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of every random choice (splits, init, shuffling, calibration draw)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = Field(
         default_factory=TeacherConfig,
@@ -685,6 +689,12 @@ class RunConfig(_Section):
             return self
         if self.teacher is None:
             raise ValueError("distill needs a teacher; give a teacher section, or distill: null to ship the student")
+        last = self.seed + self.distill.baseline_seeds - 1
+        if last > MAX_SEED:
+            raise ValueError(
+                f"the baselines' training seeds run from seed {self.seed} to {last}, past the largest seed "
+                f"{MAX_SEED}; lower seed or distill.baseline_seeds"
+            )
         defaults = DistillConfig()
         for key in ("arch", "arch_kwargs", "output"):
             own, legacy = getattr(self.student, key), getattr(self.distill, key)

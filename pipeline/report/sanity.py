@@ -8,8 +8,8 @@
 - **teacher-not-better**: the teacher scores no higher than the student distilled from it (skipped without
   distillation, when the run's reference is the student itself, and when both score 100 %).
 - **kd-below-baseline**: the distilled student scores below the same student trained from labels alone
-  (``distill.baseline``), on the same test split; with several baselines (``distill.baseline_seeds``), below the
-  mean of their test top-1.
+  (``distill.baseline``), on the same test split; with several baselines (``distill.baseline_seeds``), below
+  every one of them and below their mean by more than their seed-to-seed std (a loss beyond seed noise).
 
 Each warning is recorded in the manifest, printed on stderr and shown near the top of the report. When the gate
 is configured it fails the gate (exit 8) unless ``gate.allow_warnings`` names its kind. Torch-free (the report
@@ -25,7 +25,7 @@ from pipeline import progress
 from pipeline.config import GateConfig
 from pipeline.manifest import PRUNED_STUDENT, QAT_STUDENT, Manifest, SanityKind, SanityWarning
 from pipeline.report.gate import gate_configured
-from pipeline.report.sections import baseline_names, reference_is_student, train_seed
+from pipeline.report.sections import baseline_names, loss_beyond_spread, reference_is_student, train_seed
 
 if TYPE_CHECKING:
     from pipeline.rundir import RunDir
@@ -98,7 +98,7 @@ def _baseline_warnings(manifest: Manifest) -> list[tuple[SanityKind, str, str]]:
     if manifest.config.get("distill") is None or student is None or not measured:
         return []
     baseline = sum(measured.values()) / len(measured)
-    if student >= baseline:
+    if student >= baseline or (len(measured) > 1 and not loss_beyond_spread(student, list(measured.values()))):
         return []
     if len(measured) == 1:
         which = f"the same student trained from labels alone ({baseline:.2f} %)"

@@ -439,7 +439,8 @@ def kd_gain_line(student: float, baselines: list[tuple[int | None, float]]) -> s
     (training seed, test top-1 percent)).
 
     With two or more baselines it gives their seed-to-seed spread (sample std and range, points) and says whether
-    the gain is larger than it: the gain exceeds the std and the KD student beats every baseline seed."""
+    the gain is larger than it (the gain exceeds the std and the KD student beats every baseline seed), a loss
+    larger than it (see :func:`loss_beyond_spread`), or neither."""
     head = "**KD gain** (test top-1, KD student − "
     if len(baselines) == 1:
         ((_, baseline),) = baselines
@@ -450,6 +451,13 @@ def kd_gain_line(student: float, baselines: list[tuple[int | None, float]]) -> s
     scores = [score for _, score in baselines]
     gain, std = student - statistics.mean(scores), statistics.stdev(scores)
     best_seed, best = max(baselines, key=lambda baseline: baseline[1])
+    if loss_beyond_spread(student, scores):
+        return (
+            f"{head}mean of {len(scores)} baseline students): {gain:+.2f} points; baselines' seed-to-seed std "
+            f"{std:.2f} points, range {min(scores):.2f}–{max(scores):.2f} % (training seeds "
+            f"{', '.join(str(seed) for seed, _ in baselines)}): a loss larger than the seed-to-seed spread (the KD "
+            "student is below the baselines' mean by more than the std and below every baseline seed)"
+        )
     short = []  # why the gain is not larger than the spread
     if gain <= std:
         short.append("the gain does not exceed the std")
@@ -466,6 +474,12 @@ def kd_gain_line(student: float, baselines: list[tuple[int | None, float]]) -> s
         f"{std:.2f} points, range {min(scores):.2f}–{max(scores):.2f} % (training seeds "
         f"{', '.join(str(seed) for seed, _ in baselines)}): {verdict}"
     )
+
+
+def loss_beyond_spread(student: float, baselines: list[float]) -> bool:
+    """Whether the KD student's test top-1 (percent) is below two or more baselines' mean by more than their
+    seed-to-seed std (sample) and below every one of them: distillation cost accuracy beyond seed noise."""
+    return student < min(baselines) and statistics.mean(baselines) - student > statistics.stdev(baselines)
 
 
 def _given_bullets(manifest: Manifest) -> list[str]:

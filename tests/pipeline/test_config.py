@@ -67,6 +67,13 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
             {"distill": {"epoch": 3}},
             "unknown config key 'distill.epoch'; valid: epochs, batch_size",
         ),
+        ({"seed": -1}, "config key 'seed' should be greater than or equal to 0; got -1"),
+        ({"seed": 2**32}, "config key 'seed' should be less than or equal to 4294967295"),
+        (
+            {"seed": 2**32 - 2, "distill": {"baseline_seeds": 3}},
+            "config key '(top level)': the baselines' training seeds run from seed 4294967294 to 4294967296, past "
+            "the largest seed 4294967295",
+        ),
     ],
 )
 def test_errors_speak_the_config_not_pydantic(raw: dict, line: str) -> None:
