@@ -451,24 +451,23 @@ def kd_gain_line(student: float, baselines: list[tuple[int | None, float]]) -> s
     scores = [score for _, score in baselines]
     gain, std = student - statistics.mean(scores), statistics.stdev(scores)
     best_seed, best = max(baselines, key=lambda baseline: baseline[1])
-    if loss_beyond_spread(student, scores):
-        return (
-            f"{head}mean of {len(scores)} baseline students): {gain:+.2f} points; baselines' seed-to-seed std "
-            f"{std:.2f} points, range {min(scores):.2f}–{max(scores):.2f} % (training seeds "
-            f"{', '.join(str(seed) for seed, _ in baselines)}): a loss larger than the seed-to-seed spread (the KD "
-            "student is below the baselines' mean by more than the std and below every baseline seed)"
-        )
     short = []  # why the gain is not larger than the spread
     if gain <= std:
         short.append("the gain does not exceed the std")
     if student <= best:
         short.append(f"baseline seed {best_seed} scores {best:.2f} %, not below the KD student's {student:.2f} %")
-    verdict = (
-        f"not larger than the seed-to-seed spread ({'; '.join(short)})"
-        if short
-        else "larger than the seed-to-seed spread (the gain exceeds the std and the KD student beats every baseline "
-        "seed)"
-    )
+    if loss_beyond_spread(student, scores):
+        verdict = (
+            "a loss larger than the seed-to-seed spread (the KD student is below the baselines' mean by more than "
+            "the std and below every baseline seed)"
+        )
+    elif short:
+        verdict = f"not larger than the seed-to-seed spread ({'; '.join(short)})"
+    else:
+        verdict = (
+            "larger than the seed-to-seed spread (the gain exceeds the std and the KD student beats every baseline "
+            "seed)"
+        )
     return (
         f"{head}mean of {len(scores)} baseline students): {gain:+.2f} points; baselines' seed-to-seed std "
         f"{std:.2f} points, range {min(scores):.2f}–{max(scores):.2f} % (training seeds "
