@@ -32,7 +32,7 @@ from pipeline.measure.runtimes import onnxruntime_runner
 from targets.base import ExportInputs, ExportResult, Target, register_target
 from targets.int8_search import fallback_cost, land, search_int8, top1
 from targets.layer_errors import onnx_layer_errors
-from targets.onnx_io import describe_onnx, qdq_io_quantization
+from targets.onnx_io import describe_onnx, qdq_io_quantization, slim_onnx
 from targets.onnx_share import SHARE_OPS, onnx_int8_share
 
 # Each setting's values, the portable one first: per-channel weights keep each output channel's resolution on every
@@ -209,6 +209,7 @@ class OnnxInt8(Target):
                     nodes_to_exclude=list(float_nodes),
                     **ort_calibration(settings["method"], calibration),
                 )
+            slim_onnx(output)
 
         def score(path: Path):
             with stage("scoring", exporter, log):

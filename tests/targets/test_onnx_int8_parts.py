@@ -83,3 +83,41 @@ def test_a_failure_is_one_line_with_stage_node_op_and_hint(tmp_path: Path) -> No
     with pytest.raises(Exception, match="^onnx-int8: scoring failed: boom$") as raised, stage("scoring"):
         raise ValueError("boom")
     assert raised.value.hint and "\n" not in str(raised.value)
+
+
+def test_slimming_keeps_outputs_and_fused_int8_ops(tmp_path: Path) -> None:
+    """The quantizer's unused opset imports and value_info go; outputs stay bit-identical and onnxruntime still
+    fuses the same int8 kernels (QLinearConv, QGemm)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from calibration.readers import ort_reader
+    from calibration.sampling import CalibrationSet
+    from targets.onnx_io import slim_onnx
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 10))
+    source = export(model, tmp_path / "small.onnx", dynamo=False)
+    pre_process(source, tmp_path / "prepared.onnx")
+    x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
+    calibration = CalibrationSet(x, np.arange(16), np.zeros(16, int))
+    quantized = tmp_path / "int8.onnx"
+    quantize_static(
+        str(tmp_path / "prepared.onnx"), str(quantized), ort_reader(calibration, "input"), quant_format=QuantFormat.QDQ
+    )
+
+    def run(path: Path) -> tuple[np.ndarray, list[str]]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        outputs = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"input": x})
+        return outputs[0], sorted(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+    before, before_ops = run(quantized)
+    assert len(onnx.load(quantized).opset_import) > 1  # the pre-processing's extra domains
+    saved = slim_onnx(quantized)
+    slim = onnx.load(quantized)
+    after, after_ops = run(quantized)
+    assert saved > 0 and [o.domain for o in slim.opset_import] == [""] and not slim.graph.value_info
+    assert np.array_equal(before, after) and after_ops == before_ops and "QLinearConv" in after_ops
+    assert slim_onnx(quantized) == 0  # nothing left to drop
