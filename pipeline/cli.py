@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from pipeline.errors import ConfigError, EdgepipeError
+from pipeline.measure.machine_load import bound_openmp_spin
 
 try:  # typer vendors click from 0.2x on
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -559,6 +560,7 @@ def doctor() -> None:
 
 
 def main() -> None:
+    bound_openmp_spin()  # before anything imports torch
     app(prog_name="edgepipe")
 
 

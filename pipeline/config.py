@@ -205,9 +205,10 @@ class TrainConfig(_Section):
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
         exclude_if=lambda value: value == "auto",  # the default stays out of dumps, so cache ids made before it hold
-        description="Intra-op threads of training (torch.set_num_threads); auto: the cores idle when training starts "
-        "(at most torch's own count, shared among torchrun processes), since threads on busy cores wait for each "
-        "other. The bytes of a checkpoint depend on it: pin it for byte-identical reruns. Recorded as `threads`.",
+        description="Intra-op threads of training (torch.set_num_threads); auto: the cores this process may use "
+        "(CPU affinity, cgroup quota; at most torch's own count, shared among torchrun processes), whatever the "
+        "machine's load, so a busy machine trains the same student as a quiet one. The bytes of a checkpoint depend "
+        "on it: pin it for byte-identical reruns on machines with other core counts. Recorded as `threads`.",
     )
     mixup: float = Field(
         0.0,

@@ -1,12 +1,16 @@
-"""Thread counts from the machine's cores: a warning for more threads than usable cores, and training threads
-chosen from the idle cores unless the config pins them."""
+"""Thread counts from the machine's cores: a warning for more threads than usable cores, training threads from
+the usable cores (never the load) unless the config pins them, and libgomp's spin-wait bounded."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 import pipeline.measure.machine_load as machine_load
-from pipeline.measure.machine_load import threads_warning, training_threads
+from pipeline.measure.machine_load import OPENMP_SPIN_COUNT, bound_openmp_spin, threads_warning, training_threads
 
 
 def test_more_threads_than_usable_cores_is_a_warning() -> None:
@@ -26,22 +30,52 @@ def test_pinned_training_threads_are_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    ("idle", "current", "processes", "expected"),
+    ("usable", "current", "processes", "expected"),
     [(1, 2, None, 1), (2, 2, None, 2), (4, 2, None, 2), (4, 8, "2", 2), (1, 8, "2", 1)],
 )
-def test_auto_training_threads_use_the_idle_cores(
-    monkeypatch: pytest.MonkeyPatch, idle: int, current: int, processes: str | None, expected: int
+def test_auto_training_threads_use_the_usable_cores_whatever_the_load(
+    monkeypatch: pytest.MonkeyPatch, usable: int, current: int, processes: str | None, expected: int
 ) -> None:
-    """auto: the idle cores shared among torchrun's local processes, at most torch's own count, at least 1."""
-    monkeypatch.setattr(machine_load, "idle_cores", lambda: idle)
-    monkeypatch.setattr(machine_load, "usable_cores", lambda: 8)
+    """auto: the usable cores shared among torchrun's local processes, at most torch's own count, at least 1; the
+    load is never read (the weights depend on the count: a busy machine trains the same student as a quiet one)."""
+
+    def load_read() -> int:
+        raise AssertionError("auto training threads must not depend on the machine's load")
+
+    monkeypatch.setattr(machine_load, "idle_cores", load_read)
+    monkeypatch.setattr(machine_load, "busy_cores", load_read)
+    monkeypatch.setattr(machine_load, "usable_cores", lambda: usable)
     if processes is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
-    threads, source = training_threads("auto", current)
-    assert threads == expected
-    assert source == f"auto: {idle} of 8 usable cores idle at the start"
+    assert training_threads("auto", current) == (expected, f"auto: {usable} usable cores")
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [({}, OPENMP_SPIN_COUNT), ({"GOMP_SPINCOUNT": "5"}, "5"), ({"OMP_WAIT_POLICY": "ACTIVE"}, None)],
+)
+def test_openmp_spin_is_bounded_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch, preset: dict[str, str], expected: str | None
+) -> None:
+    for key in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in preset.items():
+        monkeypatch.setenv(key, value)
+    bound_openmp_spin()
+    assert os.environ.get("GOMP_SPINCOUNT") == expected
+
+
+def test_the_cli_bounds_the_spin_before_torch_loads() -> None:
+    """libgomp reads GOMP_SPINCOUNT once, when torch is first imported: the console entry sets it first."""
+    code = (
+        "import os, sys; import pipeline.cli as cli; assert 'torch' not in sys.modules; "
+        "cli.app = lambda **kw: print(os.environ.get('GOMP_SPINCOUNT')); cli.main()"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == OPENMP_SPIN_COUNT
 
 
 def test_free_cores_may_be_zero_and_idle_cores_never_is(monkeypatch: pytest.MonkeyPatch) -> None:

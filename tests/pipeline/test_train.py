@@ -229,11 +229,11 @@ def test_distilled_student_is_its_best_val_epoch(tmp_path: Path, student_config:
 def test_training_threads_are_recorded_and_given_back(
     digits_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads
 ) -> None:
-    """A pinned count trains at that count; auto at the idle cores (at most torch's own count); the record says
+    """A pinned count trains at that count; auto at the usable cores (at most torch's own count); the record says
     which, and torch's thread count is the one it was once training ends."""
     import pipeline.measure.machine_load as machine_load
 
-    monkeypatch.setattr(machine_load, "idle_cores", lambda: 1)
+    monkeypatch.setattr(machine_load, "usable_cores", lambda: 1)
     during: list[int] = []
     job = make_job(digits_splits, tmp_path, epochs=1, threads=threads)
     job.model.register_forward_hook(lambda *_: during.append(torch.get_num_threads()))
@@ -245,9 +245,7 @@ def test_training_threads_are_recorded_and_given_back(
         torch.set_num_threads(1)
     expected = 2 if threads == 2 else 1
     assert summary["threads"] == expected and set(during) == {expected}
-    assert summary["threads_from"] == (
-        "config" if threads == 2 else f"auto: 1 of {machine_load.usable_cores()} usable cores idle at the start"
-    )
+    assert summary["threads_from"] == ("config" if threads == 2 else "auto: 1 usable cores")
 
 
 def test_training_threads_stay_out_of_config_dumps_when_auto() -> None:
