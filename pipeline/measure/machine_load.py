@@ -195,5 +195,8 @@ def training_threads(configured: int | str, current: int) -> tuple[int, str]:
         return int(configured), "config"
     usable = usable_cores()
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    threads = max(1, min(current, usable // processes))
-    return threads, f"auto: {usable} usable cores"
+    share = max(1, usable // processes)
+    source = f"auto: {usable} usable cores" + (f" for {processes} processes" if processes > 1 else "")
+    if current < share:
+        return max(1, current), f"{source}, at most torch's {current} (OMP_NUM_THREADS)"
+    return share, source

@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,12 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
                 )
             loader_spec = importlib.util.spec_from_file_location(f"edgepipe_user_{path.stem}", path)
             module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
+            sys.modules[loader_spec.name] = module  # importable by name, as torch.cond and pickling need
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[loader_spec.name]
+                raise
         else:
             module = importlib.import_module(module_name)
     except ModelError:

@@ -199,7 +199,11 @@ def fit(job: TrainJob, splits: Splits) -> dict:
     """Train ``job.model``; restore the weights of its best val epoch. Returns what happened, for the manifest."""
     cfg, world, rank = job.cfg, distributed.world_size(), distributed.rank()
     device = distributed.device_for(cfg.device)
+    progress = _load_progress(job)
     threads, threads_from = training_threads(cfg.threads, torch.get_num_threads())
+    if progress and cfg.threads == "auto" and progress.get("threads", threads) != threads:
+        threads_from += f"; resumed at the {progress['threads']} threads it began with (the weights depend on it)"
+        threads = progress["threads"]
     torch.set_num_threads(threads)
     seed_everything(job.seed)
     job.model.to(device).to(memory_format=torch.channels_last)
@@ -223,7 +227,6 @@ def fit(job: TrainJob, splits: Splits) -> dict:
         "history": [],
         "resumed_from": None,
     }
-    progress = _load_progress(job)
     if progress:
         trainee_module = trainee.module if world > 1 else trainee
         trainee_module.load_state_dict(progress["trainee"])
@@ -309,6 +312,7 @@ def _save_progress(job: TrainJob, trainee: nn.Module, optimizer, schedule, state
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    "threads": torch.get_num_threads(),
                     **{k: state[k] for k in ("epoch", "best_accuracy", "best_epoch", "best_state", "history")},
                 },
                 tmp,

@@ -31,7 +31,7 @@ def test_pinned_training_threads_are_kept() -> None:
 
 @pytest.mark.parametrize(
     ("usable", "current", "processes", "expected"),
-    [(1, 2, None, 1), (2, 2, None, 2), (4, 2, None, 2), (4, 8, "2", 2), (1, 8, "2", 1)],
+    [(1, 2, None, 1), (2, 2, None, 2), (4, 8, "2", 2), (1, 8, "2", 1)],
 )
 def test_auto_training_threads_use_the_usable_cores_whatever_the_load(
     monkeypatch: pytest.MonkeyPatch, usable: int, current: int, processes: str | None, expected: int
@@ -49,7 +49,15 @@ def test_auto_training_threads_use_the_usable_cores_whatever_the_load(
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
-    assert training_threads("auto", current) == (expected, f"auto: {usable} usable cores")
+    processes_text = f" for {processes} processes" if processes else ""
+    assert training_threads("auto", current) == (expected, f"auto: {usable} usable cores{processes_text}")
+
+
+def test_torchs_own_thread_count_caps_auto_and_the_record_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS=1 (torch's count) on 4 usable cores: 1 thread, and the record names the cap."""
+    monkeypatch.setattr(machine_load, "usable_cores", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert training_threads("auto", 1) == (1, "auto: 4 usable cores, at most torch's 1 (OMP_NUM_THREADS)")
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,25 @@ def test_factory_gets_in_channels_and_num_classes_when_it_takes_them(user_models
     assert model[0].in_channels == 3 and model[0].out_channels == 5 and model[-1].out_features == 7
 
 
+def test_a_model_file_is_importable_by_its_module_name(tmp_path: Path) -> None:
+    """What re-imports a model's module (torch.cond, pickle) finds a file model's; a file that fails to run is
+    not left behind half-made."""
+    import importlib
+
+    (tmp_path / "cond_models.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Linear):\n    pass\n\ndef make():\n    return Net(4, 2)\n"
+    )
+    try:
+        model = build_model(f"{tmp_path / 'cond_models.py'}:make", 1, 2, {})
+        assert importlib.import_module(type(model).__module__).Net is type(model)
+    finally:
+        sys.modules.pop("edgepipe_user_cond_models", None)
+    (tmp_path / "raising.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ModelError, match="cannot import"):
+        build_model(f"{tmp_path / 'raising.py'}:make", 1, 2, {})
+    assert "edgepipe_user_raising" not in sys.modules
+
+
 @pytest.fixture
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An importable module (on sys.path) holding the same factories; removed from sys.modules afterwards."""

@@ -276,6 +276,44 @@ def test_progress_with_another_job_id_is_ignored(digits_splits, tmp_path: Path) 
     assert torch.load(other.progress_path, weights_only=True)["job_id"] == "b"
 
 
+def test_a_resumed_training_keeps_the_thread_count_it_began_with(
+    digits_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto on fewer cores after an interruption: the run goes on at its first count (the weights depend on it) and
+    the record says so; a pinned count is part of the job's config, so it never meets another count's progress."""
+    import pipeline.measure.machine_load as machine_load
+    import pipeline.training.train as train
+
+    class Interrupted(Exception):
+        pass
+
+    saved = train._save_progress
+
+    def save_then_interrupt(*args, **kwargs) -> None:  # killed right after epoch 1's progress file is written
+        saved(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(machine_load, "usable_cores", lambda: 2)
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(train, "_save_progress", save_then_interrupt)
+        with pytest.raises(Interrupted):
+            fit(make_job(digits_splits, tmp_path, job_id="a", epochs=2), digits_splits)
+        monkeypatch.setattr(train, "_save_progress", saved)
+        monkeypatch.setattr(machine_load, "usable_cores", lambda: 1)
+        during: list[int] = []
+        resumed = make_job(digits_splits, tmp_path, job_id="a", epochs=2)
+        resumed.model.register_forward_hook(lambda *_: during.append(torch.get_num_threads()))
+        summary = fit(resumed, digits_splits)
+    finally:
+        torch.set_num_threads(1)
+    assert summary["resumed_from_epoch"] == 1 and summary["threads"] == 2 and set(during) == {2}
+    assert (
+        summary["threads_from"] == "auto: 1 usable cores; resumed at the 2 threads it began with (the weights "
+        "depend on it)"
+    )
+
+
 def _distill_command(root: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline", "distill", str(root)]
 
