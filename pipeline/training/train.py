@@ -20,7 +20,7 @@ from pipeline.config import TrainConfig
 from pipeline.data.splits import DECODE_THREADS, Images, Splits
 from pipeline.errors import EdgepipeError
 from pipeline.io import atomic_path
-from pipeline.measure.machine_load import training_threads
+from pipeline.measure.machine_load import training_threads, usable_cores
 from pipeline.measure.runtimes import torch_threads_kept
 from pipeline.training import distributed
 from pipeline.training.losses import FeatureTap, Objective, Outputs
@@ -204,6 +204,12 @@ def fit(job: TrainJob, splits: Splits) -> dict:
     if progress and cfg.threads == "auto" and progress.get("threads", threads) != threads:
         threads_from += f"; resumed at the {progress['threads']} threads it began with (the weights depend on it)"
         threads = progress["threads"]
+    usable = usable_cores()
+    if threads > usable and distributed.is_main():
+        view.warn(
+            f"edgepipe: warning: {job.name}: {threads} training threads on the {usable} core(s) this process may use: "
+            "they share cores and wait for each other (slower, same result); threads: auto uses the usable cores"
+        )
     torch.set_num_threads(threads)
     seed_everything(job.seed)
     job.model.to(device).to(memory_format=torch.channels_last)

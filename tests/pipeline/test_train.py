@@ -248,6 +248,17 @@ def test_training_threads_are_recorded_and_given_back(
     assert summary["threads_from"] == ("config" if threads == 2 else "auto: 1 usable cores")
 
 
+def test_more_training_threads_than_usable_cores_is_a_warning(
+    digits_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import pipeline.training.train as train
+
+    monkeypatch.setattr(train, "usable_cores", lambda: 1)
+    fit(make_job(digits_splits, tmp_path, epochs=1, threads=2), digits_splits)
+    out = capsys.readouterr()
+    assert "edgepipe: warning: student: 2 training threads on the 1 core(s) this process may use" in out.out + out.err
+
+
 def test_training_threads_stay_out_of_config_dumps_when_auto() -> None:
     """auto is left out of a dumped section (cache keys made before the option hold); a pinned count is kept."""
     assert "threads" not in TrainConfig().model_dump()
