@@ -19,19 +19,56 @@ from pydantic import BaseModel, ConfigDict, Field
 SAMPLE_SECONDS = 0.25  # the /proc/stat window of busy_cores(): long enough for a 100 Hz tick count
 
 
-def _cgroup_quota_cores() -> float | None:
-    """CPU cores the cgroup quota allows (docker ``--cpus``), None when unlimited or unknown."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def _cgroup_quota_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """CPU cores the tightest cgroup quota allows (docker ``--cpus``, systemd ``CPUQuota=``), None when unlimited or
+    unknown: the quotas of this process's own cgroup and of each ancestor, found through ``/proc/self/cgroup`` —
+    v2 ``cpu.max`` in the unified hierarchy, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` under the cpu
+    controller. A path that is not under the mount (a container without a cgroup namespace) falls back to the
+    mount's root, which is then the container's own cgroup."""
+    quotas = [q for directory in _cgroup_dirs(root, proc_cgroup) if (q := _quota(directory)) is not None]
+    return min(quotas, default=None)
+
+
+def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
+    """This process's cgroup folders with their ancestors up to each hierarchy's mount, for the cpu controller."""
     try:
-        if v2.is_file():
-            quota, period = v2.read_text().split()[:2]
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    mounts = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: the unified hierarchy, at the root or beside the v1 controllers
+            base = root if (root / "cgroup.controllers").is_file() else root / "unified"
+        elif "cpu" in controllers.split(","):
+            base = root / controllers if (root / controllers).is_dir() else root / "cpu"
+        else:
+            continue
+        mounts.append((base, path.strip("/")))
+    if not mounts:
+        mounts = [(root, ""), (root / "cpu", "")]
+    found = []
+    for base, path in mounts:
+        own = base / path if path else base
+        folders = [own, *own.parents] if own.is_dir() else [base]
+        found += [folder for folder in folders if folder == base or base in folder.parents]
+    return found
+
+
+def _quota(folder: Path) -> float | None:
+    """Cores one cgroup folder's quota allows, None when it sets none."""
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
             return None if quota == "max" else int(quota) / int(period)
-        quota_v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-        if quota_v1.is_file():
-            quota = int(quota_v1.read_text())
-            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-            return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
+        if (folder / "cpu.cfs_quota_us").is_file():
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, IndexError):
         return None
     return None
 

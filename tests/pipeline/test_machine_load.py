@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,37 @@ def test_free_cores_may_be_zero_and_idle_cores_never_is(monkeypatch: pytest.Monk
     assert [machine_load.free_cores(busy, 2) for busy in (0.0, 0.49, 0.5, 1.0, 2.0, 3.0)] == [2, 2, 1, 1, 0, 0]
     monkeypatch.setattr(machine_load, "usable_cores", lambda: 2)
     assert machine_load.idle_cores(2.0) == 1 and machine_load.idle_cores(0.5) == 1 and machine_load.idle_cores(0.0) == 2
+
+
+def _cgroup_tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("files", "proc", "cores"),
+    [
+        # v2: the process's own cgroup and a looser parent; the tightest wins
+        ({"cgroup.controllers": "cpu", "a/cpu.max": "max 100000", "a/b/cpu.max": "150000 100000"}, "0::/a/b", 1.5),
+        ({"cgroup.controllers": "cpu", "a/cpu.max": "100000 100000", "a/b/cpu.max": "300000 100000"}, "0::/a/b", 1.0),
+        # v1: the cpu controller's folder, named by /proc/self/cgroup
+        (
+            {"cpu,cpuacct/x/cpu.cfs_quota_us": "200000", "cpu,cpuacct/x/cpu.cfs_period_us": "100000"},
+            "4:cpu,cpuacct:/x\n3:memory:/x",
+            2.0,
+        ),
+        # a container without a cgroup namespace: its path is not under the mount, whose root is its own cgroup
+        ({"cgroup.controllers": "cpu", "cpu.max": "50000 100000"}, "0::/docker/abc", 0.5),
+        ({"cgroup.controllers": "cpu", "a/cpu.max": "max 100000"}, "0::/a", None),
+        ({}, "", None),
+    ],
+)
+def test_the_tightest_cgroup_quota_over_the_process_and_its_ancestors(
+    tmp_path: Path, files: dict[str, str], proc: str, cores: float | None
+) -> None:
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    _cgroup_tree(root, files)
+    (tmp_path / "proc-cgroup").write_text(proc)
+    assert machine_load._cgroup_quota_cores(root, tmp_path / "proc-cgroup") == cores
