@@ -1,5 +1,5 @@
 """Training steps at 1 and 2 threads, with libgomp's default spin-wait and with edgepipe's bound on it
-(``GOMP_SPINCOUNT``, see ``pipeline.measure.machine_load.bound_openmp_spin``), on a quiet machine and with busy
+(``GOMP_SPINCOUNT``, see ``pipeline.measure.openmp.bound_openmp_spin``), on a quiet machine and with busy
 processes beside it.
 
     python bench/openmp_spin.py [--steps 60] [--rounds 2] [--busy 2] [--spin 10000 100000]
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from pipeline.environment import cpu_facts
-from pipeline.measure.machine_load import OPENMP_SPIN_COUNT
+from pipeline.measure.openmp import OPENMP_SPIN_COUNT
 
 STEP = """
 import sys, time, torch, torch.nn.functional as F

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from pipeline.errors import ConfigError, EdgepipeError
-from pipeline.measure.machine_load import bound_openmp_spin
+from pipeline.measure.openmp import bound_openmp_spin
 
 try:  # typer vendors click from 0.2x on
     from typer._click.exceptions import ClickException, NoArgsIsHelpError

@@ -42,7 +42,7 @@ def _nodes(model) -> Iterator:
     """Every node of the model: the graph's, its subgraphs' (If, Loop, Scan) and its local functions'."""
     import onnx
 
-    graphs = [model.graph] + [function for function in model.functions]
+    graphs = [model.graph, *model.functions]
     while graphs:
         graph = graphs.pop()
         for node in graph.node:

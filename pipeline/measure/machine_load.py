@@ -201,20 +201,6 @@ def threads_warning(thread_counts: list[int], usable: int | None = None) -> str 
     )
 
 
-OPENMP_SPIN_COUNT = "10000"  # GOMP_SPINCOUNT: busy-wait iterations before a waiting OpenMP thread sleeps
-
-
-def bound_openmp_spin() -> None:
-    """Let waiting OpenMP threads sleep soon (``GOMP_SPINCOUNT``, libgomp's default is 300,000 iterations), unless
-    the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``. Call before torch is imported: libgomp reads it once.
-
-    A thread spinning at a barrier holds its core while its peer waits for one: on a 2-core machine with two other
-    busy processes, a training step at 2 threads took 259 ms with libgomp's default and 99 ms with 10,000 (1 thread:
-    120 ms); quiet, 45–54 ms either way (``bench/openmp_spin.py``)."""
-    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
-
-
 def training_threads(configured: int | str, current: int) -> tuple[int, str]:
     """Intra-op threads for training, and where the count came from.
 
@@ -226,7 +212,8 @@ def training_threads(configured: int | str, current: int) -> tuple[int, str]:
         A configured count as given; for "auto" the usable cores (CPU affinity, cgroup quota) shared among the
         training processes on this machine (torchrun's LOCAL_WORLD_SIZE), at most ``current``, at least 1. Never
         the machine's load: the weights depend on the thread count, so a busy machine must train the same student as
-        a quiet one (``bound_openmp_spin`` keeps threads on busy cores from spin-waiting for each other).
+        a quiet one (``pipeline.measure.openmp.bound_openmp_spin`` keeps threads on busy cores from spin-waiting for
+        each other).
     """
     if configured != "auto":
         return int(configured), "config"

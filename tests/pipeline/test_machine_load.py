@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import pipeline.measure.machine_load as machine_load
-from pipeline.measure.machine_load import OPENMP_SPIN_COUNT, bound_openmp_spin, threads_warning, training_threads
+from pipeline.measure.machine_load import threads_warning, training_threads
+from pipeline.measure.openmp import OPENMP_SPIN_COUNT, bound_openmp_spin
 
 
 def test_more_threads_than_usable_cores_is_a_warning() -> None:
