@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -22,8 +22,29 @@ from pipeline.manifest import SanityKind
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 
 
+def _admitted(annotation: Any) -> list:
+    """The plain types and literal values an annotation admits: ``Annotated[int, …] | Literal['auto']`` →
+    [int, 'auto']."""
+    if isinstance(annotation, type):
+        return [annotation]
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [admitted for arg in get_args(annotation) for admitted in _admitted(arg)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false where a number is expected is an error: pydantic would read it as 1 or 0."""
+        admitted = _admitted(cls.model_fields[info.field_name].annotation)
+        kinds = {item if isinstance(item, type) else type(item) for item in admitted}
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            words = ["a number", *(repr(item) for item in admitted if isinstance(item, str))]
+            raise ValueError(f"expected {' or '.join(words)}, got {str(value).lower()}")
+        return value
 
 
 class RandomResizedCropConfig(_Section):

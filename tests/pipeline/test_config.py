@@ -68,6 +68,10 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
             "unknown config key 'distill.epoch'; valid: epochs, batch_size",
         ),
         ({"seed": -1}, "config key 'seed' should be greater than or equal to 0; got -1"),
+        # YAML's yes/no where a number goes: pydantic alone would read true as 1 and false as 0
+        ({"distill": {"threads": True}}, "config key 'distill.threads': expected a number or 'auto', got true"),
+        ({"distill": {"lr": False}}, "config key 'distill.lr': expected a number, got false"),
+        ({"calibration": {"size": True}}, "config key 'calibration.size': expected a number, got true"),
         ({"seed": 2**32}, "config key 'seed' should be less than or equal to 4294967295"),
         (
             {"seed": 2**32 - 2, "distill": {"baseline_seeds": 3}},
