@@ -45,6 +45,19 @@ def not_a_model(num_classes):
     return {"num_classes": num_classes}
 
 
+class Buggy(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)) * undefined_scale  # noqa: F821
+
+
+def make_buggy(num_classes):
+    return Buggy(num_classes)
+
+
 NOT_CALLABLE = 3
 '''
 
@@ -171,6 +184,24 @@ def test_bad_model_specs_are_one_line_model_errors(
     with pytest.raises(ModelError) as caught:
         build_model(arch.format(**fill), 1, 10, kwargs)
     assert message.format(**fill) in str(caught.value)
+    assert_one_line(caught.value)
+
+
+def test_a_forward_that_raises_names_the_error_and_the_users_line(
+    tmp_path: Path, student_config: dict, user_models: Path
+) -> None:
+    """A student whose forward has a bug of its own (not a shape mismatch) is one line with the exception's type,
+    its message and the file:line in the user's code that raised it; torch's and edgepipe's frames are skipped."""
+    student_config["distill"]["arch"] = f"{user_models}:make_buggy"
+    run = RunDir.create(tmp_path / "run", parse_config(student_config))
+    with pytest.raises(ModelError) as caught:
+        run_distill(run)
+    line = USER_MODELS.splitlines().index(next(s for s in USER_MODELS.splitlines() if "undefined_scale" in s)) + 1
+    assert (
+        f"the student's forward fails on the data's input (2, 1, 8, 8): NameError: name 'undefined_scale' is not "
+        f"defined (at {user_models}:{line})" in str(caught.value)
+    )
+    assert "its code at that line" in caught.value.hint
     assert_one_line(caught.value)
 
 
@@ -301,7 +332,9 @@ def test_program_teacher_for_other_inputs_is_a_model_error(tmp_path: Path, stude
     torch.jit.save(torch.jit.script(build_model("teacher-cnn", 3, 10).eval()), str(path))
     student_config["teacher"]["checkpoint"] = str(path)
     run = RunDir.create(tmp_path / "run", parse_config(student_config))
-    with pytest.raises(ModelError, match=r"does not accept the data's input \(2, 1, 8, 8\)") as caught:
+    with pytest.raises(
+        ModelError, match=r"the teacher's forward fails on the data's input \(2, 1, 8, 8\): RuntimeError: "
+    ) as caught:
         ensure_teacher(run)
     assert_one_line(caught.value)
 
