@@ -22,29 +22,66 @@ from pipeline.manifest import SanityKind
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 
 
+CONTAINERS = (list, tuple, set, dict)
+
+
 def _admitted(annotation: Any) -> list:
-    """The plain types and literal values an annotation admits: ``Annotated[int, …] | Literal['auto']`` →
-    [int, 'auto']."""
+    """The plain types and literal values an annotation admits at its top level, a container as its own type:
+    ``Annotated[int, …] | Literal['auto']`` → [int, 'auto']; ``tuple[int, int] | None`` → [tuple, NoneType]."""
     if isinstance(annotation, type):
         return [annotation]
-    if get_origin(annotation) is Literal:
+    origin = get_origin(annotation)
+    if origin is Literal:
         return list(get_args(annotation))
+    if origin in CONTAINERS:
+        return [origin]
     return [admitted for arg in get_args(annotation) for admitted in _admitted(arg)]
+
+
+def _item_admitted(annotation: Any) -> list:
+    """What the items of a container annotation admit (a dict's values): ``list[int | Literal['all']]`` → [int,
+    'all']; [] for a scalar annotation."""
+    origin = get_origin(annotation)
+    if origin in CONTAINERS:
+        items = get_args(annotation)[1:] if origin is dict else get_args(annotation)
+        return [admitted for arg in items if arg is not Ellipsis for admitted in _admitted(arg)]
+    if origin is Literal or isinstance(annotation, type):
+        return []
+    return [admitted for arg in get_args(annotation) for admitted in _item_admitted(arg)]
+
+
+def _yes_no_where_a_number(value: Any, admitted: list) -> str | None:
+    """What was expected, when ``value`` is a bool and ``admitted`` takes numbers but not bools; else None."""
+    kinds = {item if isinstance(item, type) else type(item) for item in admitted}
+    if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+        return " or ".join(["a number", *(repr(item) for item in admitted if isinstance(item, str))])
+    return None
+
+
+def reject_yes_no_for_numbers(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A field validator (mode "before"): YAML's true/false where a number is expected — the field itself, or an
+    item of its list or a value of its mapping — is an error, where pydantic would read it as 1 or 0."""
+    annotation = cls.model_fields[info.field_name].annotation
+    expected = _yes_no_where_a_number(value, _admitted(annotation))
+    if expected:
+        raise ValueError(f"expected {expected}, got {str(value).lower()}")
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        expected = _yes_no_where_a_number(item, _item_admitted(annotation))
+        if expected:
+            raise ValueError(f"expected {expected} for each item, got {str(item).lower()} in {_yaml_flow(value)}")
+    return value
+
+
+def _yaml_flow(value: Any) -> str:
+    """``value`` as YAML writes it on one line: [true, 8]."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_yes_no_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true/false where a number is expected is an error: pydantic would read it as 1 or 0."""
-        admitted = _admitted(cls.model_fields[info.field_name].annotation)
-        kinds = {item if isinstance(item, type) else type(item) for item in admitted}
-        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
-            words = ["a number", *(repr(item) for item in admitted if isinstance(item, str))]
-            raise ValueError(f"expected {' or '.join(words)}, got {str(value).lower()}")
-        return value
+    _no_yes_no_for_a_number = field_validator("*", mode="before")(reject_yes_no_for_numbers)
 
 
 class RandomResizedCropConfig(_Section):
@@ -260,6 +297,8 @@ class LossSpec(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = Field(description="Registered loss: ce, hinton, dkd, lskd, mse, hint.")
     weight: float = Field(1.0, ge=0, description="Weight of this term in the sum.")
+
+    _no_yes_no_for_a_number = field_validator("*", mode="before")(reject_yes_no_for_numbers)
 
     @property
     def params(self) -> dict:

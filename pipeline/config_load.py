@@ -44,7 +44,12 @@ def _config_error(
     if not all(message.startswith("Input should be ") for message in messages):  # a validator's own sentence
         return ConfigError(f"config key {key!r}: {messages[0].removeprefix('Value error, ')}", CONFIG_HINT)
     expected = " or ".join(dict.fromkeys(_expectation(message) for message in messages))
-    got = f"; got {errors[0]['input']!r}" if not isinstance(errors[0].get("input"), (dict, list)) else ""
+    given = errors[0].get("input")
+    got = (
+        f"; got {str(given).lower() if isinstance(given, bool) else repr(given)}"
+        if not isinstance(given, (dict, list))
+        else ""
+    )
     return ConfigError(f"config key {key!r} should be {expected}{got}", CONFIG_HINT)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import traceback
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from pipeline.training.models import (
     arch_fingerprint,
     build_model,
     count_parameters,
+    forward_failure,
     is_program,
     load_checkpoint,
     load_program,
@@ -97,7 +97,7 @@ def _check_outputs(model: nn.Module, run: RunDir, role: str, output: int | str =
         with torch.no_grad():
             result = model.eval()(_example(run))
     except Exception as e:
-        raise _forward_failure(role, run, e) from e
+        raise forward_failure(f"the {role}'s forward fails on the data's input", tuple(_example(run).shape), e) from e
     logits = pick_output(result, output, _output_key(role))
     several = "" if logits is result else f", or {_output_key(role)} (the model returns several outputs)"
     if logits.ndim != 2:
@@ -113,21 +113,6 @@ def _check_outputs(model: nn.Module, run: RunDir, role: str, output: int | str =
     record = outputs_record(result, output)
     model = model if record is None else select_logits(model, output)
     return (model if indices is None else restrict_outputs(model, indices, logits.shape[1])), record
-
-
-def _forward_failure(role: str, run: RunDir, error: Exception) -> ModelError:
-    """The one line for a model whose forward raised on the data's example batch: the exception's type and first
-    line, and the innermost frame outside torch and edgepipe (the model's own code) when there is one."""
-    libraries = (str(Path(torch.__file__).parent), str(Path(__file__).parents[1]))
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith(libraries)]
-    example = tuple(_example(run).shape)
-    message = f": {first_line(error)}" if str(error).strip() else ""
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return ModelError(
-        f"the {role}'s forward fails on the data's input {example}: {type(error).__name__}{message}{where}",
-        f"check that the {role} takes {example[1]}-channel images of {example[2]}×{example[3]}"
-        + (", and its code at that line" if frames else ""),
-    )
 
 
 def teacher_source(run: RunDir) -> Path | None:

@@ -273,7 +273,8 @@ def check_loss_params(name: str, params: dict) -> None:
             TypeAdapter(hints.get(key, typing.Any)).validate_python(value, strict=True)
         except ValidationError as e:
             message = e.errors()[0]["msg"].removeprefix("Input should be ")
-            raise ConfigError(f"loss {name!r} parameter {key!r} should be {message}; got {value!r}") from None
+            given = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML spells it
+            raise ConfigError(f"loss {name!r} parameter {key!r} should be {message}; got {given}") from None
 
 
 def reads_teacher_features(name: str) -> bool:

@@ -6,7 +6,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import site
 import sys
+import sysconfig
+import traceback
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +77,9 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
                     f"a relative path is taken from the directory edgepipe starts in ({Path.cwd()}); give the "
                     "file's path from there, or an absolute one",
                 )
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:  # its sibling modules import, as when Python runs the file as a script
+                sys.path.insert(0, folder)
             loader_spec = importlib.util.spec_from_file_location(f"edgepipe_user_{path.stem}", path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[loader_spec.name] = module  # importable by name, as torch.cond and pickling need
@@ -87,7 +93,13 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     except ModelError:
         raise
     except Exception as e:
-        raise ModelError(f"cannot import {module_name!r} for arch {spec!r}: {e}") from e
+        raise ModelError(
+            f"cannot import {module_name!r} for arch {spec!r}: {first_line(e)}",
+            "a module is imported from the Python path: install its package, or set PYTHONPATH to the folder that "
+            "holds it"
+            if isinstance(e, ModuleNotFoundError)
+            else None,
+        ) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
         defined = sorted(
@@ -101,6 +113,35 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
             + (", ".join(defined[:8]) if defined else "none"),
         )
     return factory
+
+
+def forward_failure(what: str, shape: tuple[int, ...], error: Exception) -> ModelError:
+    """The one line for a model whose forward (or a training step through it) raised on a batch of ``shape``: the
+    exception's type and first line, and the innermost frame of the user's own code — outside torch, edgepipe,
+    the standard library and installed packages — when there is one.
+
+    Args:
+        what: the failure's subject, e.g. "the student's forward fails on the data's input".
+        shape: the batch's shape (N, C, H, W).
+        error: what the forward raised.
+    """
+    libraries = (
+        str(Path(torch.__file__).parent),
+        str(Path(__file__).parents[1]),
+        *{sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")},
+        *site.getsitepackages(),
+    )
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith(libraries)]
+    try:
+        message = f": {first_line(error)}" if str(error).strip() else ""
+    except Exception:  # an exception whose __str__ raises
+        message = ""
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return ModelError(
+        f"{what} {shape}: {type(error).__name__}{message}{where}",
+        f"check that the model takes {shape[1]}-channel images of {shape[2]}×{shape[3]}"
+        + (", and its code at that line" if frames else ""),
+    )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pipeline.measure.runtimes import torch_threads_kept
 from pipeline.training import distributed
 from pipeline.training.losses import FeatureTap, Objective, Outputs
 from pipeline.training.mixing import mix_batch
+from pipeline.training.models import forward_failure
 
 
 def seed_everything(seed: int) -> None:
@@ -258,9 +259,14 @@ def fit(job: TrainJob, splits: Splits) -> dict:
                 if cfg.mixes:  # the teacher below sees the mixed batch too
                     x, perm, lam = mix_batch(x, cfg)
                     mixed = (y[perm], lam)
-                loss = trainee(x, y, teacher(x, index.numpy()), mixed)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    loss = trainee(x, y, teacher(x, index.numpy()), mixed)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                except EdgepipeError:
+                    raise
+                except Exception as e:  # a forward that fails only in training mode or at this batch size
+                    raise forward_failure(f"training the {job.name} fails on a batch", tuple(x.shape), e) from e
                 optimizer.step()
                 schedule.step()
                 bar.advance(status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}", boundary=False)

@@ -72,6 +72,23 @@ def test_unknown_key_is_named(raw: dict, key: str) -> None:
         ({"distill": {"threads": True}}, "config key 'distill.threads': expected a number or 'auto', got true"),
         ({"distill": {"lr": False}}, "config key 'distill.lr': expected a number, got false"),
         ({"calibration": {"size": True}}, "config key 'calibration.size': expected a number, got true"),
+        (
+            {"bench": {"threads": ["all", True]}},
+            "config key 'bench.threads': expected a number or 'all' for each item, got true in [all, true]",
+        ),
+        (
+            {"data": {"image_size": [True, 8]}},
+            "config key 'data.image_size': expected a number for each item, got true in [true, 8]",
+        ),
+        (
+            {"prune": {"method": "magnitude", "layers": {"0": False}}},
+            "config key 'prune.layers': expected a number for each item, got false in {'0': false}",
+        ),
+        ({"distill": {"losses": [{"name": "mse", "weight": False}]}}, "config key 'distill.losses.0.weight': expected"),
+        (
+            {"distill": {"losses": [{"name": "hinton", "temperature": True}]}},
+            "distill.losses.0: loss 'hinton' parameter 'temperature' should be a valid number; got true",
+        ),
         ({"seed": 2**32}, "config key 'seed' should be less than or equal to 4294967295"),
         (
             {"seed": 2**32 - 2, "distill": {"baseline_seeds": 3}},

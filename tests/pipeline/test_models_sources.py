@@ -23,6 +23,7 @@ from pipeline.training.train import accuracy, predict_logits
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 USER_MODELS = '''
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +57,26 @@ class Buggy(nn.Module):
 
 def make_buggy(num_classes):
     return Buggy(num_classes)
+
+
+class NumpyInside(Buggy):
+    def forward(self, x):
+        return self.head(torch.from_numpy(np.pad(x.numpy(), ((0, 0),) * 3)).flatten(1))
+
+
+def make_numpy_inside(num_classes):
+    return NumpyInside(num_classes)
+
+
+class TrainingOnlyBug(Buggy):
+    def forward(self, x):
+        if self.training:
+            x = x * undefined_in_training  # noqa: F821
+        return self.head(x.flatten(1))
+
+
+def make_training_only_bug(num_classes):
+    return TrainingOnlyBug(num_classes)
 
 
 NOT_CALLABLE = 3
@@ -187,22 +208,65 @@ def test_bad_model_specs_are_one_line_model_errors(
     assert_one_line(caught.value)
 
 
+def _line_of(marker: str) -> int:
+    """The line of USER_MODELS (as written to its file) holding ``marker``."""
+    return next(n for n, line in enumerate(USER_MODELS.splitlines(), 1) if marker in line)
+
+
+@pytest.mark.parametrize(
+    ("factory", "line", "marker"),
+    [
+        (
+            "make_buggy",
+            "the student's forward fails on the data's input (2, 1, 8, 8): NameError: name 'undefined_scale' is not "
+            "defined",
+            "undefined_scale",
+        ),
+        (  # numpy raises deep in its own code: the location is still the user's line that called it
+            "make_numpy_inside",
+            "the student's forward fails on the data's input (2, 1, 8, 8): ValueError: ",
+            "np.pad",
+        ),
+        (  # the eval-mode check passes; the first training step raises
+            "make_training_only_bug",
+            "training the student fails on a batch (",
+            "undefined_in_training",
+        ),
+    ],
+)
 def test_a_forward_that_raises_names_the_error_and_the_users_line(
-    tmp_path: Path, student_config: dict, user_models: Path
+    tmp_path: Path, student_config: dict, user_models: Path, factory: str, line: str, marker: str
 ) -> None:
-    """A student whose forward has a bug of its own (not a shape mismatch) is one line with the exception's type,
-    its message and the file:line in the user's code that raised it; torch's and edgepipe's frames are skipped."""
-    student_config["distill"]["arch"] = f"{user_models}:make_buggy"
+    """A student whose forward has a bug of its own (not a shape mismatch), in eval mode or only in training, is
+    one ModelError line with the exception's type and message and the file:line of the user's code that raised it;
+    the frames of torch, edgepipe and installed packages (numpy) are skipped."""
+    student_config["distill"]["arch"] = f"{user_models}:{factory}"
     run = RunDir.create(tmp_path / "run", parse_config(student_config))
     with pytest.raises(ModelError) as caught:
         run_distill(run)
-    line = USER_MODELS.splitlines().index(next(s for s in USER_MODELS.splitlines() if "undefined_scale" in s)) + 1
-    assert (
-        f"the student's forward fails on the data's input (2, 1, 8, 8): NameError: name 'undefined_scale' is not "
-        f"defined (at {user_models}:{line})" in str(caught.value)
-    )
+    assert line in str(caught.value)
+    assert str(caught.value).endswith(f" (at {user_models}:{_line_of(marker)})")
     assert "its code at that line" in caught.value.hint
     assert_one_line(caught.value)
+
+
+def test_a_model_file_imports_the_modules_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model file importing a helper module from its own folder builds, as when Python runs the file."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "edgepipe_test_blocks.py").write_text(
+        "from torch import nn\n\ndef head(n):\n    return nn.Linear(4, n)\n"
+    )
+    (tmp_path / "net.py").write_text(
+        "import edgepipe_test_blocks\n\ndef make(num_classes):\n    return edgepipe_test_blocks.head(num_classes)\n"
+    )
+    try:
+        assert build_model(f"{tmp_path / 'net.py'}:make", 1, 3, {}).out_features == 3
+    finally:
+        sys.modules.pop("edgepipe_user_net", None)
+        sys.modules.pop("edgepipe_test_blocks", None)
+    with pytest.raises(ModelError) as caught:
+        build_model("edgepipe_no_such_module:make", 1, 2, {})
+    assert "PYTHONPATH" in caught.value.hint
 
 
 def test_bad_student_spec_stops_the_distill_stage(tmp_path: Path, student_config: dict, user_models: Path) -> None:
