@@ -18,10 +18,17 @@ class EdgepipeError(Exception):
         return f"{text} (hint: {self.hint})" if self.hint else text
 
 
+TORCHSCRIPT_PREAMBLE = "The following operation failed in the TorchScript interpreter."
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message that says something, stripped (its type name when none does), cut
-    to ``limit`` characters with "…" when given: what a one-line reason quotes from a library's error."""
-    line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    to ``limit`` characters with "…" when given: what a one-line reason quotes from a library's error. A
+    TorchScript program's error opens with a preamble and a traceback of the script; its last line says why."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0] == TORCHSCRIPT_PREAMBLE:
+        lines = lines[-1:]
+    line = lines[0] if lines else type(error).__name__
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
