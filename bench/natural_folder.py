@@ -11,6 +11,8 @@ which some patches (sky, background, texture) could come from several photos.
     pip install scikit-image scikit-learn       # only their data files are read
     python bench/natural_folder.py /tmp/natural --per-class 60
     python bench/natural_folder.py /tmp/patches --per-class 150 --area 0.01 0.06 --shorter 48 64
+    python bench/natural_folder.py /tmp/bigtest --per-class 100 --test-per-class 800 --seed 7 --area 0.002 0.01 \
+        --shorter 32 48       # train/ and a large test/ (8,000 images: one image is 0.0125 points)
 
 Prints the folder's class counts and the time taken.
 """
@@ -73,10 +75,30 @@ def random_crop(
     return crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
 
 
+def write_crops(out: Path, per_class: int, rng: np.random.Generator, area, shorter) -> None:
+    """``per_class`` crops of every photo into ``out/<class>/``."""
+    for name, (package, relative) in PHOTOS.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(photo_path(package, relative)) as image:
+            photo = image.convert("RGB")
+        for i in range(per_class):
+            crop = random_crop(photo, rng, tuple(area), tuple(shorter))
+            crop.save(folder / f"{name}_{i:04d}.jpg", quality=90)
+        print(f"{out.name}/{name:11s} {per_class} crops of {photo.size[0]}×{photo.size[1]} ({relative})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=0,
+        help="also a separate test split: OUT/train/<class> (--per-class, drawn with --seed) and OUT/test/<class> "
+        "(this many, drawn with --seed + 1); 0: one folder OUT/<class>",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--area", type=float, nargs=2, default=[0.15, 0.6], metavar=("MIN", "MAX"), help="crop area share of the photo"
@@ -89,18 +111,16 @@ def main() -> None:
         parser.error(f"--area needs 0 < MIN <= MAX <= 1, got {args.area[0]} {args.area[1]}")
     if not 1 <= args.shorter[0] <= args.shorter[1]:
         parser.error(f"--shorter needs 1 <= MIN <= MAX, got {args.shorter[0]} {args.shorter[1]}")
-    rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
-    for name, (package, relative) in PHOTOS.items():
-        folder = args.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(photo_path(package, relative)) as image:
-            photo = image.convert("RGB")
-        for i in range(args.per_class):
-            crop = random_crop(photo, rng, tuple(args.area), tuple(args.shorter))
-            crop.save(folder / f"{name}_{i:04d}.jpg", quality=90)
-        print(f"{name:11s} {args.per_class} crops of {photo.size[0]}×{photo.size[1]} ({relative})")
-    print(f"{len(PHOTOS) * args.per_class} images in {args.out}, {time.perf_counter() - start:.1f} s")
+    if args.test_per_class:
+        write_crops(args.out / "train", args.per_class, np.random.default_rng(args.seed), args.area, args.shorter)
+        write_crops(
+            args.out / "test", args.test_per_class, np.random.default_rng(args.seed + 1), args.area, args.shorter
+        )
+    else:
+        write_crops(args.out, args.per_class, np.random.default_rng(args.seed), args.area, args.shorter)
+    total = len(PHOTOS) * (args.per_class + args.test_per_class)
+    print(f"{total} images in {args.out}, {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/rgb_kd"))
     parser.add_argument("--folder", type=Path, default=Path("/tmp/edgepipe-rgb-patches"))
     parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--test-per-class", type=int, default=0, help="a separate test split (natural_folder.py)")
     parser.add_argument("--area", type=float, nargs=2, default=[0.002, 0.01], metavar=("MIN", "MAX"))
     parser.add_argument("--shorter", type=int, nargs=2, default=[32, 48], metavar=("MIN", "MAX"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -104,6 +105,8 @@ def main() -> None:
             *map(str, args.area),
             "--shorter",
             *map(str, args.shorter),
+            "--test-per-class",
+            str(args.test_per_class),
         ]
         subprocess.run(command, check=True)
     config = default_config(args.folder.absolute())
@@ -121,7 +124,10 @@ def main() -> None:
     made = (
         "an existing folder, made earlier"
         if existed
-        else (f"{args.per_class}/class, area {args.area}, shorter side {args.shorter}")
+        else (
+            f"{args.per_class}/class (test: {args.test_per_class or 'carved from them'}/class), area {args.area}, "
+            f"shorter side {args.shorter}"
+        )
     )
     print(f"\nfolder {args.folder} ({made}); config {config_path}; overrides {args.set or 'none'}")
     print("seed  teacher  KD student  baseline  KD gain  gap to teacher  seconds")
