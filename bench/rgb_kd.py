@@ -8,6 +8,14 @@ bench/kd_gain.py's measurement per seed (each seed: its own split, teacher, KD s
     nice -n 5 python bench/rgb_kd.py --seeds 0 1 --out /tmp/rgbkd/run
     nice -n 5 python bench/rgb_kd.py --seeds 0 1 --out /tmp/rgbkd/t4 --set distill.losses.0.temperature=4
 
+The README's figures (a teacher trained on 6× the student's data, then pure KD with the teacher live, 200 epochs):
+
+    python bench/rgb_kd.py --seeds 0 --folder /tmp/rgb-more --per-class 600 --out /tmp/rgb-teacher
+    python bench/rgb_kd.py --seeds 0 1 --folder /tmp/rgb-bigtest --per-class 100 --test-per-class 800 \
+        --folder-seed 7 --out /tmp/rgb-kd --set teacher.checkpoint=/tmp/rgb-teacher/seed0/checkpoints/teacher.pt \
+        --set distill.arch_kwargs.width=0.5 --set distill.lr=0.01 --set distill.losses.0.temperature=1 \
+        --set distill.losses.0.alpha=0 --set distill.epochs=200
+
 ``--set KEY=VALUE`` (repeatable) overrides one config key of the default setup below (VALUE is YAML;
 ``distill.losses.0.alpha`` addresses the first loss). Prints the per-seed table (test top-1, %), both models'
 parameters, the mean gain beside the seed-to-seed spread, wall time and /proc/loadavg; writes OUT/kd_gain.json.
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/edgepipe-rgb-patches"))
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--test-per-class", type=int, default=0, help="a separate test split (natural_folder.py)")
+    parser.add_argument("--folder-seed", type=int, default=0, help="natural_folder.py's --seed (which crops)")
     parser.add_argument("--area", type=float, nargs=2, default=[0.002, 0.01], metavar=("MIN", "MAX"))
     parser.add_argument("--shorter", type=int, nargs=2, default=[32, 48], metavar=("MIN", "MAX"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -94,7 +103,7 @@ def main() -> None:
     existed = args.folder.exists()
     if existed:
         print(f"using the existing folder {args.folder} (its --per-class/--area/--shorter are its own)")
-    else:  # the folder's own seed is fixed (0): the kd_gain seeds vary split and init
+    else:  # the folder's own seed is --folder-seed: the kd_gain seeds vary split and init
         command = [
             sys.executable,
             str(HERE / "natural_folder.py"),
@@ -107,6 +116,8 @@ def main() -> None:
             *map(str, args.shorter),
             "--test-per-class",
             str(args.test_per_class),
+            "--seed",
+            str(args.folder_seed),
         ]
         subprocess.run(command, check=True)
     config = default_config(args.folder.absolute())
