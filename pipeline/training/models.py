@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import site
 import sys
 import sysconfig
@@ -125,12 +126,13 @@ def forward_failure(what: str, shape: tuple[int, ...], error: Exception) -> Mode
         shape: the batch's shape (N, C, H, W).
         error: what the forward raised.
     """
-    libraries = (
-        str(Path(torch.__file__).parent),
-        str(Path(__file__).parents[1]),
-        *{sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")},
+    folders = [
+        Path(torch.__file__).parent,
+        Path(__file__).parents[1],
+        *(sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")),
         *site.getsitepackages(),
-    )
+    ]
+    libraries = tuple(str(folder).rstrip(os.sep) + os.sep for folder in folders)
     frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith(libraries)]
     try:
         message = f": {first_line(error)}" if str(error).strip() else ""
