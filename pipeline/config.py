@@ -54,7 +54,8 @@ def _yes_no_where_a_number(value: Any, admitted: list) -> str | None:
     """What was expected, when ``value`` is a bool and ``admitted`` takes numbers but not bools; else None."""
     kinds = {item if isinstance(item, type) else type(item) for item in admitted}
     if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
-        return " or ".join(["a number", *(repr(item) for item in admitted if isinstance(item, str))])
+        names = ["a name"] if str in admitted else []  # ``int | str``: an index or a key
+        return " or ".join(["a number", *(repr(item) for item in admitted if isinstance(item, str)), *names])
     return None
 
 

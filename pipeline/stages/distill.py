@@ -189,7 +189,9 @@ def _train(
     if objective.needs_teacher and not objective.teacher_layers and same_views:
         with torch_threads_kept():  # the threads the training will take, for the same reason
             torch.set_num_threads(training_threads(cfg.threads, torch.get_num_threads())[0])
-            teacher_logits = predict_logits(teacher, run.splits, run.splits.train, label="teacher logits")
+            teacher_logits = predict_logits(
+                teacher, run.splits, run.splits.train, label="teacher logits", who="teacher"
+            )
     progress_path = run.path(f"checkpoints/{name}.progress.pt")
     job = TrainJob(
         name=name,

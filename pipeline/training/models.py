@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
 import importlib.util
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipeline import progress as view
 from pipeline.errors import ModelError, first_line
 from pipeline.io import atomic_path, sha256_file
 from pipeline.registry import Registry
@@ -66,6 +68,32 @@ def student_cnn(in_channels: int, num_classes: int, width: float = 1.0) -> nn.Mo
     )
 
 
+def _neighbours_imported_elsewhere(path: Path) -> list[tuple[str, str]]:
+    """(name, file) of each module that the model file at ``path`` imports at the top of a name (``import helpers``,
+    ``from helpers import x``), that sits beside it (``helpers.py`` or ``helpers/``), and that Python has already
+    imported from another file — another model file's helper of the same name, or edgepipe's own ``pipeline``:
+    the import gets that module, not the neighbour."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return []  # exec reports it
+    names = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    names |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level
+    }
+    clashes = []
+    for name in sorted(names):
+        for neighbour in (path.parent / f"{name}.py", path.parent / name / "__init__.py"):
+            origin = getattr(sys.modules.get(name), "__file__", None)
+            if neighbour.is_file() and origin and Path(origin).resolve() != neighbour.resolve():
+                clashes.append((name, origin))
+    return clashes
+
+
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     """``package.module:factory`` or ``path/to/file.py:factory`` → the factory callable."""
     module_name, _, attr = spec.rpartition(":")
@@ -81,6 +109,11 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
             folder = str(path.resolve().parent)
             if folder not in sys.path:  # its sibling modules import, as when Python runs the file as a script
                 sys.path.insert(0, folder)
+            for name, origin in _neighbours_imported_elsewhere(path):
+                view.warn(
+                    f"edgepipe: warning: {path} imports {name}, which sits beside it, but a module {name} is already "
+                    f"imported from {origin}: the file gets that one; give its own module a name of its own"
+                )
             loader_spec = importlib.util.spec_from_file_location(f"edgepipe_user_{path.stem}", path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[loader_spec.name] = module  # importable by name, as torch.cond and pickling need
@@ -116,16 +149,9 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def forward_failure(what: str, shape: tuple[int, ...], error: Exception) -> ModelError:
-    """The one line for a model whose forward (or a training step through it) raised on a batch of ``shape``: the
-    exception's type and first line, and the innermost frame of the user's own code — outside torch, edgepipe,
-    the standard library and installed packages — when there is one.
-
-    Args:
-        what: the failure's subject, e.g. "the student's forward fails on the data's input".
-        shape: the batch's shape (N, C, H, W).
-        error: what the forward raised.
-    """
+def _raised_at(error: BaseException) -> str:
+    """`` (at FILE:LINE)``: the innermost frame of ``error``'s traceback in the user's own code — outside torch,
+    edgepipe, the standard library and installed packages — or '' when there is none."""
     folders = [
         Path(torch.__file__).parent,
         Path(__file__).parents[1],
@@ -134,15 +160,31 @@ def forward_failure(what: str, shape: tuple[int, ...], error: Exception) -> Mode
     ]
     libraries = tuple(str(folder).rstrip(os.sep) + os.sep for folder in folders)
     frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith(libraries)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _said(error: BaseException) -> str:
+    """``Type: first line`` of ``error`` (``Type`` alone when it says nothing, or when its ``__str__`` raises)."""
     try:
-        message = f": {first_line(error)}" if str(error).strip() else ""
-    except Exception:  # an exception whose __str__ raises
-        message = ""
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
+    except Exception:
+        return type(error).__name__
+
+
+def forward_failure(what: str, shape: tuple[int, ...], error: Exception) -> ModelError:
+    """The one line for a model whose forward (or a training step through it) raised on a batch of ``shape``: the
+    exception's type and first line, and the innermost frame of the user's own code when there is one.
+
+    Args:
+        what: the failure's subject, e.g. "the student's forward fails on the data's input".
+        shape: the batch's shape (N, C, H, W).
+        error: what the forward raised.
+    """
+    where = _raised_at(error)
+    takes = f"{shape[1]}-channel images of {shape[2]}×{shape[3]}" if len(shape) == 4 else f"inputs of {shape}"
     return ModelError(
-        f"{what} {shape}: {type(error).__name__}{message}{where}",
-        f"check that the model takes {shape[1]}-channel images of {shape[2]}×{shape[3]}"
-        + (", and its code at that line" if frames else ""),
+        f"{what} {shape}: {_said(error)}{where}",
+        f"fix the model's code at that line (it gets {takes} here)" if where else f"check that the model takes {takes}",
     )
 
 
@@ -241,6 +283,10 @@ def build_model(arch: str, in_channels: int, num_classes: int, kwargs: dict | No
         model = factory(**kwargs)
     except TypeError as e:
         raise ModelError(f"arch {arch!r} rejected its arguments {sorted(kwargs)}: {e}") from e
+    except Exception as e:  # the factory's own failure
+        where = _raised_at(e)
+        hint = "fix its code at that line" if where else None
+        raise ModelError(f"arch {arch!r} failed to build the model: {_said(e)}{where}", hint) from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

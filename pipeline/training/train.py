@@ -43,20 +43,38 @@ def to_input(x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, splits: Splits, images: Images, batch_size: int = 512, label: str | None = None
+    model: nn.Module,
+    splits: Splits,
+    images: Images,
+    batch_size: int = 512,
+    label: str | None = None,
+    who: str = "model",
 ) -> np.ndarray:
     """Float logits (N × classes) of ``model`` over ``images`` (eval mode, normalized as every artifact expects),
     streamed in batches (an image folder is decoded a batch at a time); with ``label``, a bar of the progress view
-    counts the batches."""
+    counts the batches.
+
+    Raises:
+        ModelError: the forward raised (``who`` names the model in the line).
+    """
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        try:
+            return model(to_input(x, device)).float().cpu().numpy()
+        except EdgepipeError:
+            raise
+        except Exception as e:  # a forward that fails only at this batch size
+            raise forward_failure(f"the {who}'s forward fails on an evaluation batch", tuple(x.shape), e) from e
+
     batches = splits.batches(images, batch_size)
     if label is None:
-        return np.concatenate([model(to_input(x, device)).float().cpu().numpy() for x, _ in batches])
+        return np.concatenate([logits(x) for x, _ in batches])
     chunks = []
     with view.task(label, total=math.ceil(len(images) / batch_size)) as bar:
         for x, _ in batches:
-            chunks.append(model(to_input(x, device)).float().cpu().numpy())
+            chunks.append(logits(x))
             bar.advance()
     return np.concatenate(chunks)
 
@@ -297,7 +315,7 @@ def _end_epoch(job: TrainJob, splits: Splits, state: dict, epoch: int, last_loss
     """Validate, keep the best epoch, and say the epoch's line; ``bar``'s ETA is measured up to here (validation
     included)."""
     distributed.sync_buffers(job.model)
-    val_accuracy = accuracy(predict_logits(job.model, splits, splits.val), splits.val.y)
+    val_accuracy = accuracy(predict_logits(job.model, splits, splits.val, who=job.name), splits.val.y)
     state["epoch"] = epoch + 1
     state["history"].append({"epoch": epoch + 1, "loss": round(last_loss, 4), "val_accuracy": round(val_accuracy, 2)})
     if val_accuracy > state["best_accuracy"]:

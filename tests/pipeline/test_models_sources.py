@@ -79,6 +79,21 @@ def make_training_only_bug(num_classes):
     return TrainingOnlyBug(num_classes)
 
 
+class EvaluationBatchBug(Buggy):
+    def forward(self, x):
+        if not self.training and x.shape[0] > 2:
+            raise ValueError("too many images at once")
+        return self.head(x.flatten(1))
+
+
+def make_evaluation_batch_bug(num_classes):
+    return EvaluationBatchBug(num_classes)
+
+
+def make_factory_bug(num_classes):
+    raise ValueError("factory broken")
+
+
 NOT_CALLABLE = 3
 '''
 
@@ -193,13 +208,14 @@ def test_student_from_an_importable_module(tmp_path: Path, student_config: dict,
         ("{file}:make_student", {"depth": 3}, "rejected its arguments ['depth', 'num_classes']"),
         ("{dir}/broken.py:make_student", {}, "cannot import"),
         ("edgepipe_no_such_module:make_student", {}, "cannot import 'edgepipe_no_such_module'"),
+        ("{file}:make_factory_bug", {}, "failed to build the model: ValueError: factory broken (at {file}:"),
     ],
 )
 def test_bad_model_specs_are_one_line_model_errors(
     tmp_path: Path, user_models: Path, arch: str, kwargs: dict, message: str
 ) -> None:
     """Missing file, missing or non-callable attribute, a factory returning no Module, wrong kwargs, a file
-    that does not import, a missing module: each one ModelError line naming the problem."""
+    that does not import, a missing module, a factory that raises: each one ModelError line naming the problem."""
     (tmp_path / "broken.py").write_text("def make_student(:\n")
     fill = {"dir": tmp_path, "file": user_models}
     with pytest.raises(ModelError) as caught:
@@ -232,6 +248,11 @@ def _line_of(marker: str) -> int:
             "training the student fails on a batch (",
             "undefined_in_training",
         ),
+        (  # the 2-image check and training pass; the validation pass, at a larger batch, raises
+            "make_evaluation_batch_bug",
+            "the student's forward fails on an evaluation batch (",
+            "too many images at once",
+        ),
     ],
 )
 def test_a_forward_that_raises_names_the_error_and_the_users_line(
@@ -246,7 +267,7 @@ def test_a_forward_that_raises_names_the_error_and_the_users_line(
         run_distill(run)
     assert line in str(caught.value)
     assert str(caught.value).endswith(f" (at {user_models}:{_line_of(marker)})")
-    assert "its code at that line" in caught.value.hint
+    assert caught.value.hint.startswith("fix the model's code at that line (it gets 1-channel images of 8×8 here)")
     assert_one_line(caught.value)
 
 
@@ -267,6 +288,35 @@ def test_a_model_file_imports_the_modules_beside_it(tmp_path: Path, monkeypatch:
     with pytest.raises(ModelError) as caught:
         build_model("edgepipe_no_such_module:make", 1, 2, {})
     assert "PYTHONPATH" in caught.value.hint
+
+
+def test_a_neighbour_module_already_imported_from_elsewhere_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Teacher and student files in two folders, each importing its own ``edgepipe_test_helpers``: Python hands the
+    second file the first one's module, and edgepipe says so, naming both."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for folder, width in (("a", 3), ("b", 5)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "edgepipe_test_helpers.py").write_text(f"WIDTH = {width}\n")
+        (tmp_path / folder / "nets.py").write_text(
+            "from torch import nn\nfrom edgepipe_test_helpers import WIDTH\n\n"
+            "def make(num_classes):\n    return nn.Linear(WIDTH, num_classes)\n"
+        )
+    try:
+        first = build_model(f"{tmp_path / 'a' / 'nets.py'}:make", 1, 2, {})
+        assert "warning" not in "".join(capsys.readouterr())
+        second = build_model(f"{tmp_path / 'b' / 'nets.py'}:make", 1, 2, {})
+    finally:
+        sys.modules.pop("edgepipe_user_nets", None)
+        sys.modules.pop("edgepipe_test_helpers", None)
+    assert first.in_features == second.in_features == 3  # what Python does; the warning says it
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert (
+        f"edgepipe: warning: {tmp_path / 'b' / 'nets.py'} imports edgepipe_test_helpers, which sits beside it, but a "
+        f"module edgepipe_test_helpers is already imported from {tmp_path / 'a' / 'edgepipe_test_helpers.py'}"
+    ) in " ".join(out.split())
 
 
 def test_bad_student_spec_stops_the_distill_stage(tmp_path: Path, student_config: dict, user_models: Path) -> None:
