@@ -77,20 +77,19 @@ def _neighbours_imported_elsewhere(path: Path) -> list[tuple[str, str]]:
         tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
     except SyntaxError:
         return []  # exec reports it
-    names = {
-        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    }
-    names |= {
-        node.module.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level
-    }
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
     clashes = []
     for name in sorted(names):
-        for neighbour in (path.parent / f"{name}.py", path.parent / name / "__init__.py"):
-            origin = getattr(sys.modules.get(name), "__file__", None)
-            if neighbour.is_file() and origin and Path(origin).resolve() != neighbour.resolve():
-                clashes.append((name, origin))
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        files = (path.parent / f"{name}.py", path.parent / name / "__init__.py")
+        neighbour = next((file for file in files if file.is_file()), None)
+        if origin and neighbour and Path(origin).resolve() != neighbour.resolve():
+            clashes.append((name, origin))
     return clashes
 
 
